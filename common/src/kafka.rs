@@ -1,0 +1,380 @@
+//! Kafka client configuration and topic setup.
+//!
+//! Invariant: every client tally creates is built here, so the durability settings
+//! exactly-once rests on cannot be forgotten in one place: producers are idempotent
+//! with `acks=all`; consumers read only committed records and never commit offsets
+//! on their own; transactional producers fit their delivery timeout inside the
+//! transaction timeout. `[kafka.extra]` properties are applied last so users can
+//! add security settings for their own clusters.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::settings::KafkaSettings;
+
+fn base(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    config
+}
+
+fn with_extra(mut config: ClientConfig, settings: &KafkaSettings) -> ClientConfig {
+    for (key, value) in &settings.extra {
+        config.set(key, value);
+    }
+    config
+}
+
+fn set_producer_tuning(
+    config: &mut ClientConfig,
+    settings: &KafkaSettings,
+    delivery_timeout_ms: u64,
+) {
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", delivery_timeout_ms.to_string())
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set("batch.size", settings.batch_bytes.to_string())
+        .set("compression.type", &settings.compression)
+        // The Java client's key partitioner, so tally and JVM tools agree on which
+        // partition holds a client's records.
+        .set("partitioner", "murmur2_random");
+}
+
+/// An idempotent `acks=all` producer: no duplicates from its own retries, no loss
+/// while `min.insync.replicas` brokers are up. Used by the producer's flusher.
+pub fn idempotent_producer_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = base(settings);
+    set_producer_tuning(&mut config, settings, settings.delivery_timeout_ms);
+    with_extra(config, settings)
+}
+
+/// A transactional producer with a stable `transactional.id`: a new instance with
+/// the same id fences the old one and aborts its open transaction.
+pub fn transactional_producer_config(
+    settings: &KafkaSettings,
+    transactional_id: &str,
+) -> ClientConfig {
+    let mut config = base(settings);
+    // librdkafka refuses a message timeout longer than the transaction timeout.
+    let delivery = settings
+        .delivery_timeout_ms
+        .min(settings.transaction_timeout_ms);
+    set_producer_tuning(&mut config, settings, delivery);
+    config.set("transactional.id", transactional_id).set(
+        "transaction.timeout.ms",
+        settings.transaction_timeout_ms.to_string(),
+    );
+    with_extra(config, settings)
+}
+
+/// A consumer that sees only committed records and whose offsets move only when
+/// tally commits them (in a transaction, or after its Redis effects are replicated).
+pub fn read_committed_consumer_config(settings: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut config = base(settings);
+    config
+        .set("group.id", group_id)
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set("enable.partition.eof", "false");
+    with_extra(config, settings)
+}
+
+/// An admin client.
+pub fn admin_config(settings: &KafkaSettings) -> ClientConfig {
+    with_extra(base(settings), settings)
+}
+
+/// Why topic setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicSetupError {
+    /// The admin client could not be created or a request failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Kafka refused to create a topic.
+    #[error("cannot create topic {topic}: {code}")]
+    Create {
+        /// The topic.
+        topic: String,
+        /// Kafka's error.
+        code: RDKafkaErrorCode,
+    },
+    /// Metadata of a topic could not be read.
+    #[error("cannot describe topic {topic}: {detail}")]
+    Describe {
+        /// The topic.
+        topic: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// The layout a topic should have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication_factor: i32,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: i32,
+}
+
+/// What [`ensure_topics`] found or did for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReport {
+    /// The topic as wanted.
+    pub spec: TopicSpec,
+    /// Whether this call created it.
+    pub created: bool,
+    /// Partitions it has now.
+    pub partitions: i32,
+    /// Replicas of its first partition.
+    pub replication_factor: i32,
+    /// Its `min.insync.replicas`, where the broker reported it.
+    pub min_insync_replicas: Option<i32>,
+}
+
+impl TopicReport {
+    /// Differences between the topic as it is and as wanted (an existing topic is
+    /// never altered: that is an operator's decision).
+    pub fn mismatches(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.partitions != self.spec.partitions {
+            out.push(format!(
+                "has {} partitions, configured {}",
+                self.partitions, self.spec.partitions
+            ));
+        }
+        if self.replication_factor != self.spec.replication_factor {
+            out.push(format!(
+                "has replication factor {}, configured {}",
+                self.replication_factor, self.spec.replication_factor
+            ));
+        }
+        if let Some(isr) = self.min_insync_replicas {
+            if isr != self.spec.min_insync_replicas {
+                out.push(format!(
+                    "has min.insync.replicas={isr}, configured {}",
+                    self.spec.min_insync_replicas
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The three topics of a tally deployment, as the settings describe them.
+pub fn tally_topics(settings: &KafkaSettings) -> Vec<TopicSpec> {
+    [
+        &settings.client_message_topic,
+        &settings.message_aggregation_topic,
+        &settings.dlq_topic,
+    ]
+    .into_iter()
+    .map(|name| TopicSpec {
+        name: name.clone(),
+        partitions: settings.partitions,
+        replication_factor: settings.replication_factor,
+        min_insync_replicas: settings.min_insync_replicas,
+    })
+    .collect()
+}
+
+/// Creates each topic that does not exist yet and reports how every topic looks.
+/// Idempotent: an existing topic counts as success and is left as it is.
+pub async fn ensure_topics(
+    settings: &KafkaSettings,
+    specs: &[TopicSpec],
+    timeout: Duration,
+) -> Result<Vec<TopicReport>, TopicSetupError> {
+    let admin: AdminClient<DefaultClientContext> = admin_config(settings).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let isr_values: Vec<String> = specs
+        .iter()
+        .map(|s| s.min_insync_replicas.to_string())
+        .collect();
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .zip(&isr_values)
+        .map(|(spec, isr)| {
+            NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(spec.replication_factor),
+            )
+            .set("min.insync.replicas", isr)
+        })
+        .collect();
+    let mut created = Vec::new();
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicSetupError::Create { topic, code }),
+        }
+    }
+
+    let resources: Vec<ResourceSpecifier<'_>> = specs
+        .iter()
+        .map(|s| ResourceSpecifier::Topic(&s.name))
+        .collect();
+    let configs = admin.describe_configs(&resources, &options).await?;
+    let layouts = describe_layouts(settings, specs, timeout).await?;
+
+    let mut reports = Vec::new();
+    for ((spec, config), (partitions, replication_factor)) in specs.iter().zip(configs).zip(layouts)
+    {
+        let min_insync_replicas = config
+            .ok()
+            .and_then(|c| c.get("min.insync.replicas").and_then(|e| e.value.clone()))
+            .and_then(|v| v.parse().ok());
+        reports.push(TopicReport {
+            created: created.contains(&spec.name),
+            spec: spec.clone(),
+            partitions,
+            replication_factor,
+            min_insync_replicas,
+        });
+    }
+    Ok(reports)
+}
+
+/// (partitions, replicas of partition 0) of each topic, read from cluster metadata.
+async fn describe_layouts(
+    settings: &KafkaSettings,
+    specs: &[TopicSpec],
+    timeout: Duration,
+) -> Result<Vec<(i32, i32)>, TopicSetupError> {
+    let config = admin_config(settings);
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    // Metadata calls block; keep them off the async runtime.
+    let joined =
+        tokio::task::spawn_blocking(move || -> Result<Vec<(i32, i32)>, TopicSetupError> {
+            let consumer: BaseConsumer = config.create()?;
+            let mut layouts = Vec::new();
+            for name in names {
+                let deadline = std::time::Instant::now() + timeout;
+                // A topic created a moment ago may not be in every broker's metadata yet.
+                let layout = loop {
+                    let metadata = consumer.fetch_metadata(Some(&name), timeout)?;
+                    let found = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == name)
+                        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                        .map(|t| {
+                            let rf = t
+                                .partitions()
+                                .first()
+                                .map_or(0, |p| p.replicas().len() as i32);
+                            (t.partitions().len() as i32, rf)
+                        });
+                    match found {
+                        Some(layout) => break layout,
+                        None if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        None => {
+                            return Err(TopicSetupError::Describe {
+                                topic: name,
+                                detail: "not in cluster metadata".into(),
+                            })
+                        }
+                    }
+                };
+                layouts.push(layout);
+            }
+            Ok(layouts)
+        })
+        .await;
+    joined.map_err(|e| TopicSetupError::Describe {
+        topic: specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        detail: e.to_string(),
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> KafkaSettings {
+        let mut s: KafkaSettings = serde_json::from_value(serde_json::json!({
+            "brokers": "127.0.0.1:9092",
+        }))
+        .expect("settings");
+        s.extra.insert("client.id".into(), "from-extra".into());
+        s.extra.insert("linger.ms".into(), "50".into());
+        s
+    }
+
+    #[test]
+    fn producers_are_idempotent_acks_all() {
+        let c = idempotent_producer_config(&settings());
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("message.timeout.ms"), Some("30000"));
+        assert_eq!(c.get("partitioner"), Some("murmur2_random"));
+        // extra is applied last and wins
+        assert_eq!(c.get("linger.ms"), Some("50"));
+        assert_eq!(c.get("client.id"), Some("from-extra"));
+    }
+
+    #[test]
+    fn transactional_delivery_timeout_fits_in_transaction_timeout() {
+        let c = transactional_producer_config(&settings(), "tally-counter-1");
+        assert_eq!(c.get("transactional.id"), Some("tally-counter-1"));
+        assert_eq!(c.get("transaction.timeout.ms"), Some("10000"));
+        assert_eq!(c.get("message.timeout.ms"), Some("10000"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn consumers_read_committed_and_never_autocommit() {
+        let c = read_committed_consumer_config(&settings(), "tally-counter");
+        assert_eq!(c.get("isolation.level"), Some("read_committed"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(c.get("group.id"), Some("tally-counter"));
+    }
+
+    #[test]
+    fn topic_mismatches_are_reported() {
+        let spec = tally_topics(&settings()).remove(0);
+        assert_eq!(spec.name, "client_message");
+        let report = TopicReport {
+            spec: spec.clone(),
+            created: false,
+            partitions: 6,
+            replication_factor: 3,
+            min_insync_replicas: Some(1),
+        };
+        assert_eq!(report.mismatches().len(), 2, "{:?}", report.mismatches());
+        let fine = TopicReport {
+            partitions: 12,
+            min_insync_replicas: Some(2),
+            ..report
+        };
+        assert!(fine.mismatches().is_empty());
+    }
+}

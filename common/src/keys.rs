@@ -1,0 +1,334 @@
+//! Identifiers and the Redis key layout: the one place key names are spelled.
+//!
+//! Invariant: every key of one client carries the hash tag `{<client-id>}` and every
+//! key of one message the tag `{<message-hash>}`, so each Lua script touches keys of
+//! a single Redis Cluster slot and runs atomically on one master. A client id and
+//! the prefix therefore may never contain `{` or `}`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// Longest client id accepted in `HELLO`.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// Identity of a client connection: chosen by the client with `HELLO <id>`, or
+/// derived from its peer address (`ip:port`, `[v6]:port`) when it says no HELLO.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(String);
+
+/// Why a string is not a client id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientIdError {
+    /// Zero characters.
+    #[error("client id is empty")]
+    Empty,
+    /// Over [`MAX_CLIENT_ID_LEN`] bytes.
+    #[error("client id is {0} characters long (at most 64)")]
+    TooLong(usize),
+    /// A character outside `[A-Za-z0-9._:-]`.
+    #[error("client id contains {0:?} (allowed: A-Z a-z 0-9 . _ : -)")]
+    InvalidChar(char),
+}
+
+fn is_hello_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+}
+
+impl ClientId {
+    /// Parses an id as given in `HELLO`: 1–64 characters of `[A-Za-z0-9._:-]`.
+    pub fn parse(id: &str) -> Result<Self, ClientIdError> {
+        if id.is_empty() {
+            return Err(ClientIdError::Empty);
+        }
+        if id.len() > MAX_CLIENT_ID_LEN {
+            return Err(ClientIdError::TooLong(id.chars().count()));
+        }
+        if let Some(bad) = id.chars().find(|&c| !is_hello_char(c)) {
+            return Err(ClientIdError::InvalidChar(bad));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// The id of a client that sent no HELLO: its peer address as `ip:port`, with
+    /// IPv6 addresses in brackets (`[::1]:50000`), as `SocketAddr` displays them.
+    pub fn from_peer(peer: SocketAddr) -> Self {
+        Self(peer.to_string())
+    }
+
+    /// Accepts either form: what a record read back from Kafka may carry.
+    pub fn from_record(id: &str) -> Result<Self, ClientIdError> {
+        match Self::parse(id) {
+            Ok(id) => Ok(id),
+            Err(e) => match id.parse::<SocketAddr>() {
+                Ok(peer) if peer.to_string() == id => Ok(Self::from_peer(peer)),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Stable 128-bit hash of a message's bytes (XXH3-128, whose output is fixed by its
+/// specification), shown as 32 lowercase hex digits. It names the message's Redis
+/// keys and is the key of `message_aggregation` records, so it must never change:
+/// a unit test pins known values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageHash(u128);
+
+impl MessageHash {
+    /// Hashes the message exactly as received (after the line ending is removed).
+    pub fn of(message: &[u8]) -> Self {
+        Self(xxhash_rust::xxh3::xxh3_128(message))
+    }
+}
+
+impl fmt::Display for MessageHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// Why a string is not a message hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message hash must be 32 lowercase hex digits, got {0:?}")]
+pub struct MessageHashError(pub String);
+
+impl FromStr for MessageHash {
+    type Err = MessageHashError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let well_formed =
+            s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        match u128::from_str_radix(s, 16) {
+            Ok(v) if well_formed => Ok(Self(v)),
+            _ => Err(MessageHashError(s.to_owned())),
+        }
+    }
+}
+
+/// Whether `prefix` can start tally's keys: non-empty, no hash-tag braces, no spaces.
+pub fn is_valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= 64
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Builds every Redis key tally uses, under one configurable prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (validated by the settings; see [`is_valid_prefix`]).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix, e.g. `tally`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn client(&self, id: &ClientId, what: &str) -> String {
+        format!("{}:c:{{{}}}:{what}", self.prefix, id.as_str())
+    }
+
+    fn message(&self, hash: &MessageHash, what: &str) -> String {
+        format!("{}:m:{{{hash}}}:{what}", self.prefix)
+    }
+
+    /// Stream of a client's stored messages not yet confirmed in Kafka; entry id `<sn>-0`.
+    pub fn client_stash(&self, id: &ClientId) -> String {
+        self.client(id, "stash")
+    }
+
+    /// Hash `sn`, `flushed`, `owner`, `epoch` of a client's stash.
+    pub fn client_meta(&self, id: &ClientId) -> String {
+        self.client(id, "meta")
+    }
+
+    /// Messages counted for a client (written by the counter).
+    pub fn client_count(&self, id: &ClientId) -> String {
+        self.client(id, "count")
+    }
+
+    /// Highest sn counted for a client (written by the counter).
+    pub fn client_last_sn(&self, id: &ClientId) -> String {
+        self.client(id, "last_sn")
+    }
+
+    /// Times a message text was counted over all clients (written by the aggregator).
+    pub fn message_count(&self, hash: &MessageHash) -> String {
+        self.message(hash, "count")
+    }
+
+    /// Hash client → highest sn counted for this message: the aggregator's dedup mark.
+    pub fn message_seen(&self, hash: &MessageHash) -> String {
+        self.message(hash, "seen")
+    }
+
+    /// The message text, for lookups by hash.
+    pub fn message_text(&self, hash: &MessageHash) -> String {
+        self.message(hash, "text")
+    }
+
+    /// Sorted set of live producer instances, scored by last heartbeat (ms since epoch).
+    pub fn producers(&self) -> String {
+        format!("{}:producers", self.prefix)
+    }
+
+    /// Set of the clients a producer instance owns, so survivors can adopt them
+    /// when it dies. Tagged by instance, so one instance's set lives in one slot.
+    pub fn producer_clients(&self, instance: &str) -> String {
+        format!("{}:p:{{{instance}}}:clients", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_ids_accept_the_documented_alphabet() {
+        for ok in [
+            "a",
+            "client-7",
+            "host.example:42",
+            "A_b.c:d-e",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(ClientId::parse(ok).expect(ok).as_str(), ok);
+        }
+        assert_eq!(ClientId::parse(""), Err(ClientIdError::Empty));
+        assert_eq!(
+            ClientId::parse(&"x".repeat(65)),
+            Err(ClientIdError::TooLong(65))
+        );
+        assert_eq!(ClientId::parse("a b"), Err(ClientIdError::InvalidChar(' ')));
+        assert_eq!(
+            ClientId::parse("a{b}"),
+            Err(ClientIdError::InvalidChar('{'))
+        );
+        assert_eq!(ClientId::parse("é"), Err(ClientIdError::InvalidChar('é')));
+    }
+
+    #[test]
+    fn peer_ids_format_ipv4_and_ipv6() {
+        let v4: SocketAddr = "10.1.2.3:5000".parse().expect("v4");
+        let v6: SocketAddr = "[2001:db8::1]:5000".parse().expect("v6");
+        assert_eq!(ClientId::from_peer(v4).as_str(), "10.1.2.3:5000");
+        assert_eq!(ClientId::from_peer(v6).as_str(), "[2001:db8::1]:5000");
+        // Both forms read back from a record.
+        assert!(ClientId::from_record("[2001:db8::1]:5000").is_ok());
+        assert!(ClientId::from_record("client-7").is_ok());
+        assert!(ClientId::from_record("[2001:db8::1]").is_err());
+        assert!(ClientId::from_record("[::ffff:1.2.3.4]:1 ").is_err());
+    }
+
+    #[test]
+    fn client_keys_share_one_hash_tag() {
+        let keys = Keys::new("tally");
+        let id = ClientId::parse("host.example:42").expect("id");
+        assert_eq!(keys.client_stash(&id), "tally:c:{host.example:42}:stash");
+        assert_eq!(keys.client_meta(&id), "tally:c:{host.example:42}:meta");
+        assert_eq!(keys.client_count(&id), "tally:c:{host.example:42}:count");
+        assert_eq!(
+            keys.client_last_sn(&id),
+            "tally:c:{host.example:42}:last_sn"
+        );
+        let v6 = ClientId::from_peer("[::1]:7".parse().expect("v6"));
+        assert_eq!(keys.client_count(&v6), "tally:c:{[::1]:7}:count");
+        for key in [
+            keys.client_stash(&id),
+            keys.client_meta(&id),
+            keys.client_count(&id),
+            keys.client_last_sn(&id),
+        ] {
+            assert_eq!(hash_tag(&key), Some("host.example:42"), "{key}");
+        }
+    }
+
+    #[test]
+    fn message_keys_share_one_hash_tag_and_prefix_is_configurable() {
+        let keys = Keys::new("test-run.1");
+        let h = MessageHash::of(b"It is a truth universally acknowledged");
+        let tag = h.to_string();
+        for key in [
+            keys.message_count(&h),
+            keys.message_seen(&h),
+            keys.message_text(&h),
+        ] {
+            assert!(key.starts_with("test-run.1:m:{"), "{key}");
+            assert_eq!(hash_tag(&key), Some(tag.as_str()), "{key}");
+        }
+        assert_eq!(keys.producers(), "test-run.1:producers");
+        assert_eq!(keys.producer_clients("p-1"), "test-run.1:p:{p-1}:clients");
+    }
+
+    /// Redis Cluster's rule: the tag is between the first `{` and the next `}`.
+    fn hash_tag(key: &str) -> Option<&str> {
+        let open = key.find('{')?;
+        let close = key[open + 1..].find('}')? + open + 1;
+        (close > open + 1).then(|| &key[open + 1..close])
+    }
+
+    #[test]
+    fn hash_is_stable_forever() {
+        // These values are part of the data format: Redis keys and Kafka record keys
+        // already written depend on them. Never change them.
+        assert_eq!(
+            MessageHash::of(b"").to_string(),
+            "99aa06d3014798d86001c324468d497f"
+        );
+        assert_eq!(
+            MessageHash::of(b"hello").to_string(),
+            "b5e9c1ad071b3e7fc779cfaa5e523818"
+        );
+        assert_eq!(
+            MessageHash::of("Mr. Darcy’s".as_bytes()).to_string(),
+            "0bd1cc0effc5784a8972a762ef41e01f"
+        );
+    }
+
+    #[test]
+    fn hash_round_trips_through_text_and_rejects_malformed() {
+        let h = MessageHash::of(b"x");
+        assert_eq!(h.to_string().parse::<MessageHash>(), Ok(h));
+        for bad in [
+            "",
+            "abc",
+            &"A".repeat(32),
+            &"g".repeat(32),
+            &"0".repeat(33),
+            "+0000000000000000000000000000000",
+        ] {
+            assert!(bad.parse::<MessageHash>().is_err(), "{bad:?}");
+        }
+        assert_eq!(MessageHash::of(b"a"), MessageHash::of(b"a"));
+        assert_ne!(MessageHash::of(b"a"), MessageHash::of(b"a\r"));
+    }
+
+    #[test]
+    fn prefixes_without_braces_only() {
+        assert!(is_valid_prefix("tally"));
+        assert!(is_valid_prefix("it-3f2a.run_1"));
+        assert!(!is_valid_prefix(""));
+        assert!(!is_valid_prefix("a{b"));
+        assert!(!is_valid_prefix("a b"));
+    }
+}

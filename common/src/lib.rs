@@ -1,0 +1,16 @@
+//! What every tally process shares: configuration, the Redis key layout, Kafka
+//! record formats, and the Redis and Kafka client set-up.
+//!
+//! One thing has one home: a key name, a record field or a client setting that
+//! exactly-once depends on is defined here and nowhere else, so the producer, the
+//! counter, the aggregator and the CLI cannot disagree about it.
+
+pub mod kafka;
+pub mod keys;
+pub mod records;
+pub mod redis;
+pub mod settings;
+pub mod telemetry;
+
+pub use keys::{ClientId, Keys, MessageHash};
+pub use settings::Settings;

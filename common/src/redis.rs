@@ -1,0 +1,221 @@
+//! Redis Cluster access: the connection builder and [`ReplicatedScript`], the one
+//! way tally writes.
+//!
+//! Invariant: a write is reported durable only after `WAIT` confirmed that it reached
+//! the configured number of replicas. The script and its `WAIT` go to the slot's
+//! master as one pipeline on one connection, because `WAIT` only covers writes made
+//! earlier on the connection that sends it.
+//!
+//! The cluster client resends a command when a connection drops (redis-rs retries
+//! IO errors by reconnecting), so a script may run twice. Every tally script must
+//! therefore be safe to re-run: guarded by sequence numbers, epochs or
+//! compare-and-set on the state it expects, never a blind increment.
+
+use std::time::Duration;
+
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{FromRedisValue, RedisError, ServerError, ToRedisArgs, Value};
+
+use crate::settings::RedisSettings;
+
+/// Prefix of the error codes tally's Lua scripts raise with `redis.error_reply`
+/// (for example `TALLY_FENCED`); other errors come from Redis itself.
+pub const SCRIPT_ERROR_PREFIX: &str = "TALLY_";
+
+/// A Redis operation that did not complete as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisOpError {
+    /// The cluster or connection failed; whether the write happened is unknown.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// A tally script refused on purpose (its code starts with `TALLY_`); nothing
+    /// was written.
+    #[error("script refused: {code} {detail}")]
+    Refused {
+        /// The script's code, e.g. `TALLY_FENCED`.
+        code: String,
+        /// The rest of its message.
+        detail: String,
+    },
+    /// The script ran on the master but `WAIT` saw too few replicas acknowledge it:
+    /// the write may still be lost in a failover, so it must not be reported durable.
+    #[error("write reached {acked} of {wanted} replica(s) within {timeout_ms} ms")]
+    NotReplicated {
+        /// Replicas that acknowledged.
+        acked: u32,
+        /// Replicas required.
+        wanted: u32,
+        /// How long `WAIT` waited.
+        timeout_ms: u64,
+    },
+    /// The script answered with a value of another type than the caller expects.
+    #[error("unexpected script result: {0}")]
+    Result(String),
+}
+
+/// Opens a cluster connection with the configured timeouts and retries.
+pub async fn connect(settings: &RedisSettings) -> Result<ClusterConnection, RedisError> {
+    ClusterClientBuilder::new(settings.nodes.clone())
+        .connection_timeout(settings.connect_timeout())
+        .response_timeout(settings.response_timeout())
+        .retries(settings.retries)
+        .build()?
+        .get_async_connection()
+        .await
+}
+
+/// How many replicas must confirm a write, and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas that must acknowledge; 0 skips `WAIT`.
+    pub replicas: u32,
+    /// Longest `WAIT` blocks.
+    pub timeout: Duration,
+}
+
+impl Replication {
+    /// The policy the settings ask for.
+    pub fn from_settings(settings: &RedisSettings) -> Self {
+        Self {
+            replicas: settings.wait_replicas,
+            timeout: Duration::from_millis(settings.wait_timeout_ms),
+        }
+    }
+}
+
+/// A Lua script that runs on the master of its first key's slot and is confirmed
+/// replicated before its result is returned.
+#[derive(Debug, Clone)]
+pub struct ReplicatedScript {
+    script: redis::Script,
+    body: &'static str,
+}
+
+impl ReplicatedScript {
+    /// Wraps a script body. All keys a call passes must share one hash tag.
+    pub fn new(body: &'static str) -> Self {
+        Self {
+            script: redis::Script::new(body),
+            body,
+        }
+    }
+
+    /// SHA1 of the body, as `EVALSHA` names it.
+    pub fn sha(&self) -> &str {
+        self.script.get_hash()
+    }
+
+    /// Runs the script (`EVALSHA`, loading it first on a node that lacks it) and
+    /// `WAIT`s for `replication`, in one pipeline on the slot master's connection.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        conn: &mut ClusterConnection,
+        call: &ScriptCall,
+        replication: Replication,
+    ) -> Result<T, RedisOpError> {
+        let first = call.keys.first().ok_or_else(|| {
+            RedisOpError::Result("a replicated script needs at least one key".into())
+        })?;
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(first, SlotAddr::Master));
+
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(self.sha())
+            .arg(call.keys.len())
+            .arg(&call.keys)
+            .arg(&call.args);
+        let with_wait = replication.replicas > 0;
+        if with_wait {
+            pipe.cmd("WAIT")
+                .arg(replication.replicas)
+                .arg(replication.timeout.as_millis() as u64);
+        }
+        let count = if with_wait { 2 } else { 1 };
+
+        let mut outcome = run_pipeline(conn, &pipe, count, &route).await?;
+        if matches!(&outcome.0, Value::ServerError(e) if e.code() == "NOSCRIPT") {
+            // Not cached on this node (new node, restart, failover): nothing ran.
+            let load = redis::cmd("SCRIPT").arg("LOAD").arg(self.body).clone();
+            conn.route_command(load, RoutingInfo::SingleNode(route.clone()))
+                .await?;
+            outcome = run_pipeline(conn, &pipe, count, &route).await?;
+        }
+        let (result, acked) = outcome;
+        if let Value::ServerError(e) = result {
+            return Err(classify(e));
+        }
+        if with_wait {
+            let acked: u32 = match acked {
+                Some(v) => FromRedisValue::from_redis_value(v)
+                    .map_err(|e| RedisOpError::Result(e.to_string()))?,
+                None => 0,
+            };
+            if acked < replication.replicas {
+                return Err(RedisOpError::NotReplicated {
+                    acked,
+                    wanted: replication.replicas,
+                    timeout_ms: replication.timeout.as_millis() as u64,
+                });
+            }
+        }
+        T::from_redis_value(result).map_err(|e| RedisOpError::Result(e.to_string()))
+    }
+}
+
+/// Keys and arguments of one script call.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptCall {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+impl ScriptCall {
+    /// A call with no keys or arguments yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a key (`KEYS[n]`); all keys of a call must share one hash tag.
+    pub fn key(&mut self, key: impl Into<String>) -> &mut Self {
+        self.keys.push(key.into());
+        self
+    }
+
+    /// Adds an argument (`ARGV[n]`).
+    pub fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+}
+
+/// Sends the pipeline to its node; returns the script's reply and `WAIT`'s, if sent.
+/// A server error of one command comes back as a `Value::ServerError`, not as `Err`.
+async fn run_pipeline(
+    conn: &mut ClusterConnection,
+    pipe: &redis::Pipeline,
+    count: usize,
+    route: &SingleNodeRoutingInfo,
+) -> Result<(Value, Option<Value>), RedisOpError> {
+    let mut values = conn
+        .route_pipeline(pipe.clone(), 0, count, route.clone())
+        .await?
+        .into_iter();
+    let result = values
+        .next()
+        .ok_or_else(|| RedisOpError::Result("pipeline returned no result".into()))?;
+    Ok((result, values.next()))
+}
+
+/// Separates a tally script's deliberate refusal from a Redis failure.
+fn classify(e: ServerError) -> RedisOpError {
+    if e.code().starts_with(SCRIPT_ERROR_PREFIX) {
+        RedisOpError::Refused {
+            code: e.code().to_owned(),
+            detail: e.details().unwrap_or_default().to_owned(),
+        }
+    } else {
+        RedisOpError::Redis(e.into())
+    }
+}
