@@ -9,7 +9,9 @@ pub mod kafka;
 pub mod keys;
 pub mod records;
 pub mod redis;
+pub mod ring;
 pub mod settings;
+pub mod stash;
 pub mod telemetry;
 
 pub use keys::{ClientId, Keys, MessageHash};

@@ -139,6 +139,36 @@ pub struct ProducerSettings {
     /// Most concurrent client connections; further connections wait for a free slot.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed, in milliseconds.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most lines stashed by one Lua call (one Redis round trip per batch).
+    #[serde(default = "defaults::batch_max_lines")]
+    pub batch_max_lines: usize,
+    /// Most message bytes stashed by one Lua call.
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Un-flushed messages one client may have before its socket is no longer read.
+    #[serde(default = "defaults::client_backlog_messages")]
+    pub client_backlog_messages: u64,
+    /// Un-flushed message bytes one client may hold in memory before its socket is
+    /// no longer read.
+    #[serde(default = "defaults::client_backlog_bytes")]
+    pub client_backlog_bytes: usize,
+    /// Un-flushed message bytes all clients together may hold in memory.
+    #[serde(default = "defaults::global_backlog_bytes")]
+    pub global_backlog_bytes: usize,
+    /// Interval of heartbeats into the producer registry; an instance silent for 3
+    /// intervals is dead and its clients are adopted, in milliseconds.
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// How often Kafka-confirmed progress is written to the stash (`flushed`, trim).
+    #[serde(default = "defaults::flush_commit_interval_ms")]
+    pub flush_commit_interval_ms: u64,
+    /// Graceful shutdown: longest wait for stashes to be flushed before leaving the
+    /// rest to survivors, in milliseconds.
+    #[serde(default = "defaults::shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 /// `[counter]`
@@ -268,6 +298,33 @@ mod defaults {
         64 * 1024
     }
     pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        300_000
+    }
+    pub fn batch_max_lines() -> usize {
+        1_000
+    }
+    pub fn batch_max_bytes() -> usize {
+        1024 * 1024
+    }
+    pub fn client_backlog_messages() -> u64 {
+        100_000
+    }
+    pub fn client_backlog_bytes() -> usize {
+        16 * 1024 * 1024
+    }
+    pub fn global_backlog_bytes() -> usize {
+        256 * 1024 * 1024
+    }
+    pub fn heartbeat_interval_ms() -> u64 {
+        1_000
+    }
+    pub fn flush_commit_interval_ms() -> u64 {
+        50
+    }
+    pub fn shutdown_timeout_ms() -> u64 {
         10_000
     }
     pub fn counter_group() -> String {
@@ -562,11 +619,47 @@ impl Settings {
             "producer.max_line_bytes",
             "must be ≥ 1",
         );
+        let p = &self.producer;
         check(
-            self.producer.max_connections >= 1,
+            p.max_connections >= 1,
             "producer.max_connections",
             "must be ≥ 1",
         );
+        check(
+            p.batch_max_lines >= 1,
+            "producer.batch_max_lines",
+            "must be ≥ 1",
+        );
+        check(
+            p.batch_max_bytes >= p.max_line_bytes,
+            "producer.batch_max_bytes",
+            "must be ≥ producer.max_line_bytes (a batch holds at least one line)",
+        );
+        check(
+            p.client_backlog_messages >= p.batch_max_lines as u64,
+            "producer.client_backlog_messages",
+            "must be ≥ producer.batch_max_lines",
+        );
+        check(
+            p.client_backlog_bytes >= p.batch_max_bytes,
+            "producer.client_backlog_bytes",
+            "must be ≥ producer.batch_max_bytes",
+        );
+        check(
+            p.global_backlog_bytes >= p.client_backlog_bytes,
+            "producer.global_backlog_bytes",
+            "must be ≥ producer.client_backlog_bytes",
+        );
+        for (key, ms) in [
+            ("producer.idle_timeout_ms", p.idle_timeout_ms),
+            ("producer.heartbeat_interval_ms", p.heartbeat_interval_ms),
+            (
+                "producer.flush_commit_interval_ms",
+                p.flush_commit_interval_ms,
+            ),
+        ] {
+            check(ms > 0, key, "must be > 0");
+        }
         for (key, records) in [
             ("counter.batch_max_records", self.counter.batch_max_records),
             (
@@ -919,5 +1012,27 @@ listen = "0.0.0.0:1"
         let s = Settings::load_from(Some(&path), env(&[])).expect("deploy/local/tally.toml");
         assert_eq!(s.redis.nodes.len(), 6);
         assert_eq!(s.kafka.brokers.split(',').count(), 3);
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).expect("docs/configuration.md");
+        let f = file(MINIMAL);
+        let s = Settings::load_from(Some(f.path()), env(&[])).expect("valid");
+        let tree = serde_json::to_value(&s).expect("serializable");
+        let sections = tree.as_object().expect("table");
+        for (section, keys) in sections {
+            assert!(
+                doc.contains(&format!("## `[{section}]`")),
+                "section [{section}] undocumented"
+            );
+            for key in keys.as_object().expect("section table").keys() {
+                assert!(
+                    doc.contains(&format!("| `{key}` |")),
+                    "{section}.{key} undocumented"
+                );
+            }
+        }
     }
 }
