@@ -1,4 +1,6 @@
-//! `tally-producer`: TCP line ingest: sequence numbers, replicated Redis stash, idempotent Kafka flush.
+//! `tally-producer`: TCP line ingest with sequence numbers, a replicated Redis
+//! stash and an idempotent Kafka flush. Logic lives in the library; this file
+//! parses arguments, binds the listener and turns signals into a shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +8,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "tally-producer", version, about = "tally producer service")]
+#[command(
+    name = "tally-producer",
+    version,
+    about = "tally producer: TCP line ingest"
+)]
 struct Args {
     /// Configuration file (TOML); defaults to $TALLY_CONFIG.
     #[arg(long, env = "TALLY_CONFIG")]
@@ -16,16 +22,58 @@ struct Args {
     check_config: bool,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = tally_common::telemetry::bootstrap(args.config.as_deref()) {
-        eprintln!("tally-producer: {e}");
-        return ExitCode::from(2);
-    }
+    let settings = match tally_common::telemetry::bootstrap(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("tally-producer: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    tracing::error!("the producer service is not built yet (issue #3)");
-    ExitCode::from(1)
+    let listener = match tokio::net::TcpListener::bind(&settings.producer.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "tally-producer: cannot listen on {}: {e}",
+                settings.producer.listen
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match tally_producer::run(settings, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tally-producer: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

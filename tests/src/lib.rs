@@ -137,3 +137,322 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         })
         .collect()
 }
+
+/// Path of a workspace binary (`tally-producer`, ...), built by `cargo build
+/// --workspace --bins` (`scripts/test` does it before the tests).
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Settings isolated for one test: a fresh key prefix and a fresh `client_message`
+/// topic with `partitions` partitions (RF 3, min ISR 2), created here.
+pub async fn isolated_settings(what: &str, partitions: i32) -> Settings {
+    let mut s = settings();
+    let name = unique(what);
+    s.redis.prefix = name.clone();
+    s.kafka.client_message_topic = format!("it.{name}.client_message");
+    s.kafka.message_aggregation_topic = format!("it.{name}.message_aggregation");
+    s.kafka.dlq_topic = format!("it.{name}.dlq");
+    let specs: Vec<_> = tally_common::kafka::tally_topics(&s.kafka)
+        .into_iter()
+        .map(|mut t| {
+            t.partitions = partitions;
+            t
+        })
+        .collect();
+    tally_common::kafka::ensure_topics(&s.kafka, &specs, std::time::Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("create test topics: {e}"));
+    s
+}
+
+/// A producer running inside the test process on an ephemeral port.
+pub struct InProcessProducer {
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tally_producer::ProducerError>>>,
+}
+
+impl InProcessProducer {
+    /// Starts `tally_producer::run` with `settings` on port 0.
+    pub async fn start(settings: Settings) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tally_producer::run(settings, listener, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Graceful shutdown; returns the producer's result.
+    pub async fn shutdown(mut self) -> Result<(), tally_producer::ProducerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| panic!("producer task: {e}")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcessProducer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A service binary running as a child process, killed when dropped.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with the local stack's config and `env` overrides
+    /// (`TALLY__SECTION__KEY` pairs); logs go to a temp file.
+    pub fn start(binary_name: &str, env: &[(&str, String)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{}.log", unique(binary_name)));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(binary(binary_name));
+        cmd.arg("--config")
+            .arg(repo_root().join("deploy/local/tally.toml"))
+            .env("TALLY__LOG__FORMAT", "plain")
+            .stdout(std::process::Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary_name}: {e}"));
+        Self { child, log }
+    }
+
+    /// The environment overrides that point a service at `settings`' prefix and topics.
+    pub fn env_for(settings: &Settings) -> Vec<(&'static str, String)> {
+        vec![
+            ("TALLY__REDIS__PREFIX", settings.redis.prefix.clone()),
+            (
+                "TALLY__KAFKA__CLIENT_MESSAGE_TOPIC",
+                settings.kafka.client_message_topic.clone(),
+            ),
+            (
+                "TALLY__KAFKA__MESSAGE_AGGREGATION_TOPIC",
+                settings.kafka.message_aggregation_topic.clone(),
+            ),
+            ("TALLY__KAFKA__DLQ_TOPIC", settings.kafka.dlq_topic.clone()),
+            ("TALLY__KAFKA__BROKERS", settings.kafka.brokers.clone()),
+            ("TALLY__REDIS__NODES", settings.redis.nodes.join(",")),
+        ]
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal by name (`TERM`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until a TCP port accepts connections.
+pub async fn wait_listening(addr: &str, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{addr} not listening after {timeout:?}");
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+}
+
+/// The records of a `client_message` topic, per client, in log order per partition.
+pub type ClientStreams = std::collections::BTreeMap<String, Vec<(u64, String)>>;
+
+/// Reads `topic` from the beginning until `done(streams)` holds or `timeout` passes.
+pub fn read_client_messages(
+    settings: &Settings,
+    topic: &str,
+    timeout: std::time::Duration,
+    done: impl Fn(&ClientStreams) -> bool,
+) -> ClientStreams {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    let consumer: BaseConsumer =
+        tally_common::kafka::read_committed_consumer_config(&settings.kafka, &unique("it-reader"))
+            .create()
+            .expect("consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+        .expect("metadata");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .expect("offset");
+        }
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut streams = ClientStreams::new();
+    let deadline = std::time::Instant::now() + timeout;
+    // `done` may be costly: ask it only when the topic is idle or every 1000 records.
+    let mut since_check = 0usize;
+    while std::time::Instant::now() < deadline {
+        let Some(result) = consumer.poll(std::time::Duration::from_millis(200)) else {
+            if done(&streams) {
+                break;
+            }
+            continue;
+        };
+        since_check += 1;
+        if since_check >= 1_000 {
+            since_check = 0;
+            if done(&streams) {
+                break;
+            }
+        }
+        let m = result.expect("consume");
+        let record = tally_common::records::ClientMessage::parse(m.key(), m.payload())
+            .unwrap_or_else(|e| panic!("invalid record in {topic}: {e}"));
+        streams
+            .entry(record.client)
+            .or_default()
+            .push((record.sn, record.msg));
+    }
+    streams
+}
+
+/// Whether a client's stream holds every sn `1..=expected.len()` with the right text.
+pub fn complete(stream: Option<&Vec<(u64, String)>>, expected: &[String]) -> bool {
+    let Some(stream) = stream else {
+        return expected.is_empty();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (sn, _) in stream {
+        seen.insert(*sn);
+    }
+    seen.len() == expected.len() && seen.iter().next_back().copied() == Some(expected.len() as u64)
+}
+
+/// What [`check_stream`] saw in one client's records.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCheck {
+    /// Records a counter would skip as duplicates (left by go-back-N resends).
+    pub duplicates: usize,
+    /// Records a counter would skip as gaps (an earlier sn was still missing).
+    pub gaps: usize,
+}
+
+/// Checks one client's records against what it sent, by replaying them through the
+/// counter's rule (apply sn == last+1, skip sn <= last as a duplicate, skip
+/// sn > last+1 as a gap): the replay must end at the last sn sent, and every record
+/// must carry the text sent as its sn.
+pub fn check_stream(
+    client: &str,
+    stream: &[(u64, String)],
+    expected: &[String],
+) -> Result<StreamCheck, String> {
+    let mut last = 0u64;
+    let mut check = StreamCheck::default();
+    for (sn, msg) in stream {
+        let want = expected
+            .get((*sn as usize).wrapping_sub(1))
+            .ok_or_else(|| format!("{client}: sn {sn} beyond the {} sent", expected.len()))?;
+        if msg != want {
+            return Err(format!(
+                "{client}: sn {sn} carries {msg:?}, sent as {want:?}"
+            ));
+        }
+        if *sn == last + 1 {
+            last += 1;
+        } else if *sn <= last {
+            check.duplicates += 1;
+        } else {
+            check.gaps += 1;
+        }
+    }
+    if last != expected.len() as u64 {
+        return Err(format!(
+            "{client}: a counter would stop at sn {last} of {}",
+            expected.len()
+        ));
+    }
+    Ok(check)
+}
+
+/// `n` distinct messages for a client.
+pub fn messages(client: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{client} message {i}")).collect()
+}

@@ -1,0 +1,364 @@
+//! One client connection: read a batch of lines, stash it (one Lua call + `WAIT`),
+//! ACK, hand it to the flusher.
+//!
+//! Invariant: `ACK n` is written only after the stash holding n was confirmed on a
+//! replica, and a batch reaches the flusher only after that (invariant 2). When the
+//! stash write fails or its outcome is unknown the client gets `ERR unavailable` and
+//! the connection closes; it resumes with HELLO from the stored `last_sn`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tally_common::redis::RedisOpError;
+use tally_common::ClientId;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::flusher::FlushCommand;
+use crate::protocol::{self, LineReader, ProtocolError, Request};
+use crate::registry::ClientSlot;
+use crate::{now_ms, Shared};
+
+/// Why a connection ended early; logged, never sent anywhere else.
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("closed: {0}")]
+    Closed(&'static str),
+}
+
+struct Identity {
+    id: ClientId,
+    slot: Arc<ClientSlot>,
+    epoch: u64,
+    last_sn: u64,
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    conn_id: u64,
+    reader: LineReader,
+    read_half: OwnedReadHalf,
+    writer: BufWriter<OwnedWriteHalf>,
+    identity: Option<Identity>,
+    /// Cancelled when a newer connection with the same id attaches.
+    superseded: CancellationToken,
+    shutdown: CancellationToken,
+    /// A line read while the previous batch was full.
+    carried: Option<String>,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("connection", %peer, client = tracing::field::Empty);
+    async move {
+        let _ = socket.set_nodelay(true);
+        let (read_half, write_half) = socket.into_split();
+        let mut conn = Connection {
+            reader: LineReader::new(shared.settings.producer.max_line_bytes),
+            shared,
+            peer,
+            conn_id,
+            read_half,
+            writer: BufWriter::new(write_half),
+            identity: None,
+            superseded: CancellationToken::new(),
+            shutdown,
+            carried: None,
+        };
+        metrics::gauge!("tally_producer_connections").increment(1.0);
+        match conn.run().await {
+            Ok(()) => debug!("connection closed"),
+            Err(e) => debug!("connection ended: {e}"),
+        }
+        let _ = conn.writer.flush().await;
+        let _ = conn.writer.shutdown().await;
+        conn.detach().await;
+        metrics::gauge!("tally_producer_connections").decrement(1.0);
+    }
+    .instrument(span)
+    .await
+}
+
+impl Connection {
+    async fn run(&mut self) -> Result<(), ConnectionEnd> {
+        let settings = &self.shared.settings.producer;
+        let (max_lines, max_bytes) = (settings.batch_max_lines, settings.batch_max_bytes);
+        let idle = Duration::from_millis(settings.idle_timeout_ms);
+        loop {
+            let mut batch: Vec<String> = Vec::new();
+            let mut batch_bytes = 0usize;
+            let mut replies = String::new();
+            // Gather what is already buffered, reading only while nothing is.
+            loop {
+                if let Some(line) = self.carried.take() {
+                    batch_bytes += line.len();
+                    batch.push(line);
+                }
+                while batch.len() < max_lines {
+                    let Some(line) = self.reader.next_line() else {
+                        break;
+                    };
+                    let hello_allowed = self.identity.is_none();
+                    match protocol::parse(line, self.reader_max(), hello_allowed) {
+                        Request::Message(text) => {
+                            if self.identity.is_none() {
+                                let id = ClientId::from_peer(self.peer);
+                                if !self.claim(id, false, &mut replies).await? {
+                                    return Ok(());
+                                }
+                            }
+                            if !batch.is_empty() && batch_bytes + text.len() > max_bytes {
+                                self.carried = Some(text);
+                                break;
+                            }
+                            batch_bytes += text.len();
+                            batch.push(text);
+                        }
+                        Request::Hello(id) => {
+                            if !self.claim(id, true, &mut replies).await? {
+                                return Ok(());
+                            }
+                        }
+                        Request::Invalid(error) => {
+                            metrics::counter!("tally_producer_rejected_lines_total", "reason" => reason(&error)).increment(1);
+                            replies.push_str(&protocol::err(&error));
+                        }
+                    }
+                }
+                if !batch.is_empty() || self.carried.is_some() || self.reader.is_done() {
+                    break;
+                }
+                if self.reader.at_eof() {
+                    // A final partial line is already a line; nothing else will come.
+                    continue;
+                }
+                self.write(&replies).await?;
+                replies.clear();
+                tokio::select! {
+                    read = tokio::time::timeout(idle, self.reader.fill(&mut self.read_half)) => {
+                        match read {
+                            Ok(result) => { result?; }
+                            Err(_) => return Err(ConnectionEnd::Closed("idle timeout")),
+                        }
+                    }
+                    () = self.superseded.cancelled() => {
+                        self.write(&protocol::superseded("the same client id connected again")).await?;
+                        return Err(ConnectionEnd::Closed("superseded"));
+                    }
+                    () = self.shutdown.cancelled() => return Err(ConnectionEnd::Closed("producer shutting down")),
+                }
+            }
+            if !batch.is_empty() && !self.stash(batch, batch_bytes, &mut replies).await? {
+                self.write(&replies).await?;
+                return Ok(());
+            }
+            self.write(&replies).await?;
+            if self.reader.is_done() && self.carried.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn reader_max(&self) -> usize {
+        self.shared.settings.producer.max_line_bytes
+    }
+
+    async fn write(&mut self, text: &str) -> Result<(), ConnectionEnd> {
+        if !text.is_empty() {
+            self.writer.write_all(text.as_bytes()).await?;
+            self.writer.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Takes ownership of `id` for this connection (HELLO, or the first message of
+    /// a client without HELLO). False when the connection must close.
+    async fn claim(
+        &mut self,
+        id: ClientId,
+        said_hello: bool,
+        replies: &mut String,
+    ) -> Result<bool, ConnectionEnd> {
+        tracing::Span::current().record("client", id.as_str());
+        let shared = self.shared.clone();
+        let slot = shared
+            .registry
+            .attach(&id, self.conn_id, self.superseded.clone());
+        let claimed = {
+            let _order = slot.ownership.lock().await;
+            // Listed before claimed: a crash between the two leaves a harmless stale
+            // entry, never an owned client that survivors cannot find.
+            match shared.store.add_owned(&shared.instance, &id).await {
+                Ok(()) => shared.store.take(&id, &shared.instance).await,
+                Err(e) => Err(e),
+            }
+        };
+        let claim = match claimed {
+            Ok(claim) => claim,
+            Err(e) => {
+                warn!(client = %id, "claim failed: {e}");
+                shared.registry.detach(&slot, self.conn_id);
+                replies.push_str(&protocol::unavailable(&e.to_string()));
+                return Ok(false);
+            }
+        };
+        info!(client = %id, epoch = claim.epoch, last_sn = claim.sn, flushed = claim.flushed, "client claimed");
+        slot.progress.set_flushed(claim.flushed);
+        let handed = shared
+            .flusher
+            .send(FlushCommand::Claimed {
+                slot: slot.clone(),
+                epoch: claim.epoch,
+                sn: claim.sn,
+                flushed: claim.flushed,
+                connected: true,
+            })
+            .await;
+        if handed.is_err() {
+            replies.push_str(&protocol::unavailable("producer shutting down"));
+            return Ok(false);
+        }
+        if said_hello {
+            replies.push_str(&protocol::welcome(&id, claim.sn));
+        }
+        self.identity = Some(Identity {
+            id,
+            slot,
+            epoch: claim.epoch,
+            last_sn: claim.sn,
+        });
+        Ok(true)
+    }
+
+    /// Stashes a batch and ACKs it; false when the connection must close.
+    async fn stash(
+        &mut self,
+        batch: Vec<String>,
+        bytes: usize,
+        replies: &mut String,
+    ) -> Result<bool, ConnectionEnd> {
+        let shared = self.shared.clone();
+        let Some(identity) = self.identity.as_mut() else {
+            return Ok(false);
+        };
+        // Backpressure: wait (not reading the socket) until the backlog has room.
+        let limits = &shared.settings.producer;
+        let mut progress = identity.slot.progress.subscribe();
+        let count = batch.len() as u64;
+        loop {
+            let flushed = identity.slot.progress.flushed();
+            let backlog = identity.last_sn.saturating_sub(flushed);
+            let memory = identity.slot.progress.memory_bytes();
+            if backlog + count <= limits.client_backlog_messages
+                && memory + bytes <= limits.client_backlog_bytes
+            {
+                break;
+            }
+            metrics::counter!("tally_producer_backpressure_waits_total").increment(1);
+            tokio::select! {
+                changed = progress.changed() => { if changed.is_err() { return Ok(false); } }
+                () = self.superseded.cancelled() => {
+                    replies.push_str(&protocol::superseded("the same client id connected again"));
+                    return Ok(false);
+                }
+                () = self.shutdown.cancelled() => return Ok(false),
+            }
+        }
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        match shared.memory.clone().acquire_many_owned(permits).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Ok(false),
+        }
+
+        let started = Instant::now();
+        let ts = now_ms();
+        let result = shared
+            .store
+            .append(
+                &identity.id,
+                &shared.instance,
+                identity.epoch,
+                identity.last_sn,
+                ts,
+                &batch,
+            )
+            .await;
+        match result {
+            Ok(first_sn) => {
+                let last = first_sn + count - 1;
+                identity.last_sn = last;
+                metrics::histogram!("tally_producer_ack_latency_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("tally_producer_stash_batch_size").record(count as f64);
+                metrics::counter!("tally_producer_messages_in_total").increment(count);
+                replies.push_str(&protocol::ack(last));
+                identity.slot.progress.add_bytes(bytes);
+                let handed = shared
+                    .flusher
+                    .send(FlushCommand::Append {
+                        slot: identity.slot.clone(),
+                        epoch: identity.epoch,
+                        first_sn,
+                        ts,
+                        messages: batch,
+                    })
+                    .await;
+                // The batch is in the stash: if the flusher is gone (shutdown), the
+                // next owner flushes it from there.
+                Ok(handed.is_ok())
+            }
+            Err(e) => {
+                shared.memory.add_permits(permits as usize);
+                match e {
+                    RedisOpError::Refused { ref code, .. } if code == "TALLY_FENCED" => {
+                        info!(client = %identity.id, "fenced: {e}");
+                        replies.push_str(&protocol::superseded(
+                            "another connection owns this client id",
+                        ));
+                    }
+                    other => {
+                        warn!(client = %identity.id, "stash failed: {other}");
+                        metrics::counter!("tally_producer_stash_errors_total").increment(1);
+                        replies.push_str(&protocol::unavailable(&other.to_string()));
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn detach(&mut self) {
+        if let Some(identity) = self.identity.take() {
+            self.shared.registry.detach(&identity.slot, self.conn_id);
+            let _ = self
+                .shared
+                .flusher
+                .send(FlushCommand::Disconnected {
+                    id: identity.id,
+                    epoch: identity.epoch,
+                })
+                .await;
+        }
+    }
+}
+
+fn reason(error: &ProtocolError) -> &'static str {
+    match error {
+        ProtocolError::TooLong { .. } => "too_long",
+        ProtocolError::InvalidUtf8 { .. } => "invalid_utf8",
+        ProtocolError::BadHelloId(_) | ProtocolError::HelloTooLate => "bad_hello",
+    }
+}

@@ -1,0 +1,196 @@
+//! `tally-producer`: accepts client lines over TCP, numbers and stashes them in
+//! Redis Cluster, ACKs them once replicated, and flushes them to Kafka.
+//!
+//! Exactly-once on this side rests on the invariants in `docs/architecture.md`:
+//! one Lua call assigns sns and appends per batch (1); nothing is ACKed or sent to
+//! Kafka before `WAIT` confirms the stash on a replica (2); `flushed` advances only
+//! over contiguous Kafka confirmations, failures rewind (3); every client has one
+//! fenced owner, and dead owners' clients are adopted (6).
+//!
+//! The library's entry point is [`run`]: it serves a bound listener until the
+//! shutdown future completes, then drains. `main.rs` only parses arguments.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+use tally_common::kafka::idempotent_producer_config;
+use tally_common::redis::{connect, RedisOpError, Replication};
+use tally_common::stash::StashStore;
+use tally_common::{Keys, Settings};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+mod connection;
+mod flusher;
+mod ownership;
+pub mod protocol;
+mod registry;
+
+/// Capacity of the queue from connections to the flusher, in batches.
+const FLUSH_QUEUE: usize = 1_024;
+
+/// Why the producer could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    /// Redis Cluster could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A Redis operation failed at start-up.
+    #[error("redis: {0}")]
+    RedisOp(#[from] RedisOpError),
+    /// The Kafka producer could not be created.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What every task of the producer shares.
+pub struct Shared {
+    /// This instance's id: the owner name in stashes.
+    pub instance: String,
+    /// All settings.
+    pub settings: Settings,
+    /// The stash and registry operations.
+    pub store: StashStore,
+    registry: registry::Registry,
+    flusher: mpsc::Sender<flusher::FlushCommand>,
+    /// The global memory budget for un-flushed messages, in bytes.
+    memory: Arc<Semaphore>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The configured instance id, or a generated one (`p-<pid>-<random>`).
+pub fn instance_id(settings: &Settings) -> String {
+    settings.producer.instance_id.clone().unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        format!("p-{}-{nanos:x}", std::process::id())
+    })
+}
+
+/// Serves `listener` until `shutdown` completes, then shuts down gracefully: stop
+/// accepting, finish in-flight batches, flush stashes within
+/// `producer.shutdown_timeout_ms`, release clients and leave the registry.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProducerError> {
+    let instance = instance_id(&settings);
+    let conn = connect(&settings.redis).await?;
+    let store = StashStore::new(
+        conn,
+        Keys::new(&settings.redis.prefix),
+        Replication::from_settings(&settings.redis),
+    );
+    let kafka: FutureProducer = idempotent_producer_config(&settings.kafka).create()?;
+    let (flush_tx, flush_rx) = mpsc::channel(FLUSH_QUEUE);
+    let shared = Arc::new(Shared {
+        instance: instance.clone(),
+        memory: Arc::new(Semaphore::new(settings.producer.global_backlog_bytes)),
+        settings,
+        store,
+        registry: registry::Registry::default(),
+        flusher: flush_tx,
+    });
+    info!(instance = %instance, listen = %listener.local_addr()?, "tally-producer starting");
+
+    let (remaining_tx, mut remaining) = watch::channel(0usize);
+    let stop_flusher = CancellationToken::new();
+    let flusher_task = tokio::spawn(
+        flusher::Flusher::new(shared.clone(), kafka, remaining_tx)
+            .run(flush_rx, stop_flusher.clone()),
+    );
+
+    shared.store.heartbeat(&instance, now_ms()).await?;
+    let readopted = ownership::adopt_from(&shared, &instance, None).await;
+    if readopted > 0 {
+        info!(
+            readopted,
+            "re-adopted this instance's clients from its previous run"
+        );
+    }
+    let stop_ownership = CancellationToken::new();
+    let ownership_task = tokio::spawn(ownership::run(shared.clone(), stop_ownership.clone()));
+
+    // Accept until shutdown.
+    let stop_connections = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let limit = Arc::new(Semaphore::new(shared.settings.producer.max_connections));
+    let next_conn_id = AtomicU64::new(1);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let conn_id = next_conn_id.fetch_add(1, Ordering::Relaxed);
+                let (shared, stop) = (shared.clone(), stop_connections.clone());
+                connections.spawn(async move {
+                    connection::serve(shared, socket, peer, conn_id, stop).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    info!("shutting down: no new connections; finishing in-flight batches");
+    drop(listener);
+    stop_connections.cancel();
+    connections.close();
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(shared.settings.producer.shutdown_timeout_ms);
+    let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
+
+    info!("flushing stashes");
+    let drained = tokio::time::timeout_at(deadline, remaining.wait_for(|&n| n == 0))
+        .await
+        .is_ok();
+    stop_ownership.cancel();
+    let _ = ownership_task.await;
+    stop_flusher.cancel();
+    let _ = flusher_task.await;
+    if drained {
+        shared.store.forget_producer(&instance).await?;
+        info!("all clients flushed and released; left the producer registry");
+    } else {
+        // Let survivors adopt what is left now rather than after 3 heartbeats.
+        shared.store.heartbeat(&instance, 0).await?;
+        warn!(
+            clients = *remaining.borrow(),
+            "shutdown deadline passed; survivors adopt the remaining clients"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The line protocol: framing with bounded memory, and the replies.
+//!
+//! Invariant: memory per connection is bounded by the maximum line length plus one
+//! read chunk, whatever the client sends: a line that outgrows the maximum is
+//! reported once and its remaining bytes are discarded as they arrive.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use tally_common::keys::{ClientId, ClientIdError};
+
+/// Bytes requested from the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One thing a client said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `HELLO <client-id>`.
+    Hello(ClientId),
+    /// A message line.
+    Message(String),
+    /// A line that gets an `ERR` and is not stored.
+    Invalid(ProtocolError),
+}
+
+/// Why a line was rejected; each maps to an `ERR <code> <detail>` reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Over the configured maximum.
+    #[error("too_long line exceeds {max} bytes")]
+    TooLong {
+        /// The maximum.
+        max: usize,
+    },
+    /// Not UTF-8.
+    #[error("invalid_utf8 line is not valid UTF-8 (byte {valid_up_to})")]
+    InvalidUtf8 {
+        /// Offset of the first bad byte.
+        valid_up_to: usize,
+    },
+    /// A malformed HELLO.
+    #[error("bad_hello {0}")]
+    BadHelloId(#[from] ClientIdError),
+    /// HELLO once the connection already has an identity.
+    #[error("bad_hello HELLO must be the first line")]
+    HelloTooLate,
+}
+
+/// Splits a byte stream into lines: `\n` ends a line, a trailing `\r` is dropped,
+/// empty lines are skipped.
+pub struct LineReader {
+    buf: BytesMut,
+    max_line: usize,
+    /// Inside an over-long line: drop bytes up to the next `\n`.
+    discarding: bool,
+    eof: bool,
+}
+
+/// What [`LineReader::next_line`] found in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line, without its ending.
+    Text(Vec<u8>),
+    /// A line longer than the maximum (reported once per line).
+    TooLong,
+}
+
+impl LineReader {
+    /// A reader for lines of at most `max_line` bytes.
+    pub fn new(max_line: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(READ_CHUNK.min(max_line + 2)),
+            max_line,
+            discarding: false,
+            eof: false,
+        }
+    }
+
+    /// Whether the peer closed its sending side and everything was consumed.
+    pub fn is_done(&self) -> bool {
+        self.eof && self.buf.is_empty()
+    }
+
+    /// Whether the peer closed its sending side.
+    pub fn at_eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Reads more bytes; returns false at end of stream.
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<bool> {
+        self.buf.reserve(READ_CHUNK);
+        let n = reader.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n > 0)
+    }
+
+    /// The next complete line in the buffer, if any. At end of stream a final line
+    /// without `\n` counts as complete.
+    pub fn next_line(&mut self) -> Option<Line> {
+        loop {
+            let newline = self.buf.iter().position(|&b| b == b'\n');
+            if self.discarding {
+                match newline {
+                    Some(i) => {
+                        self.buf.advance(i + 1);
+                        self.discarding = false;
+                        continue;
+                    }
+                    None => {
+                        self.buf.clear();
+                        return None;
+                    }
+                }
+            }
+            let end = match newline {
+                Some(i) => i,
+                // Allow one byte for a `\r` that may precede the `\n`.
+                None if self.buf.len() > self.max_line + 1 => {
+                    self.buf.clear();
+                    self.discarding = !self.eof;
+                    return Some(Line::TooLong);
+                }
+                None if self.eof && !self.buf.is_empty() => self.buf.len(),
+                None => return None,
+            };
+            let mut line = self.buf.split_to(end).to_vec();
+            if newline.is_some() {
+                self.buf.advance(1);
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                continue;
+            }
+            if line.len() > self.max_line {
+                return Some(Line::TooLong);
+            }
+            return Some(Line::Text(line));
+        }
+    }
+}
+
+/// Interprets a line. `hello_allowed` is true until the connection has an identity.
+pub fn parse(line: Line, max_line: usize, hello_allowed: bool) -> Request {
+    let bytes = match line {
+        Line::TooLong => return Request::Invalid(ProtocolError::TooLong { max: max_line }),
+        Line::Text(bytes) => bytes,
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            return Request::Invalid(ProtocolError::InvalidUtf8 {
+                valid_up_to: e.utf8_error().valid_up_to(),
+            })
+        }
+    };
+    if text == "HELLO" || text.starts_with("HELLO ") {
+        if !hello_allowed {
+            return Request::Invalid(ProtocolError::HelloTooLate);
+        }
+        let id = text["HELLO".len()..].trim_start_matches(' ');
+        return match ClientId::parse(id) {
+            Ok(id) => Request::Hello(id),
+            Err(e) => Request::Invalid(e.into()),
+        };
+    }
+    Request::Message(text)
+}
+
+/// `WELCOME <id> <last_sn>`.
+pub fn welcome(id: &ClientId, last_sn: u64) -> String {
+    format!("WELCOME {id} {last_sn}\n")
+}
+
+/// `ACK <sn>`.
+pub fn ack(sn: u64) -> String {
+    format!("ACK {sn}\n")
+}
+
+/// `ERR <code> <detail>`.
+pub fn err(error: &ProtocolError) -> String {
+    format!("ERR {error}\n")
+}
+
+/// `ERR unavailable <detail>`: outcome unknown; the connection closes.
+pub fn unavailable(detail: &str) -> String {
+    format!("ERR unavailable {}\n", single_line(detail))
+}
+
+/// `ERR superseded <detail>`: the id connected again; this connection closes.
+pub fn superseded(detail: &str) -> String {
+    format!("ERR superseded {}\n", single_line(detail))
+}
+
+fn single_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[&[u8]], max: usize) -> Vec<Line> {
+        let mut r = LineReader::new(max);
+        let mut out = Vec::new();
+        for chunk in input {
+            r.buf.extend_from_slice(chunk);
+            while let Some(l) = r.next_line() {
+                out.push(l);
+            }
+        }
+        r.eof = true;
+        while let Some(l) = r.next_line() {
+            out.push(l);
+        }
+        out
+    }
+
+    fn text(s: &str) -> Line {
+        Line::Text(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn splits_lines_drops_cr_and_skips_empty() {
+        assert_eq!(
+            lines(&[b"a\r\n\nb", b"c\n\r\n", b"last"], 10),
+            vec![text("a"), text("bc"), text("last")]
+        );
+    }
+
+    #[test]
+    fn over_long_line_is_reported_once_and_discarded_across_reads() {
+        let long = vec![b'x'; 25];
+        assert_eq!(
+            lines(&[&long, &long, b"tail\nok\n"], 10),
+            vec![Line::TooLong, text("ok")]
+        );
+        // Exactly the maximum is fine, with or without \r.
+        assert_eq!(
+            lines(&[b"0123456789\r\n0123456789\n"], 10),
+            vec![text("0123456789"), text("0123456789")]
+        );
+        assert_eq!(lines(&[b"0123456789A\n"], 10), vec![Line::TooLong]);
+    }
+
+    #[test]
+    fn buffer_stays_bounded_while_discarding() {
+        let mut r = LineReader::new(100);
+        for _ in 0..1000 {
+            r.buf.extend_from_slice(&[b'y'; 1000]);
+            while r.next_line().is_some() {}
+            assert!(r.buf.len() <= 1000);
+        }
+    }
+
+    #[test]
+    fn hello_rules() {
+        let hello = |s: &str, allowed| parse(text(s), 64, allowed);
+        assert_eq!(
+            hello("HELLO client-7", true),
+            Request::Hello(ClientId::parse("client-7").expect("id"))
+        );
+        assert!(matches!(
+            hello("HELLO bad id", true),
+            Request::Invalid(ProtocolError::BadHelloId(_))
+        ));
+        assert!(matches!(
+            hello("HELLO", true),
+            Request::Invalid(ProtocolError::BadHelloId(ClientIdError::Empty))
+        ));
+        assert_eq!(
+            hello("HELLO client-7", false),
+            Request::Invalid(ProtocolError::HelloTooLate)
+        );
+        assert_eq!(
+            hello("HELLOworld", true),
+            Request::Message("HELLOworld".into())
+        );
+        assert_eq!(
+            parse(Line::Text(vec![0xff, b'a']), 64, true),
+            Request::Invalid(ProtocolError::InvalidUtf8 { valid_up_to: 0 })
+        );
+    }
+
+    #[test]
+    fn replies_are_single_lines() {
+        assert_eq!(
+            err(&ProtocolError::TooLong { max: 5 }),
+            "ERR too_long line exceeds 5 bytes\n"
+        );
+        assert_eq!(
+            err(&ProtocolError::HelloTooLate),
+            "ERR bad_hello HELLO must be the first line\n"
+        );
+        assert_eq!(unavailable("a\nb"), "ERR unavailable a b\n");
+    }
+}

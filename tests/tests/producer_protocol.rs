@@ -1,0 +1,278 @@
+//! The producer's line protocol, spoken as raw bytes over TCP to a producer bound to
+//! port 0 (in-process), against the real Redis Cluster and Kafka.
+
+use std::time::{Duration, Instant};
+
+use tally_common::keys::ClientId;
+use tally_common::redis::{connect, Replication};
+use tally_common::stash::StashStore;
+use tally_common::Keys;
+use tally_tests::{
+    check_stream, complete, isolated_settings, read_client_messages, InProcessProducer,
+    ServiceProcess,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Raw {
+    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    writer: OwnedWriteHalf,
+    local: String,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let local = stream.local_addr().expect("local addr").to_string();
+        let (r, w) = stream.into_split();
+        Self {
+            lines: BufReader::new(r).lines(),
+            writer: w,
+            local,
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write");
+    }
+
+    async fn line(&mut self) -> String {
+        match tokio::time::timeout(REPLY_TIMEOUT, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("expected a reply line, got {other:?}"),
+        }
+    }
+
+    /// Reads replies until `ACK <sn>`, returning the lines before it.
+    async fn until_ack(&mut self, sn: u64) -> Vec<String> {
+        let mut other = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line == format!("ACK {sn}") {
+                return other;
+            }
+            other.push(line);
+        }
+    }
+
+    async fn expect_closed(&mut self) {
+        match tokio::time::timeout(REPLY_TIMEOUT, self.lines.next_line()).await {
+            Ok(Ok(None)) | Ok(Err(_)) => {}
+            other => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_are_cumulative_and_hello_resumes_from_last_sn() {
+    let settings = isolated_settings("it-proto-ack", 3).await;
+    let producer = InProcessProducer::start(settings.clone()).await;
+
+    let mut c = Raw::connect(&producer.addr).await;
+    c.send(b"HELLO resume-1\n").await;
+    assert_eq!(c.line().await, "WELCOME resume-1 0");
+    c.send(b"one\ntwo\nthree\n").await;
+    // ACKs are cumulative and may be coalesced; each one is a prefix of what was sent.
+    let before = c.until_ack(3).await;
+    let mut previous = 0;
+    for line in before {
+        let sn: u64 = line
+            .strip_prefix("ACK ")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected {line:?}"));
+        assert!(sn > previous && sn < 3, "ACK {sn} after {previous}");
+        previous = sn;
+    }
+    drop(c);
+
+    // A resuming client learns its last sn and continues from there.
+    let mut c = Raw::connect(&producer.addr).await;
+    c.send(b"HELLO resume-1\n").await;
+    assert_eq!(c.line().await, "WELCOME resume-1 3");
+    c.send(b"four\nfive\n").await;
+    assert!(c.until_ack(5).await.is_empty());
+    drop(c);
+
+    let expected: Vec<String> = ["one", "two", "three", "four", "five"]
+        .map(String::from)
+        .to_vec();
+    let streams = read_client_messages(
+        &settings,
+        &settings.kafka.client_message_topic,
+        Duration::from_secs(30),
+        |s| complete(s.get("resume-1"), &expected),
+    );
+    let stream = streams.get("resume-1").expect("records of resume-1");
+    let check = check_stream("resume-1", stream, &expected).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(check.duplicates + check.gaps, 0, "{stream:?}");
+    producer.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_is_not_stored() {
+    let settings = isolated_settings("it-proto-bad", 3).await;
+    let producer = InProcessProducer::start(settings.clone()).await;
+
+    let mut c = Raw::connect(&producer.addr).await;
+    c.send(b"HELLO not valid\n").await;
+    assert!(c.line().await.starts_with("ERR bad_hello "));
+    c.send(b"HELLO bad-input\n").await;
+    assert_eq!(c.line().await, "WELCOME bad-input 0");
+    c.send(b"first\r\n\n\r\n\xff\xfe broken\nsecond\nHELLO bad-input\nthird\n")
+        .await;
+    let errors = c.until_ack(3).await;
+    let codes: Vec<String> = errors
+        .iter()
+        .map(|e| e.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        codes,
+        ["ERR invalid_utf8", "ERR bad_hello"],
+        "errors in order, connection kept open"
+    );
+    c.send(b"fourth\n").await;
+    assert!(c.until_ack(4).await.is_empty());
+
+    let expected: Vec<String> = ["first", "second", "third", "fourth"]
+        .map(String::from)
+        .to_vec();
+    let streams = read_client_messages(
+        &settings,
+        &settings.kafka.client_message_topic,
+        Duration::from_secs(30),
+        |s| complete(s.get("bad-input"), &expected),
+    );
+    check_stream(
+        "bad-input",
+        streams.get("bad-input").expect("records"),
+        &expected,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    producer.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_the_same_id_supersedes_the_first() {
+    let settings = isolated_settings("it-proto-super", 3).await;
+    let producer = InProcessProducer::start(settings.clone()).await;
+
+    let mut first = Raw::connect(&producer.addr).await;
+    first.send(b"HELLO twin\none\n").await;
+    assert_eq!(first.line().await, "WELCOME twin 0");
+    first.until_ack(1).await;
+
+    let mut second = Raw::connect(&producer.addr).await;
+    second.send(b"HELLO twin\n").await;
+    assert_eq!(second.line().await, "WELCOME twin 1");
+    let notice = first.line().await;
+    assert!(notice.starts_with("ERR superseded "), "{notice}");
+    first.expect_closed().await;
+
+    second.send(b"two\n").await;
+    assert!(second.until_ack(2).await.is_empty());
+    producer.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_hello_is_named_by_its_peer_address() {
+    let settings = isolated_settings("it-proto-peer", 3).await;
+    let producer = InProcessProducer::start(settings.clone()).await;
+    let mut c = Raw::connect(&producer.addr).await;
+    let id = c.local.clone();
+    c.send(b"anonymous\n").await;
+    assert!(c.until_ack(1).await.is_empty());
+    let expected = vec!["anonymous".to_string()];
+    let streams = read_client_messages(
+        &settings,
+        &settings.kafka.client_message_topic,
+        Duration::from_secs(30),
+        |s| complete(s.get(&id), &expected),
+    );
+    assert!(
+        streams.contains_key(&id),
+        "no records under {id}: {streams:?}"
+    );
+    producer.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_half_closed_ones_get_their_acks() {
+    let mut settings = isolated_settings("it-proto-idle", 3).await;
+    settings.producer.idle_timeout_ms = 500;
+    let producer = InProcessProducer::start(settings.clone()).await;
+
+    let mut idle = Raw::connect(&producer.addr).await;
+    let started = Instant::now();
+    idle.expect_closed().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed too early"
+    );
+
+    // Half-close: the client stops sending (last line without newline), still reads.
+    let mut c = Raw::connect(&producer.addr).await;
+    c.send(b"HELLO half\nalpha\nomega").await;
+    c.writer.shutdown().await.expect("shutdown write");
+    assert_eq!(c.line().await, "WELCOME half 0");
+    c.until_ack(2).await;
+    c.expect_closed().await;
+    producer.shutdown().await.expect("clean shutdown");
+}
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabytes_without_newline_are_rejected_without_buffering_them() {
+    let settings = isolated_settings("it-proto-long", 3).await;
+    let port = tally_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut env = ServiceProcess::env_for(&settings);
+    env.push(("TALLY__PRODUCER__LISTEN", addr.clone()));
+    let process = ServiceProcess::start("tally-producer", &env);
+    tally_tests::wait_listening(&addr, Duration::from_secs(30)).await;
+
+    let mut c = Raw::connect(&addr).await;
+    c.send(b"HELLO long-line\nwarm up\n").await;
+    assert_eq!(c.line().await, "WELCOME long-line 0");
+    c.until_ack(1).await;
+    let before = peak_rss_kib(process.pid());
+
+    let chunk = vec![b'x'; 1024 * 1024];
+    for _ in 0..10 {
+        c.send(&chunk).await;
+    }
+    c.send(b"\nafter\n").await;
+    let errors = c.until_ack(2).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0], "ERR too_long line exceeds 65536 bytes");
+    let after = peak_rss_kib(process.pid());
+    assert!(
+        after.saturating_sub(before) < 4 * 1024,
+        "peak RSS grew by {} KiB while 10 MiB streamed in: the line was buffered",
+        after - before
+    );
+
+    // Only the two good lines were stored.
+    let conn = connect(&settings.redis).await.expect("redis");
+    let store = StashStore::new(
+        conn,
+        Keys::new(&settings.redis.prefix),
+        Replication::from_settings(&settings.redis),
+    );
+    let meta = store
+        .meta(&ClientId::parse("long-line").expect("id"))
+        .await
+        .expect("meta");
+    assert_eq!(meta.sn, 2, "{meta:?}\n{}", process.log_tail());
+}
