@@ -1,0 +1,114 @@
+//! A Redis master holding some clients' stashes is killed (-9) while they stream.
+//! Those clients see `ERR unavailable` (or a dropped connection) and resume with
+//! HELLO from the stored last sn; the replica is promoted, and once the old master
+//! is restarted it rejoins as a replica (which `min-replicas-to-write 1` needs
+//! before the shard accepts writes again). Afterwards every sn 1..N of every client
+//! is in Kafka, and no sn was ever re-used for a different message.
+
+use std::time::{Duration, Instant};
+
+use tally_client::session::send_all;
+use tally_common::keys::ClientId;
+use tally_common::Keys;
+use tally_tests::{
+    check_stream, complete, isolated_settings, messages, parse_cluster_nodes, read_client_messages,
+    stack, InProcessProducer, RestoreNode,
+};
+
+const CLIENTS: usize = 6;
+const PER_CLIENT: usize = 15_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sn_reaches_kafka_across_a_redis_master_kill() {
+    let settings = isolated_settings("it-redis-kill", 3).await;
+    let producer = InProcessProducer::start(settings.clone()).await;
+    let ids: Vec<String> = (0..CLIENTS).map(|i| format!("rk-{i}")).collect();
+
+    // The master that holds the first client's stash.
+    let keys = Keys::new(&settings.redis.prefix);
+    let seed = settings.redis.nodes[0]
+        .trim_start_matches("redis://")
+        .to_string();
+    let mut admin = redis::Client::open(format!("redis://{seed}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(keys.client_stash(&ClientId::parse(&ids[0]).expect("id")))
+        .query_async(&mut admin)
+        .await
+        .expect("KEYSLOT");
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut admin)
+        .await
+        .expect("NODES");
+    let master = parse_cluster_nodes(&nodes)
+        .into_iter()
+        .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .expect("slot owner");
+    let victim = format!("redis-{}", master.addr.rsplit(':').next().expect("port"));
+
+    let mut sessions = Vec::new();
+    for id in &ids {
+        let (addr, id, msgs) = (
+            producer.addr.clone(),
+            ClientId::parse(id).expect("id"),
+            messages(id, PER_CLIENT),
+        );
+        sessions.push(tokio::spawn(async move {
+            send_all(
+                &[addr],
+                &id,
+                &msgs,
+                Instant::now() + Duration::from_secs(180),
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = RestoreNode::kill(&victim);
+    // Past cluster-node-timeout, so the replica is promoted, then bring the old one back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stack(&["start", &victim]);
+
+    let mut interrupted = 0;
+    for (id, s) in ids.iter().zip(sessions) {
+        let report = s
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(report.acked, PER_CLIENT as u64);
+        interrupted += usize::from(report.reconnects > 0);
+    }
+    killed.restore();
+    assert!(
+        interrupted >= 1,
+        "no client was interrupted by the failover of {victim}"
+    );
+
+    let expected: Vec<Vec<String>> = ids.iter().map(|id| messages(id, PER_CLIENT)).collect();
+    let streams = read_client_messages(
+        &settings,
+        &settings.kafka.client_message_topic,
+        Duration::from_secs(120),
+        |s| {
+            ids.iter()
+                .zip(&expected)
+                .all(|(id, e)| complete(s.get(id), e))
+        },
+    );
+    for (id, e) in ids.iter().zip(&expected) {
+        let stream = streams
+            .get(id)
+            .unwrap_or_else(|| panic!("no records of {id}"));
+        // check_stream also proves no sn carries another message's text.
+        check_stream(id, stream, e).unwrap_or_else(|err| panic!("{err}"));
+    }
+    eprintln!(
+        "{victim} killed; {interrupted} of {CLIENTS} clients resumed; all sns complete in Kafka"
+    );
+    producer.shutdown().await.expect("clean shutdown");
+}
