@@ -54,7 +54,7 @@ async fn a_killed_producers_clients_and_stashes_are_taken_over() {
     let orphans: Vec<String> = (0..ORPHANS).map(|i| format!("orphan-{i}")).collect();
     for id in &orphans {
         let report = send_all(
-            &[addr_a.clone()],
+            std::slice::from_ref(&addr_a),
             &ClientId::parse(id).expect("id"),
             &messages(id, PER_CLIENT),
             Instant::now() + Duration::from_secs(60),
