@@ -186,6 +186,14 @@ pub struct CounterSettings {
     /// Longest a batch collects records before it is applied, in milliseconds.
     #[serde(default = "defaults::batch_max_ms")]
     pub batch_max_ms: u64,
+    /// A client whose records stay in a gap (an sn missing, later ones waiting) this
+    /// long is logged as stalled and counted in `tally_counter_stalled_clients`, in
+    /// milliseconds. The producer's resend normally fills a gap within seconds.
+    #[serde(default = "defaults::stall_after_ms")]
+    pub stall_after_ms: u64,
+    /// Most per-client Redis scripts of one batch in flight at once.
+    #[serde(default = "defaults::apply_concurrency")]
+    pub apply_concurrency: usize,
 }
 
 /// `[aggregator]`
@@ -200,6 +208,9 @@ pub struct AggregatorSettings {
     /// Longest a batch collects records before it is applied, in milliseconds.
     #[serde(default = "defaults::batch_max_ms")]
     pub batch_max_ms: u64,
+    /// Most per-message Redis scripts of one batch in flight at once.
+    #[serde(default = "defaults::apply_concurrency")]
+    pub apply_concurrency: usize,
 }
 
 /// `[client]`
@@ -338,6 +349,12 @@ mod defaults {
     }
     pub fn batch_max_ms() -> u64 {
         100
+    }
+    pub fn stall_after_ms() -> u64 {
+        30_000
+    }
+    pub fn apply_concurrency() -> usize {
+        32
     }
     pub fn client_producer_addr() -> String {
         "127.0.0.1:7400".into()
@@ -668,6 +685,22 @@ impl Settings {
             ),
         ] {
             check(records >= 1, key, "must be ≥ 1");
+        }
+        for (key, n) in [
+            ("counter.apply_concurrency", self.counter.apply_concurrency),
+            (
+                "aggregator.apply_concurrency",
+                self.aggregator.apply_concurrency,
+            ),
+        ] {
+            check(n >= 1, key, "must be ≥ 1");
+        }
+        for (key, ms) in [
+            ("counter.batch_max_ms", self.counter.batch_max_ms),
+            ("counter.stall_after_ms", self.counter.stall_after_ms),
+            ("aggregator.batch_max_ms", self.aggregator.batch_max_ms),
+        ] {
+            check(ms > 0, key, "must be > 0");
         }
         for (key, id) in [
             ("producer.instance_id", &self.producer.instance_id),

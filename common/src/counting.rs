@@ -1,0 +1,178 @@
+//! The counts in Redis: per-client counts written by the counter and per-message
+//! counts written by the aggregator, as typed operations over the Lua scripts in
+//! `lua/count_*.lua`.
+//!
+//! Invariants upheld here: a client's sn is counted at most once, in sn order, and
+//! only after every sn below it (sn == last_sn + 1); a message is counted at most
+//! once per (message, client, sn), by a high-water mark that never expires
+//! (invariant 4). Every write returns only after `WAIT` confirmed it on the
+//! configured replicas (invariant 5), so the caller may then commit the offsets of
+//! the records it applied. Both scripts are safe to re-run.
+
+use redis::cluster_async::ClusterConnection;
+use redis::AsyncCommands;
+
+use crate::keys::{ClientId, Keys, MessageHash};
+use crate::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
+
+/// What happened to one client record in [`CountStore::apply_client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// sn == last_sn + 1: counted now.
+    Applied,
+    /// sn <= last_sn: counted before (a resend or a replay).
+    Duplicate,
+    /// sn > last_sn + 1: an earlier sn is missing; not counted.
+    Gap,
+}
+
+impl Outcome {
+    /// Whether the record goes on to `message_aggregation` (applied and duplicate
+    /// records do: a replay after an aborted transaction must forward again).
+    pub fn is_forwarded(self) -> bool {
+        matches!(self, Self::Applied | Self::Duplicate)
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            b'A' => Some(Self::Applied),
+            b'D' => Some(Self::Duplicate),
+            b'G' => Some(Self::Gap),
+            _ => None,
+        }
+    }
+}
+
+/// Typed access to the count keys.
+#[derive(Clone)]
+pub struct CountStore {
+    conn: ClusterConnection,
+    keys: Keys,
+    replication: Replication,
+    client: ReplicatedScript,
+    message: ReplicatedScript,
+}
+
+impl CountStore {
+    /// Operations over `conn`, on keys from `keys`, confirmed with `replication`.
+    pub fn new(conn: ClusterConnection, keys: Keys, replication: Replication) -> Self {
+        Self {
+            conn,
+            keys,
+            replication,
+            client: ReplicatedScript::new(include_str!("lua/count_client.lua")),
+            message: ReplicatedScript::new(include_str!("lua/count_message.lua")),
+        }
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Applies a client's records of one batch, `sns` in offset order, and returns
+    /// one outcome per processed record, in order.
+    ///
+    /// The result is shorter than `sns` when a gap was met and a later record would
+    /// have filled it: that record and all after it were not processed, and the
+    /// caller must not commit their offsets (see `lua/count_client.lua` for why).
+    /// At least one record is always processed.
+    pub async fn apply_client(
+        &self,
+        client: &ClientId,
+        sns: &[u64],
+    ) -> Result<Vec<Outcome>, RedisOpError> {
+        if sns.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut call = ScriptCall::new();
+        call.key(self.keys.client_count(client))
+            .key(self.keys.client_last_sn(client));
+        for sn in sns {
+            call.arg(*sn);
+        }
+        let codes: String = self
+            .client
+            .invoke(&mut self.conn.clone(), &call, self.replication)
+            .await?;
+        let outcomes = codes
+            .bytes()
+            .map(|c| {
+                Outcome::from_code(c)
+                    .ok_or_else(|| RedisOpError::Result(format!("count_client returned {codes:?}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if outcomes.is_empty() || outcomes.len() > sns.len() {
+            return Err(RedisOpError::Result(format!(
+                "count_client returned {} outcomes for {} records",
+                outcomes.len(),
+                sns.len()
+            )));
+        }
+        Ok(outcomes)
+    }
+
+    /// Counts the sightings `(client, sn)` of one message, in arrival order, each
+    /// only if its sn is above that client's high-water mark for this message, and
+    /// stores the text once. Returns how many were counted.
+    pub async fn apply_message(
+        &self,
+        hash: &MessageHash,
+        text: &str,
+        sightings: &[(&str, u64)],
+    ) -> Result<u64, RedisOpError> {
+        if sightings.is_empty() {
+            return Ok(0);
+        }
+        let mut call = ScriptCall::new();
+        call.key(self.keys.message_count(hash))
+            .key(self.keys.message_seen(hash))
+            .key(self.keys.message_text(hash))
+            .arg(text);
+        for (client, sn) in sightings {
+            call.arg(*client).arg(*sn);
+        }
+        self.message
+            .invoke(&mut self.conn.clone(), &call, self.replication)
+            .await
+    }
+
+    /// Messages counted for a client (0 when none).
+    pub async fn client_count(&self, client: &ClientId) -> Result<u64, RedisOpError> {
+        self.get_number(self.keys.client_count(client)).await
+    }
+
+    /// Highest sn counted for a client (0 when none).
+    pub async fn client_last_sn(&self, client: &ClientId) -> Result<u64, RedisOpError> {
+        self.get_number(self.keys.client_last_sn(client)).await
+    }
+
+    /// Times a message was counted over all clients (0 when never).
+    pub async fn message_count(&self, hash: &MessageHash) -> Result<u64, RedisOpError> {
+        self.get_number(self.keys.message_count(hash)).await
+    }
+
+    /// The stored text of a message, if it was ever counted.
+    pub async fn message_text(&self, hash: &MessageHash) -> Result<Option<String>, RedisOpError> {
+        Ok(self.conn.clone().get(self.keys.message_text(hash)).await?)
+    }
+
+    /// The high-water mark of (message, client): the highest sn counted (0 when none).
+    pub async fn message_seen(
+        &self,
+        hash: &MessageHash,
+        client: &str,
+    ) -> Result<u64, RedisOpError> {
+        let mark: Option<u64> = self
+            .conn
+            .clone()
+            .hget(self.keys.message_seen(hash), client)
+            .await?;
+        Ok(mark.unwrap_or_default())
+    }
+
+    async fn get_number(&self, key: String) -> Result<u64, RedisOpError> {
+        let value: Option<u64> = self.conn.clone().get(key).await?;
+        Ok(value.unwrap_or_default())
+    }
+}
