@@ -1,4 +1,6 @@
-//! `tally-aggregator`: per-message counts applied exactly once, deduplicated per (message, client, sn).
+//! `tally-aggregator`: per-message counts, deduplicated per (message, client, sn).
+//! Logic lives in the library; this file parses arguments, starts logging and
+//! turns signals into a shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,16 +18,49 @@ struct Args {
     check_config: bool,
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(e) = tally_common::telemetry::bootstrap(args.config.as_deref()) {
-        eprintln!("tally-aggregator: {e}");
-        return ExitCode::from(2);
-    }
+    let settings = match tally_common::telemetry::bootstrap(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("tally-aggregator: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check_config {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    tracing::error!("the aggregator service is not built yet (issue #4)");
-    ExitCode::from(1)
+    match tally_aggregator::run(settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let e = anyhow::Error::from(e);
+            tracing::error!("{e:#}");
+            eprintln!("tally-aggregator: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

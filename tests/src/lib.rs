@@ -5,6 +5,8 @@
 //! its own keys and topics with [`unique`], so tests never see each other's data
 //! and need no cleanup between runs.
 
+pub mod pipeline;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,0 +1,299 @@
+//! Consuming a topic in batches as a member of a consumer group; shared by the
+//! counter and the aggregator.
+//!
+//! Invariant: a batch only ever holds records of partitions this member owns at the
+//! moment the batch is handed over. Rebalance callbacks run inside the consumer's
+//! poll, and batches are only collected while polling, so after every poll the
+//! records of revoked (or lost) partitions are dropped from the batch: they were
+//! neither applied nor committed, and the partition's next owner starts at the
+//! committed offset and sees them again. Nothing is applied or committed while a
+//! poll runs, so a rebalance can never split a batch.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tally_common::settings::KafkaSettings;
+use tracing::{debug, info, warn};
+
+/// How often librdkafka reports statistics (consumer lag), in milliseconds.
+const STATS_INTERVAL_MS: &str = "5000";
+
+/// One record as read, owned, with where it came from.
+#[derive(Debug, Clone)]
+pub struct Polled {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The record key.
+    pub key: Option<Vec<u8>>,
+    /// The record value.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Why consuming failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The consumer could not be created or subscribed, or failed fatally.
+    #[error("kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A blocking consumer call could not be run.
+    #[error("consumer task: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The consumer context: notes revocations for the batch loop and publishes the
+/// consumer lag librdkafka reports.
+pub struct GroupContext {
+    service: &'static str,
+    topic: String,
+    revoked: Mutex<Vec<i32>>,
+}
+
+impl GroupContext {
+    fn new(service: &'static str, topic: &str) -> Self {
+        Self {
+            service,
+            topic: topic.to_owned(),
+            revoked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Partitions revoked or lost since the last call.
+    pub fn take_revoked(&self) -> Vec<i32> {
+        match self.revoked.lock() {
+            Ok(mut revoked) => std::mem::take(&mut *revoked),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+impl ClientContext for GroupContext {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (id, partition) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; a lag of -1 means
+            // unknown (not consumed by this member).
+            if *id < 0 || partition.consumer_lag < 0 {
+                continue;
+            }
+            metrics::gauge!(
+                "tally_consumer_lag",
+                "service" => self.service,
+                "partition" => id.to_string()
+            )
+            .set(partition.consumer_lag as f64);
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(
+                    service = self.service,
+                    ?partitions,
+                    lost = consumer.assignment_lost(),
+                    "partitions revoked: dropping their uncommitted records"
+                );
+                metrics::counter!("tally_rebalances_total", "service" => self.service, "kind" => "revoke")
+                    .increment(1);
+                match self.revoked.lock() {
+                    Ok(mut revoked) => revoked.extend(partitions),
+                    Err(poisoned) => poisoned.into_inner().extend(partitions),
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                info!(service = self.service, ?partitions, "partitions assigned");
+                metrics::counter!("tally_rebalances_total", "service" => self.service, "kind" => "assign")
+                    .increment(1);
+            }
+            Rebalance::Error(e) => warn!(service = self.service, "rebalance error: {e}"),
+        }
+    }
+}
+
+/// A group member's consumer.
+pub type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// Creates a read_committed member of `group` and subscribes it to `topic`.
+pub fn subscribe(
+    kafka: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    service: &'static str,
+) -> Result<Arc<GroupConsumer>, ConsumeError> {
+    let mut config = tally_common::kafka::read_committed_consumer_config(kafka, group);
+    config.set("statistics.interval.ms", STATS_INTERVAL_MS);
+    let consumer: GroupConsumer = config.create_with_context(GroupContext::new(service, topic))?;
+    consumer.subscribe(&[topic])?;
+    Ok(Arc::new(consumer))
+}
+
+/// How a [`collect`] call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collected {
+    /// The batch is ready (full, or its time is up); it may be empty only when
+    /// revocations emptied it.
+    Ready,
+    /// Nothing arrived within the idle wait.
+    Idle,
+    /// The shutdown future completed.
+    Shutdown,
+}
+
+/// The service's shutdown future, which can be waited on repeatedly (in every
+/// `select!`) and asked whether it completed.
+pub struct Shutdown<F> {
+    future: Pin<Box<F>>,
+    done: bool,
+}
+
+impl<F: Future<Output = ()>> Shutdown<F> {
+    /// Wraps the future given to the service's `run`.
+    pub fn new(future: F) -> Self {
+        Self {
+            future: Box::pin(future),
+            done: false,
+        }
+    }
+
+    /// Completes when shutdown was requested (at once if it was before).
+    /// Cancellation-safe.
+    pub async fn wait(&mut self) {
+        if !self.done {
+            self.future.as_mut().await;
+            self.done = true;
+        }
+    }
+
+    /// Whether shutdown was requested, without waiting.
+    pub fn requested(&mut self) -> bool {
+        if !self.done {
+            let _ = self.wait().now_or_never();
+        }
+        self.done
+    }
+}
+
+/// Polls records into `batch` (which may already hold records carried over from
+/// the previous batch) until it holds `max_records`, or `max_wait` passed since the
+/// first record, or — while empty — `idle_wait` passed. After every poll the
+/// records of revoked partitions are dropped from `batch`, and the partitions are
+/// added to `revoked`.
+#[allow(clippy::too_many_arguments)]
+pub async fn collect<F: Future<Output = ()>>(
+    consumer: &GroupConsumer,
+    batch: &mut Vec<Polled>,
+    revoked: &mut Vec<i32>,
+    max_records: usize,
+    max_wait: Duration,
+    idle_wait: Duration,
+    shutdown: &mut Shutdown<F>,
+) -> Result<Collected, ConsumeError> {
+    let idle_deadline = tokio::time::Instant::now() + idle_wait;
+    let mut deadline = (!batch.is_empty()).then(|| tokio::time::Instant::now() + max_wait);
+    loop {
+        drop_revoked(consumer, batch, revoked);
+        if batch.len() >= max_records {
+            return Ok(Collected::Ready);
+        }
+        let until = match deadline {
+            Some(d) => d,
+            None => idle_deadline,
+        };
+        let received = tokio::select! {
+            received = consumer.recv() => received.map(|m| Polled {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+            }),
+            () = tokio::time::sleep_until(until) => {
+                drop_revoked(consumer, batch, revoked);
+                return Ok(match deadline {
+                    Some(_) => Collected::Ready,
+                    None if batch.is_empty() => Collected::Idle,
+                    None => Collected::Ready,
+                });
+            }
+            () = shutdown.wait() => return Ok(Collected::Shutdown),
+        };
+        match received {
+            Ok(record) => {
+                batch.push(record);
+                if deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + max_wait);
+                }
+            }
+            Err(KafkaError::MessageConsumptionFatal(code)) => {
+                return Err(KafkaError::MessageConsumptionFatal(code).into());
+            }
+            Err(e) => {
+                // Transient (a broker restarting, a partition leader moving):
+                // librdkafka recovers on its own; do not spin on the error.
+                warn!("consume: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn drop_revoked(consumer: &GroupConsumer, batch: &mut Vec<Polled>, all: &mut Vec<i32>) {
+    let revoked = consumer.context().take_revoked();
+    if revoked.is_empty() {
+        return;
+    }
+    let before = batch.len();
+    batch.retain(|r| !revoked.contains(&r.partition));
+    if batch.len() < before {
+        debug!(
+            dropped = before - batch.len(),
+            ?revoked,
+            "dropped records of revoked partitions"
+        );
+    }
+    all.extend(revoked);
+}
+
+/// Moves every assigned partition back to its committed offset (the beginning when
+/// none is committed), so the records after it are consumed again. Blocking calls
+/// run off the async runtime.
+pub async fn rewind(consumer: &Arc<GroupConsumer>, timeout: Duration) -> Result<(), ConsumeError> {
+    let consumer = consumer.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), ConsumeError> {
+        let committed = consumer.committed(timeout)?;
+        let mut targets = TopicPartitionList::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                // Nothing committed yet: where `auto.offset.reset=earliest` starts.
+                _ => Offset::Beginning,
+            };
+            targets.add_partition_offset(e.topic(), e.partition(), offset)?;
+        }
+        if targets.count() > 0 {
+            for e in consumer.seek_partitions(targets, timeout)?.elements() {
+                if let Err(err) = e.error() {
+                    // A partition revoked meanwhile cannot be sought; its next owner
+                    // starts at the committed offset anyway.
+                    warn!(partition = e.partition(), "rewind: seek failed: {err}");
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?
+}

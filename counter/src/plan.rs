@@ -1,0 +1,272 @@
+//! From a batch and what the count scripts said about each record, what one
+//! transaction writes and commits, and which records go on to the next batch.
+//!
+//! Invariants:
+//! - Offsets are committed per partition only up to the first record that was not
+//!   processed (a count script stopped before it: it would fill a gap behind an
+//!   uncommitted gap record). That record and every later one of the partition are
+//!   carried over and processed again in the next batch, whatever their status now.
+//! - Exactly the committed records are forwarded (applied and duplicate ones, to
+//!   `message_aggregation`) or dead-lettered (invalid ones, to the DLQ), in offset
+//!   order; a gap record is committed without a trace.
+//! - Every partition of a non-empty batch advances by at least one record (a
+//!   script always processes a client's first record), so the counter never
+//!   livelocks on a partition.
+
+use std::collections::BTreeMap;
+
+use tally_common::counting::Outcome;
+use tally_common::records::{
+    ClientMessage, MessageAggregation, RecordError, DLQ_DETAIL_HEADER, DLQ_REASON_HEADER,
+    DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
+};
+
+use crate::consume::Polled;
+use crate::txn::OutRecord;
+
+/// What happened to one record of a batch.
+#[derive(Debug)]
+pub enum Status {
+    /// A valid record the count script processed.
+    Counted(ClientMessage, Outcome),
+    /// A valid record the count script did not get to.
+    Unprocessed,
+    /// A record that cannot be counted.
+    Invalid(RecordError),
+}
+
+/// Topics a transaction writes to.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Where the records come from (`client_message`).
+    pub source: String,
+    /// Where counted records go (`message_aggregation`).
+    pub aggregation: String,
+    /// Where invalid records go.
+    pub dlq: String,
+}
+
+/// Counts of the committed records, by outcome.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Counted now.
+    pub applied: u64,
+    /// Counted before.
+    pub duplicates: u64,
+    /// Waiting for an earlier sn.
+    pub gaps: u64,
+    /// Dead-lettered.
+    pub invalid: u64,
+}
+
+/// One transaction's content.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Records to write, in order.
+    pub out: Vec<OutRecord>,
+    /// Offset to commit per partition (the next record to read).
+    pub offsets: BTreeMap<i32, i64>,
+    /// Records to process again in the next batch, in offset order.
+    pub carry: Vec<Polled>,
+    /// What the committed records were.
+    pub tally: Tally,
+}
+
+/// Builds the transaction for `records` (in offset order per partition) given one
+/// status per record.
+pub fn plan(topics: &Topics, records: Vec<Polled>, statuses: Vec<Status>) -> Plan {
+    // The first record of each partition a script did not get to, if any.
+    let mut first_unprocessed: BTreeMap<i32, i64> = BTreeMap::new();
+    for (r, s) in records.iter().zip(&statuses) {
+        if matches!(s, Status::Unprocessed) {
+            let stop = first_unprocessed.entry(r.partition).or_insert(r.offset);
+            *stop = (*stop).min(r.offset);
+        }
+    }
+    let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+    for r in &records {
+        let next = first_unprocessed
+            .get(&r.partition)
+            .copied()
+            .unwrap_or(r.offset + 1);
+        let entry = offsets.entry(r.partition).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+
+    let mut plan = Plan {
+        offsets,
+        ..Plan::default()
+    };
+    for (record, status) in records.into_iter().zip(statuses) {
+        let committed = plan
+            .offsets
+            .get(&record.partition)
+            .is_some_and(|next| record.offset < *next);
+        if !committed {
+            plan.carry.push(record);
+            continue;
+        }
+        match status {
+            Status::Counted(message, outcome) => match outcome {
+                Outcome::Applied | Outcome::Duplicate => {
+                    if outcome == Outcome::Applied {
+                        plan.tally.applied += 1;
+                    } else {
+                        plan.tally.duplicates += 1;
+                    }
+                    let forward = MessageAggregation::from_client_message(&message);
+                    plan.out.push(OutRecord {
+                        topic: topics.aggregation.clone(),
+                        key: forward.key().as_bytes().to_vec(),
+                        payload: forward.to_json(),
+                        headers: Vec::new(),
+                    });
+                }
+                Outcome::Gap => plan.tally.gaps += 1,
+            },
+            Status::Invalid(error) => {
+                plan.tally.invalid += 1;
+                plan.out
+                    .push(dead_letter(&topics.source, &topics.dlq, record, &error));
+            }
+            // Cannot be below the commit point: the commit point is the first
+            // unprocessed record of the partition.
+            Status::Unprocessed => plan.carry.push(record),
+        }
+    }
+    plan
+}
+
+/// The DLQ record for an invalid source record: its key and value unchanged, and
+/// headers naming why and where it came from.
+pub fn dead_letter(
+    source_topic: &str,
+    dlq: &str,
+    record: Polled,
+    error: &RecordError,
+) -> OutRecord {
+    OutRecord {
+        topic: dlq.to_owned(),
+        key: record.key.unwrap_or_default(),
+        payload: record.payload.unwrap_or_default(),
+        headers: vec![
+            (DLQ_REASON_HEADER, error.reason().as_bytes().to_vec()),
+            (DLQ_DETAIL_HEADER, error.to_string().into_bytes()),
+            (DLQ_SOURCE_TOPIC_HEADER, source_topic.as_bytes().to_vec()),
+            (
+                DLQ_SOURCE_PARTITION_HEADER,
+                record.partition.to_string().into_bytes(),
+            ),
+            (
+                DLQ_SOURCE_OFFSET_HEADER,
+                record.offset.to_string().into_bytes(),
+            ),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Outcome::{Applied as A, Duplicate as D, Gap as G};
+
+    fn topics() -> Topics {
+        Topics {
+            source: "in".into(),
+            aggregation: "agg".into(),
+            dlq: "dlq".into(),
+        }
+    }
+
+    fn record(partition: i32, offset: i64) -> Polled {
+        Polled {
+            partition,
+            offset,
+            key: Some(b"k".to_vec()),
+            payload: Some(b"v".to_vec()),
+        }
+    }
+
+    fn counted(sn: u64, outcome: Outcome) -> Status {
+        Status::Counted(
+            ClientMessage {
+                client: "c".into(),
+                sn,
+                msg: format!("m{sn}"),
+                ts: 0,
+            },
+            outcome,
+        )
+    }
+
+    #[test]
+    fn a_complete_batch_commits_past_its_last_record_and_forwards_in_order() {
+        let records = vec![record(0, 10), record(1, 5), record(0, 11), record(0, 12)];
+        let statuses = vec![
+            counted(1, A),
+            Status::Invalid(RecordError::Empty),
+            counted(3, G),
+            counted(1, D),
+        ];
+        let p = plan(&topics(), records, statuses);
+        assert_eq!(p.offsets, BTreeMap::from([(0, 13), (1, 6)]));
+        assert!(p.carry.is_empty());
+        let topics: Vec<&str> = p.out.iter().map(|r| r.topic.as_str()).collect();
+        assert_eq!(topics, vec!["agg", "dlq", "agg"]);
+        assert_eq!(
+            p.tally,
+            Tally {
+                applied: 1,
+                duplicates: 1,
+                gaps: 1,
+                invalid: 1
+            }
+        );
+        let dlq = &p.out[1];
+        let header = |name: &str| {
+            dlq.headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        assert_eq!(header(DLQ_REASON_HEADER).as_deref(), Some("empty_value"));
+        assert_eq!(header(DLQ_SOURCE_TOPIC_HEADER).as_deref(), Some("in"));
+        assert_eq!(header(DLQ_SOURCE_PARTITION_HEADER).as_deref(), Some("1"));
+        assert_eq!(header(DLQ_SOURCE_OFFSET_HEADER).as_deref(), Some("5"));
+    }
+
+    #[test]
+    fn an_unprocessed_record_stops_its_partition_and_everything_after_is_carried() {
+        // Partition 0: a gap at 20, a fill at 21 the script did not get to, then
+        // other clients' records, already applied, which must be redone later.
+        let records = vec![
+            record(0, 20),
+            record(1, 7),
+            record(0, 21),
+            record(0, 22),
+            record(0, 23),
+        ];
+        let statuses = vec![
+            counted(5, G),
+            counted(1, A),
+            Status::Unprocessed,
+            counted(9, A),
+            Status::Invalid(RecordError::ZeroSn),
+        ];
+        let p = plan(&topics(), records, statuses);
+        assert_eq!(p.offsets, BTreeMap::from([(0, 21), (1, 8)]));
+        let carried: Vec<(i32, i64)> = p.carry.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(carried, vec![(0, 21), (0, 22), (0, 23)]);
+        // Only the committed applied record of partition 1 is forwarded; nothing of
+        // the carried records is written (not even the invalid one).
+        assert_eq!(p.out.len(), 1);
+        assert_eq!(
+            p.tally,
+            Tally {
+                applied: 1,
+                gaps: 1,
+                ..Tally::default()
+            }
+        );
+    }
+}

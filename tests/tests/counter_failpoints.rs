@@ -1,0 +1,143 @@
+//! Crash the counter or the aggregator at each failpoint (`std::process::abort`,
+//! as abrupt as `kill -9` at that line), restart it without the failpoint, and the
+//! counts still come out exact.
+//!
+//! Also the replay that a naive counter gets wrong: a client's gap and its fill are
+//! applied, the process dies before the commit, and the restarted counter replays
+//! with different batch boundaries. A message the client sent at both the gap sn
+//! and the sn before it must still count twice.
+
+use std::time::Duration;
+
+use tally_tests::pipeline::{
+    assert_counts, isolated, messy_stream, produce, start_aggregator, start_counter, wait_done,
+    Expected, RawRecord,
+};
+use tally_tests::ServiceProcess;
+
+/// Waits for a process armed with a failpoint to abort (SIGABRT).
+fn expect_abort(process: &mut ServiceProcess, failpoint: &str) {
+    let status = process
+        .wait_exit(Duration::from_secs(90))
+        .unwrap_or_else(|| panic!("{failpoint} never fired\n{}", process.log_tail()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "{failpoint}: expected SIGABRT, got {status}\n{}",
+            process.log_tail()
+        );
+    }
+    assert!(
+        process.log_tail().contains("failpoint fired"),
+        "{failpoint}: exited without firing\n{}",
+        process.log_tail()
+    );
+}
+
+/// Runs the stream through a counter and an aggregator, one of which (`service`)
+/// first crashes at `failpoint` on its `hit`-th pass, then is restarted.
+async fn crash_and_recover(service: &str, failpoint: &str, hit: u32) {
+    let settings = isolated(&format!("it-fp-{}", failpoint.replace('.', "-")), 2).await;
+    let stream = messy_stream(&settings.redis.prefix, 4, 80);
+    let expected = Expected::of(&stream);
+    produce(&settings, &stream).await;
+
+    let small = [
+        ("TALLY__COUNTER__BATCH_MAX_RECORDS", "29".to_owned()),
+        ("TALLY__AGGREGATOR__BATCH_MAX_RECORDS", "31".to_owned()),
+    ];
+    let armed = |mut env: Vec<(&'static str, String)>| {
+        env.push(("TALLY_FAILPOINT", format!("{failpoint}@{hit}")));
+        env
+    };
+    let (counter, aggregator) = if service == "counter" {
+        let mut crashing = start_counter(&settings, "fp-1", &armed(small.to_vec()));
+        let aggregator = start_aggregator(&settings, &small);
+        expect_abort(&mut crashing, failpoint);
+        // Same instance id: the new producer fences the dead one's transaction.
+        (start_counter(&settings, "fp-1", &small), aggregator)
+    } else {
+        let counter = start_counter(&settings, "fp-1", &small);
+        let mut crashing = start_aggregator(&settings, &armed(small.to_vec()));
+        expect_abort(&mut crashing, failpoint);
+        (counter, start_aggregator(&settings, &small))
+    };
+    wait_done(
+        &settings,
+        Duration::from_secs(120),
+        &[&counter, &aggregator],
+    );
+    assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_crash_after_apply() {
+    crash_and_recover("counter", "counter.after_apply", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_crash_after_produce() {
+    crash_and_recover("counter", "counter.after_produce", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_crash_before_commit() {
+    crash_and_recover("counter", "counter.before_commit", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_crash_after_commit() {
+    crash_and_recover("counter", "counter.after_commit", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_crash_after_apply() {
+    crash_and_recover("aggregator", "aggregator.after_apply", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_crash_before_commit() {
+    crash_and_recover("aggregator", "aggregator.before_commit", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_across_a_filled_gap_keeps_repeated_texts() {
+    let settings = isolated("it-fp-gap-replay", 1).await;
+    let client = format!("{}-r", settings.redis.prefix);
+    let same = format!("{} same line", settings.redis.prefix);
+    let text = |sn: u64| match sn {
+        4 | 5 => same.clone(),
+        _ => format!("{client} line {sn}"),
+    };
+    // sn 4 was lost on the first send; 5 arrived; go-back-N resent 4 and 5.
+    let stream: Vec<RawRecord> = [1, 2, 3, 5, 4, 5]
+        .into_iter()
+        .map(|sn| RawRecord::message(&client, sn, &text(sn)))
+        .collect();
+    let expected = Expected::of(&stream);
+    assert_eq!(expected.messages[&same], 2);
+    produce(&settings, &stream).await;
+
+    // First run: one batch holds the whole stream; the process dies right after
+    // its Redis apply, before anything is committed.
+    let mut first = start_counter(
+        &settings,
+        "gap-replay",
+        &[
+            ("TALLY__COUNTER__BATCH_MAX_RECORDS", "100".to_owned()),
+            ("TALLY__COUNTER__BATCH_MAX_MS", "2000".to_owned()),
+            ("TALLY_FAILPOINT", "counter.after_apply".to_owned()),
+        ],
+    );
+    expect_abort(&mut first, "counter.after_apply");
+
+    // The replay cuts the stream differently: [1 2 3 5] then [4 5].
+    let small = [("TALLY__COUNTER__BATCH_MAX_RECORDS", "4".to_owned())];
+    let counter = start_counter(&settings, "gap-replay", &small);
+    let aggregator = start_aggregator(&settings, &[]);
+    wait_done(&settings, Duration::from_secs(60), &[&counter, &aggregator]);
+    assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
+}

@@ -1,0 +1,154 @@
+//! Counter and aggregator together on a known `client_message` stream with
+//! duplicates, gaps later filled, out-of-order records, texts repeated within and
+//! across clients, and malformed records: client counts, last sns and message
+//! counts come out exact; the DLQ holds exactly the malformed records, each with
+//! its reason and source; `message_aggregation` carries every counted sn and no
+//! gap, each client's sns first appearing in sn order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use tally_common::records::{
+    MessageAggregation, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER,
+    DLQ_SOURCE_TOPIC_HEADER,
+};
+use tally_tests::pipeline::{
+    assert_counts, isolated, messy_stream, produce, read_all, start_aggregator, start_counter,
+    wait_done, Expected, RawRecord,
+};
+
+/// (key, value, reason) of a dead-lettered record.
+type DeadLetter = (Option<Vec<u8>>, Option<Vec<u8>>, String);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_messy_stream_counts_exactly_and_dead_letters_exactly_the_malformed() {
+    let settings = isolated("it-pipe", 3).await;
+    let prefix = settings.redis.prefix.clone();
+    let mut stream = messy_stream(&prefix, 6, 120);
+
+    // Malformed records, each with the reason the DLQ must name.
+    let valid = |client: &str, sn: i64, msg: &str| {
+        format!(r#"{{"client":"{client}","sn":{sn},"msg":"{msg}","ts":0}}"#).into_bytes()
+    };
+    let malformed: Vec<(RawRecord, &str)> = vec![
+        (RawRecord::raw("junk", b"not json at all"), "malformed"),
+        (
+            RawRecord {
+                key: Some("tombstone".into()),
+                value: None,
+            },
+            "empty_value",
+        ),
+        (RawRecord::raw("zero", &valid("zero", 0, "m")), "bad_sn"),
+        (RawRecord::raw("neg", &valid("neg", -3, "m")), "malformed"),
+        (
+            RawRecord::raw("empty", &valid("empty", 1, "")),
+            "empty_message",
+        ),
+        (
+            RawRecord::raw("a b", &valid("a b", 1, "m")),
+            "bad_client_id",
+        ),
+        (
+            RawRecord::raw("someone-else", &valid(&format!("{prefix}-c0"), 1, "m")),
+            "key_mismatch",
+        ),
+    ];
+    // Spread them through the stream.
+    let step = stream.len() / (malformed.len() + 1);
+    for (i, (record, _)) in malformed.iter().enumerate().rev() {
+        stream.insert((i + 1) * step, record.clone());
+    }
+    let expected = Expected::of(&stream);
+    assert_eq!(expected.invalid, malformed.len());
+    assert_eq!(expected.total(), 6 * 120);
+
+    produce(&settings, &stream).await;
+    // Small batches: many transactions, and gaps often straddle batch boundaries.
+    let small = [
+        ("TALLY__COUNTER__BATCH_MAX_RECORDS", "37".to_owned()),
+        ("TALLY__AGGREGATOR__BATCH_MAX_RECORDS", "53".to_owned()),
+    ];
+    let counter = start_counter(&settings, "pipe-1", &small);
+    let aggregator = start_aggregator(&settings, &small);
+    wait_done(
+        &settings,
+        Duration::from_secs(120),
+        &[&counter, &aggregator],
+    );
+    assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
+
+    // The DLQ: exactly the malformed records, unchanged, with reason and source.
+    let dlq = read_all(&settings, &settings.kafka.dlq_topic);
+    let source = read_all(&settings, &settings.kafka.client_message_topic);
+    let mut want: Vec<DeadLetter> = malformed
+        .iter()
+        .map(|(r, reason)| {
+            (
+                r.key.clone().map(String::into_bytes),
+                r.value.clone(),
+                (*reason).to_owned(),
+            )
+        })
+        .collect();
+    let mut got: Vec<DeadLetter> = Vec::new();
+    for d in &dlq {
+        assert_eq!(
+            d.headers.get(DLQ_SOURCE_TOPIC_HEADER),
+            Some(&settings.kafka.client_message_topic)
+        );
+        let partition: i32 = d.headers[DLQ_SOURCE_PARTITION_HEADER]
+            .parse()
+            .expect("partition");
+        let offset: i64 = d.headers[DLQ_SOURCE_OFFSET_HEADER].parse().expect("offset");
+        let original = source
+            .iter()
+            .find(|s| s.partition == partition && s.offset == offset)
+            .unwrap_or_else(|| panic!("DLQ source {partition}/{offset} not in the topic"));
+        assert_eq!(original.key, d.key, "DLQ record is not its source record");
+        // A tombstone's value arrives as an empty value in the DLQ.
+        assert_eq!(
+            original.value.clone().unwrap_or_default(),
+            d.value.clone().unwrap_or_default()
+        );
+        got.push((
+            d.key.clone(),
+            original.value.clone(),
+            d.headers[DLQ_REASON_HEADER].clone(),
+        ));
+    }
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "the DLQ must hold exactly the malformed records");
+
+    // message_aggregation: every counted (client, sn) and nothing else. One sn has
+    // one text, hence one hash and one partition; within a partition, a client's
+    // sn that appears for the first time must be above all its sns before it —
+    // what the aggregator's high-water mark per (message, client) relies on.
+    let forwarded = read_all(&settings, &settings.kafka.message_aggregation_topic);
+    let mut distinct: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut order: BTreeMap<(i32, String), (BTreeSet<u64>, u64)> = BTreeMap::new();
+    for r in &forwarded {
+        let m = MessageAggregation::parse(r.key.as_deref(), r.value.as_deref())
+            .expect("valid aggregation record");
+        distinct.entry(m.client.clone()).or_default().insert(m.sn);
+        let (seen, high) = order.entry((r.partition, m.client.clone())).or_default();
+        if seen.insert(m.sn) {
+            assert!(
+                m.sn > *high,
+                "{}: sn {} first forwarded after sn {high} in partition {}",
+                m.client,
+                m.sn,
+                r.partition
+            );
+            *high = m.sn;
+        }
+    }
+    for (client, (count, _)) in &expected.clients {
+        assert_eq!(
+            distinct.get(client),
+            Some(&(1..=*count).collect::<BTreeSet<u64>>()),
+            "{client}: forwarded sns"
+        );
+    }
+}
