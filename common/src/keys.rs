@@ -332,3 +332,51 @@ mod tests {
         assert!(!is_valid_prefix("a b"));
     }
 }
+
+/// Redis Cluster slot of a key: CRC16/XMODEM of its hash tag (or the whole key
+/// when it has none) modulo 16384, as Redis computes it.
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::slot;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        // CRC16/XMODEM check value of "123456789" is 0x31C3 (below 16384).
+        assert_eq!(slot(b"123456789"), 0x31c3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(slot(b"{}x"), slot(b"{}x"));
+        assert_ne!(
+            slot(b"foo{}{bar}"),
+            slot(b"bar"),
+            "an empty first tag means no tag"
+        );
+    }
+}

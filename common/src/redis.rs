@@ -102,6 +102,11 @@ impl ReplicatedScript {
         }
     }
 
+    /// The script's source.
+    pub fn body(&self) -> &'static str {
+        self.body
+    }
+
     /// SHA1 of the body, as `EVALSHA` names it.
     pub fn sha(&self) -> &str {
         self.script.get_hash()
@@ -188,6 +193,21 @@ impl ScriptCall {
         self.args.extend(arg.to_redis_args());
         self
     }
+
+    /// The first key, which decides the slot.
+    pub fn first_key(&self) -> Option<&str> {
+        self.keys.first().map(String::as_str)
+    }
+
+    /// All keys.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// All arguments, encoded.
+    pub fn args(&self) -> &[Vec<u8>] {
+        &self.args
+    }
 }
 
 /// Sends the pipeline to its node; returns the script's reply and `WAIT`'s, if sent.
@@ -209,7 +229,7 @@ async fn run_pipeline(
 }
 
 /// Separates a tally script's deliberate refusal from a Redis failure.
-fn classify(e: ServerError) -> RedisOpError {
+pub(crate) fn classify(e: ServerError) -> RedisOpError {
     if e.code().starts_with(SCRIPT_ERROR_PREFIX) {
         RedisOpError::Refused {
             code: e.code().to_owned(),

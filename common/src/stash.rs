@@ -10,6 +10,7 @@
 use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 
+use crate::combiner::WriteCombiner;
 use crate::keys::{ClientId, Keys};
 use crate::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
 
@@ -60,10 +61,12 @@ pub struct StashMeta {
     pub flushed: u64,
 }
 
-/// Typed access to the producer's keys.
+/// Typed access to the producer's keys. Replicated writes go through a
+/// [`WriteCombiner`], so concurrent connections share one `WAIT` per round.
 #[derive(Clone)]
 pub struct StashStore {
     conn: ClusterConnection,
+    writes: WriteCombiner,
     keys: Keys,
     replication: Replication,
     claim: ReplicatedScript,
@@ -85,8 +88,13 @@ fn parse_claim(values: &[u64]) -> Result<Claim, RedisOpError> {
 
 impl StashStore {
     /// Operations over `conn`, writing keys from `keys`, confirming with `replication`.
-    pub fn new(conn: ClusterConnection, keys: Keys, replication: Replication) -> Self {
-        Self {
+    pub async fn new(
+        conn: ClusterConnection,
+        keys: Keys,
+        replication: Replication,
+    ) -> Result<Self, RedisOpError> {
+        Ok(Self {
+            writes: WriteCombiner::new(conn.clone(), replication).await?,
             conn,
             keys,
             replication,
@@ -94,7 +102,7 @@ impl StashStore {
             append: ReplicatedScript::new(include_str!("lua/stash_append.lua")),
             flushed: ReplicatedScript::new(include_str!("lua/stash_flushed.lua")),
             release: ReplicatedScript::new(include_str!("lua/stash_release.lua")),
-        }
+        })
     }
 
     /// The key layout in use.
@@ -109,10 +117,7 @@ impl StashStore {
         call.key(self.keys.client_meta(client))
             .arg(instance)
             .arg("take");
-        let values: Vec<u64> = self
-            .claim
-            .invoke(&mut self.conn.clone(), &call, self.replication)
-            .await?;
+        let values: Vec<u64> = self.writes.invoke(&self.claim, call).await?;
         parse_claim(&values)
     }
 
@@ -134,10 +139,7 @@ impl StashStore {
             .arg("adopt")
             .arg(from)
             .arg(meta.epoch);
-        let values: Vec<redis::Value> = self
-            .claim
-            .invoke(&mut self.conn.clone(), &call, self.replication)
-            .await?;
+        let values: Vec<redis::Value> = self.writes.invoke(&self.claim, call).await?;
         let numbers: Vec<u64> = values
             .iter()
             .take(4)
@@ -177,9 +179,7 @@ impl StashStore {
         for m in messages {
             call.arg(m.as_ref());
         }
-        self.append
-            .invoke(&mut self.conn.clone(), &call, self.replication)
-            .await
+        self.writes.invoke(&self.append, call).await
     }
 
     /// Records that all sns up to `flushed` are in Kafka and trims the stash; returns
@@ -217,10 +217,7 @@ impl StashStore {
         call.key(self.keys.client_meta(client))
             .arg(instance)
             .arg(epoch);
-        let released: i64 = self
-            .release
-            .invoke(&mut self.conn.clone(), &call, self.replication)
-            .await?;
+        let released: i64 = self.writes.invoke(&self.release, call).await?;
         Ok(released == 1)
     }
 

@@ -1,0 +1,343 @@
+//! Group commit for replicated script calls: one `WAIT` per round per master.
+//!
+//! `WAIT` blocks the connection that sends it until the replicas have caught up,
+//! so a `WAIT` per call serialises every writer behind every other writer's
+//! replication round trip. The combiner keeps one queue per master: a round takes
+//! every call waiting for that master, sends them as one pipeline
+//! `EVALSHA … EVALSHA … WAIT n t` on one connection, and answers each call with its
+//! own result once that single `WAIT` confirmed the round. Calls that arrive while
+//! a round is in flight form the next round.
+//!
+//! Invariant: a call is answered `Ok` only if its script ran and the `WAIT` that
+//! followed it in the same pipeline, on the same connection, counted enough
+//! replicas — exactly the guarantee of [`ReplicatedScript::invoke`], at one
+//! replication round trip per round instead of per call. Calls that did not run
+//! (`NOSCRIPT`, `MOVED`, `TRYAGAIN`, …) are retried; the scripts are safe to re-run,
+//! so a pipeline the cluster client re-sends after a dropped connection is
+//! harmless too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{FromRedisValue, RedisError, Value};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::redis::{classify, RedisOpError, ReplicatedScript, Replication, ScriptCall};
+
+/// Calls queued per master before callers wait for room.
+const QUEUE: usize = 4_096;
+/// Most calls in one round.
+const MAX_ROUND: usize = 512;
+/// Attempts for calls that did not run (moved slot, script cache, cluster down).
+const ATTEMPTS: usize = 20;
+/// A round's pipeline may take the `WAIT` timeout plus this before it is
+/// abandoned as failed (a dead master must not stall its queue).
+const ROUND_SLACK: Duration = Duration::from_secs(2);
+
+/// Master address (`host`, `port`).
+type Node = (String, u16);
+
+struct Job {
+    sha: String,
+    call: ScriptCall,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// What a round says about one call.
+enum Outcome {
+    Done(Result<Value, RedisOpError>),
+    /// The script did not run; try again after the given step.
+    Retry(Retry),
+}
+
+enum Retry {
+    NoScript,
+    Moved,
+    Later,
+}
+
+/// Shared handle; cheap to clone.
+#[derive(Clone)]
+pub struct WriteCombiner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ClusterConnection,
+    replication: Replication,
+    /// (first slot, last slot, master), sorted.
+    slots: RwLock<Vec<(u16, u16, Node)>>,
+    queues: Mutex<HashMap<Node, mpsc::Sender<Job>>>,
+}
+
+impl WriteCombiner {
+    /// A combiner over `conn`, confirming every round with `replication`.
+    pub async fn new(
+        conn: ClusterConnection,
+        replication: Replication,
+    ) -> Result<Self, RedisOpError> {
+        let combiner = Self {
+            inner: Arc::new(Inner {
+                conn,
+                replication,
+                slots: RwLock::new(Vec::new()),
+                queues: Mutex::new(HashMap::new()),
+            }),
+        };
+        combiner.refresh_slots().await?;
+        Ok(combiner)
+    }
+
+    /// Runs `script` with `call` on the master of its first key's slot, in the next
+    /// round for that master, and returns once the round's `WAIT` confirmed it.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ReplicatedScript,
+        call: ScriptCall,
+    ) -> Result<T, RedisOpError> {
+        let key = call.first_key().ok_or_else(|| {
+            RedisOpError::Result("a replicated script needs at least one key".into())
+        })?;
+        let slot = crate::keys::slot(key.as_bytes());
+        let mut backoff = Duration::from_millis(20);
+        for _ in 0..ATTEMPTS {
+            let node = match self.node_for(slot) {
+                Some(node) => node,
+                None => {
+                    self.refresh_slots().await?;
+                    self.node_for(slot).ok_or_else(|| {
+                        RedisOpError::Result(format!("no master serves slot {slot}"))
+                    })?
+                }
+            };
+            let (reply, answer) = oneshot::channel();
+            let job = Job {
+                sha: script.sha().to_owned(),
+                call: call.clone(),
+                reply,
+            };
+            let limit = self.inner.replication.timeout + ROUND_SLACK * 2;
+            let answered = tokio::time::timeout(limit, async {
+                self.queue(&node).send(job).await.map_err(|_| closed())?;
+                answer.await.map_err(|_| closed())
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Ok(Outcome::Done(Err(RedisOpError::Result(format!(
+                    "no answer from {}:{} within {limit:?}",
+                    node.0, node.1
+                )))))
+            })?;
+            match answered {
+                Outcome::Done(result) => {
+                    let value = match result {
+                        Ok(value) => value,
+                        Err(e) => {
+                            if !matches!(
+                                e,
+                                RedisOpError::Refused { .. } | RedisOpError::NotReplicated { .. }
+                            ) {
+                                // The master may have failed over: route the caller's
+                                // next attempt by a fresh slot table.
+                                let _ = self.refresh_slots().await;
+                            }
+                            return Err(e);
+                        }
+                    };
+                    return T::from_redis_value(value)
+                        .map_err(|e| RedisOpError::Result(e.to_string()));
+                }
+                Outcome::Retry(Retry::NoScript) => {
+                    let load = redis::cmd("SCRIPT").arg("LOAD").arg(script.body()).clone();
+                    self.inner
+                        .conn
+                        .clone()
+                        .route_command(load, by_address(&node))
+                        .await?;
+                }
+                Outcome::Retry(Retry::Moved) => self.refresh_slots().await?,
+                Outcome::Retry(Retry::Later) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    self.refresh_slots().await?;
+                }
+            }
+        }
+        Err(RedisOpError::Result(format!(
+            "slot {slot}: gave up after {ATTEMPTS} attempts (cluster reconfiguring)"
+        )))
+    }
+
+    fn node_for(&self, slot: u16) -> Option<Node> {
+        let slots = self.inner.slots.read().unwrap_or_else(|e| e.into_inner());
+        slots
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&slot))
+            .map(|(_, _, node)| node.clone())
+    }
+
+    fn queue(&self, node: &Node) -> mpsc::Sender<Job> {
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .entry(node.clone())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(rounds(
+                    self.inner.conn.clone(),
+                    node.clone(),
+                    self.inner.replication,
+                    rx,
+                ));
+                tx
+            })
+            .clone()
+    }
+
+    /// Reloads which master serves which slots (`CLUSTER SLOTS`).
+    async fn refresh_slots(&self) -> Result<(), RedisOpError> {
+        let reply: Value = self
+            .inner
+            .conn
+            .clone()
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let table = parse_cluster_slots(&reply).ok_or_else(|| {
+            RedisOpError::Result(format!("unexpected CLUSTER SLOTS reply {reply:?}"))
+        })?;
+        *self.inner.slots.write().unwrap_or_else(|e| e.into_inner()) = table;
+        Ok(())
+    }
+}
+
+fn closed() -> RedisOpError {
+    RedisOpError::Result("write combiner stopped".into())
+}
+
+fn by_address((host, port): &Node) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port: *port,
+    })
+}
+
+/// Parses `CLUSTER SLOTS`: `[[first, last, [host, port, id], replicas…], …]`.
+fn parse_cluster_slots(reply: &Value) -> Option<Vec<(u16, u16, Node)>> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    let mut table = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let first = u16::from_redis_value_ref(fields.first()?).ok()?;
+        let last = u16::from_redis_value_ref(fields.get(1)?).ok()?;
+        let Value::Array(master) = fields.get(2)? else {
+            return None;
+        };
+        let host = String::from_redis_value_ref(master.first()?).ok()?;
+        let port = u16::from_redis_value_ref(master.get(1)?).ok()?;
+        table.push((first, last, (host, port)));
+    }
+    table.sort();
+    Some(table)
+}
+
+/// The loop of one master's queue: one pipeline and one `WAIT` per round.
+async fn rounds(
+    conn: ClusterConnection,
+    node: Node,
+    replication: Replication,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut round = vec![first];
+        while round.len() < MAX_ROUND {
+            match jobs.try_recv() {
+                Ok(job) => round.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for job in &round {
+            pipe.cmd("EVALSHA")
+                .arg(&job.sha)
+                .arg(job.call.keys().len())
+                .arg(job.call.keys())
+                .arg(job.call.args());
+        }
+        let with_wait = replication.replicas > 0;
+        if with_wait {
+            pipe.cmd("WAIT")
+                .arg(replication.replicas)
+                .arg(replication.timeout.as_millis() as u64);
+        }
+        let count = round.len() + usize::from(with_wait);
+        metrics::histogram!("tally_redis_round_calls").record(round.len() as f64);
+        let route = SingleNodeRoutingInfo::ByAddress {
+            host: node.0.clone(),
+            port: node.1,
+        };
+        let limit = replication.timeout + ROUND_SLACK;
+        let result =
+            match tokio::time::timeout(limit, conn.clone().route_pipeline(pipe, 0, count, route))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("round to {}:{} took over {limit:?}", node.0, node.1),
+                ))),
+            };
+        match result {
+            Err(e) => {
+                debug!(node = %format!("{}:{}", node.0, node.1), "round failed: {e}");
+                let message = e.to_string();
+                for job in round {
+                    let error = RedisError::from(std::io::Error::other(message.clone()));
+                    let _ = job
+                        .reply
+                        .send(Outcome::Done(Err(RedisOpError::Redis(error))));
+                }
+            }
+            Ok(mut values) => {
+                let acked = if with_wait {
+                    values
+                        .pop()
+                        .and_then(|v| u32::from_redis_value(v).ok())
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                for (job, value) in round.into_iter().zip(values) {
+                    let _ = job.reply.send(outcome(value, acked, replication));
+                }
+            }
+        }
+    }
+}
+
+fn outcome(value: Value, acked: u32, replication: Replication) -> Outcome {
+    match value {
+        Value::ServerError(e) => match e.code() {
+            "NOSCRIPT" => Outcome::Retry(Retry::NoScript),
+            // READONLY: the node was demoted to replica in a failover; nothing ran.
+            "MOVED" | "ASK" | "READONLY" => Outcome::Retry(Retry::Moved),
+            "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" => Outcome::Retry(Retry::Later),
+            _ => Outcome::Done(Err(classify(e))),
+        },
+        value if acked >= replication.replicas => Outcome::Done(Ok(value)),
+        _ => Outcome::Done(Err(RedisOpError::NotReplicated {
+            acked,
+            wanted: replication.replicas,
+            timeout_ms: replication.timeout.as_millis() as u64,
+        })),
+    }
+}
