@@ -40,7 +40,14 @@ pub struct SessionReport {
     pub reconnects: u32,
     /// `ERR …` lines received that closed a connection.
     pub errors: Vec<String>,
+    /// Connections abandoned because no ACK came for [`STALL_TIMEOUT`] while
+    /// messages were outstanding (a healthy producer never causes one).
+    pub stalls: u32,
 }
+
+/// How long a connection may go without an ACK while messages are outstanding
+/// before the session gives up on it and reconnects.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 enum Attempt {
     Done,
@@ -135,7 +142,17 @@ async fn attempt_once(
     };
     let receive = async {
         loop {
-            match lines.next_line().await {
+            let next = match tokio::time::timeout(STALL_TIMEOUT, lines.next_line()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    report.stalls += 1;
+                    return Ok(Attempt::Retry(format!(
+                        "no reply from {addr} for {STALL_TIMEOUT:?} at ACK {}",
+                        report.acked
+                    )));
+                }
+            };
+            match next {
                 Ok(Some(line)) => {
                     if let Some(sn) = line.strip_prefix("ACK ") {
                         let sn: u64 = sn.trim().parse().map_err(|_| {

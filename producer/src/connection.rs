@@ -117,6 +117,7 @@ impl Connection {
                             if self.identity.is_none() {
                                 let id = ClientId::from_peer(self.peer);
                                 if !self.claim(id, false, &mut replies).await? {
+                                    self.write(&replies).await?;
                                     return Ok(());
                                 }
                             }
@@ -129,6 +130,7 @@ impl Connection {
                         }
                         Request::Hello(id) => {
                             if !self.claim(id, true, &mut replies).await? {
+                                self.write(&replies).await?;
                                 return Ok(());
                             }
                         }
@@ -306,11 +308,18 @@ impl Connection {
                 metrics::counter!("tally_producer_messages_in_total").increment(count);
                 replies.push_str(&protocol::ack(last));
                 identity.slot.progress.add_bytes(bytes);
+                // ACK first: it depends only on the replicated stash, not on how
+                // quickly the flusher takes the batch.
+                let (id, slot, epoch) =
+                    (identity.id.clone(), identity.slot.clone(), identity.epoch);
+                let ack = std::mem::take(replies);
+                self.write(&ack).await?;
+                tracing::trace!(client = %id, last, "acked");
                 let handed = shared
                     .flusher
                     .send(FlushCommand::Append {
-                        slot: identity.slot.clone(),
-                        epoch: identity.epoch,
+                        slot,
+                        epoch,
                         first_sn,
                         ts,
                         messages: batch,

@@ -210,6 +210,14 @@ impl Flusher {
                 if let Some(client) = self.clients.get_mut(&id) {
                     // Claimed again by this instance (a reconnect): memory still mirrors
                     // the stash, and sends in flight still count. Keep both.
+                    if !Arc::ptr_eq(&client.slot, &slot) {
+                        // The registry made a new slot (the old one was released):
+                        // move the memory accounting to the slot the connection watches.
+                        let bytes: usize = client.pending.iter().map(|e| e.msg.len()).sum();
+                        client.slot.progress.sub_bytes(bytes);
+                        slot.progress.add_bytes(bytes);
+                        client.slot = slot;
+                    }
                     client.epoch = epoch;
                     client.connected = connected;
                     client.stored_sn = client.stored_sn.max(sn);

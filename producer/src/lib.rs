@@ -99,7 +99,8 @@ pub async fn run(
         conn,
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
-    );
+    )
+    .await?;
     let kafka: FutureProducer = idempotent_producer_config(&settings.kafka).create()?;
     let (flush_tx, flush_rx) = mpsc::channel(FLUSH_QUEUE);
     let shared = Arc::new(Shared {

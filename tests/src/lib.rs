@@ -458,3 +458,13 @@ pub fn check_stream(
 pub fn messages(client: &str, n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("{client} message {i}")).collect()
 }
+
+/// Sends the in-process services' logs to the test output when `RUST_LOG` is set.
+pub fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}

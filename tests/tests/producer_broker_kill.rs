@@ -47,6 +47,10 @@ async fn every_sn_reaches_kafka_across_a_broker_kill() {
     for s in sessions {
         let report = s.await.expect("task").expect("session");
         assert_eq!(report.acked, PER_CLIENT as u64);
+        assert_eq!(
+            report.stalls, 0,
+            "a producer connection stopped answering: {report:?}"
+        );
     }
     killed.restore();
 

@@ -61,7 +61,9 @@ async fn every_sn_reaches_kafka_in_order_and_the_stash_empties() {
         conn.clone(),
         keys.clone(),
         Replication::from_settings(&settings.redis),
-    );
+    )
+    .await
+    .expect("stash store");
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
         let id = ClientId::parse(id).expect("id");

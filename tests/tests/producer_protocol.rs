@@ -269,7 +269,9 @@ async fn ten_megabytes_without_newline_are_rejected_without_buffering_them() {
         conn,
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
-    );
+    )
+    .await
+    .expect("stash store");
     let meta = store
         .meta(&ClientId::parse("long-line").expect("id"))
         .await

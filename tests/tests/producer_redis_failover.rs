@@ -20,6 +20,7 @@ const PER_CLIENT: usize = 15_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sn_reaches_kafka_across_a_redis_master_kill() {
+    tally_tests::init_logging();
     let settings = isolated_settings("it-redis-kill", 3).await;
     let producer = InProcessProducer::start(settings.clone()).await;
     let ids: Vec<String> = (0..CLIENTS).map(|i| format!("rk-{i}")).collect();
@@ -81,6 +82,10 @@ async fn every_sn_reaches_kafka_across_a_redis_master_kill() {
             .expect("task")
             .unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(report.acked, PER_CLIENT as u64);
+        assert_eq!(
+            report.stalls, 0,
+            "{id}: a producer connection stopped answering: {report:?}"
+        );
         interrupted += usize::from(report.reconnects > 0);
     }
     killed.restore();

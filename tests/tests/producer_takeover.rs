@@ -89,7 +89,9 @@ async fn a_killed_producers_clients_and_stashes_are_taken_over() {
         conn,
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
-    );
+    )
+    .await
+    .expect("stash store");
     let first = ClientId::parse(&streaming[0]).expect("id");
     let deadline = Instant::now() + Duration::from_secs(60);
     while store.meta(&first).await.expect("meta").sn < (PER_CLIENT * 2) as u64 {
@@ -109,6 +111,10 @@ async fn a_killed_producers_clients_and_stashes_are_taken_over() {
             .unwrap_or_else(|e| panic!("{id}: {e}\n{}", b.log_tail()));
         assert_eq!(report.acked, (PER_CLIENT * 10) as u64);
         assert!(report.reconnects >= 1, "{id} never moved to B: {report:?}");
+        assert_eq!(
+            report.stalls, 0,
+            "{id}: a producer connection stopped answering: {report:?}"
+        );
     }
 
     let expected: Vec<(String, Vec<String>)> = orphans
