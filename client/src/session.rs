@@ -118,6 +118,10 @@ async fn attempt_once(
         Ok(None) => return Ok(Attempt::Retry("closed before WELCOME".into())),
         Err(e) => return Ok(Attempt::Retry(format!("read WELCOME: {e}"))),
     };
+    if welcome.starts_with("ERR unavailable") || welcome.starts_with("ERR superseded") {
+        report.errors.push(welcome.clone());
+        return Ok(Attempt::Retry(welcome));
+    }
     let last_sn = parse_welcome(&welcome, id)?;
     if last_sn > total {
         return Err(SessionError::Protocol(format!(

@@ -1,4 +1,5 @@
-//! Logging set-up shared by every binary: one call at start-up.
+//! Process start-up shared by every binary: settings and logging in one call
+//! ([`bootstrap`]), and the signal that starts a graceful shutdown.
 
 use std::io::IsTerminal;
 
@@ -56,4 +57,27 @@ pub fn bootstrap(config: Option<&std::path::Path>) -> Result<crate::Settings, St
     let settings = crate::Settings::load(config)?;
     init_tracing(&settings.log)?;
     Ok(settings)
+}
+
+/// Completes on SIGTERM or Ctrl-C (SIGINT): the start of a graceful shutdown.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -468,3 +468,48 @@ pub fn init_logging() {
             .try_init();
     }
 }
+
+/// Starts one resuming session per client id, each sending `messages(id, n)` to
+/// `addrs` (rotating on reconnect) until `timeout` passes.
+pub fn spawn_sessions(
+    addrs: &[String],
+    ids: &[String],
+    n: usize,
+    timeout: std::time::Duration,
+) -> Vec<
+    tokio::task::JoinHandle<
+        Result<tally_client::session::SessionReport, tally_client::session::SessionError>,
+    >,
+> {
+    ids.iter()
+        .map(|id| {
+            let addrs = addrs.to_vec();
+            let msgs = messages(id, n);
+            let id =
+                tally_common::ClientId::parse(id).unwrap_or_else(|e| panic!("client id {id}: {e}"));
+            tokio::spawn(async move {
+                tally_client::session::send_all(
+                    &addrs,
+                    &id,
+                    &msgs,
+                    std::time::Instant::now() + timeout,
+                )
+                .await
+            })
+        })
+        .collect()
+}
+
+/// The stash operations on `settings`' key prefix.
+pub async fn stash_store(settings: &Settings) -> tally_common::stash::StashStore {
+    let conn = tally_common::redis::connect(&settings.redis)
+        .await
+        .expect("redis");
+    tally_common::stash::StashStore::new(
+        conn,
+        tally_common::Keys::new(&settings.redis.prefix),
+        tally_common::redis::Replication::from_settings(&settings.redis),
+    )
+    .await
+    .expect("stash store")
+}

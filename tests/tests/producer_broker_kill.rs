@@ -3,13 +3,11 @@
 //! the two remaining in-sync replicas, and after the broker returns every sn of
 //! every client is in `client_message`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tally_client::session::send_all;
-use tally_common::keys::ClientId;
 use tally_tests::{
-    check_stream, complete, isolated_settings, messages, read_client_messages, stack,
-    InProcessProducer, RestoreNode,
+    check_stream, complete, isolated_settings, messages, read_client_messages, spawn_sessions,
+    stack, InProcessProducer, RestoreNode,
 };
 
 const CLIENTS: usize = 6;
@@ -25,23 +23,12 @@ async fn every_sn_reaches_kafka_across_a_broker_kill() {
         .trim()
         .to_string();
 
-    let mut sessions = Vec::new();
-    for id in &ids {
-        let (addr, id, msgs) = (
-            producer.addr.clone(),
-            ClientId::parse(id).expect("id"),
-            messages(id, PER_CLIENT),
-        );
-        sessions.push(tokio::spawn(async move {
-            send_all(
-                &[addr],
-                &id,
-                &msgs,
-                Instant::now() + Duration::from_secs(120),
-            )
-            .await
-        }));
-    }
+    let sessions = spawn_sessions(
+        std::slice::from_ref(&producer.addr),
+        &ids,
+        PER_CLIENT,
+        Duration::from_secs(120),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed = RestoreNode::kill(&victim);
     for s in sessions {

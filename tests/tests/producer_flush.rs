@@ -6,13 +6,11 @@
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use tally_client::session::send_all;
 use tally_common::keys::ClientId;
-use tally_common::redis::{connect, Replication};
-use tally_common::stash::StashStore;
 use tally_common::Keys;
 use tally_tests::{
-    check_stream, complete, isolated_settings, messages, read_client_messages, InProcessProducer,
+    check_stream, complete, isolated_settings, messages, read_client_messages, spawn_sessions,
+    stash_store, InProcessProducer,
 };
 
 const CLIENTS: usize = 8;
@@ -25,23 +23,12 @@ async fn every_sn_reaches_kafka_in_order_and_the_stash_empties() {
     let ids: Vec<String> = (0..CLIENTS).map(|i| format!("flush-{i}")).collect();
 
     let started = Instant::now();
-    let mut sessions = Vec::new();
-    for id in &ids {
-        let (addr, id, msgs) = (
-            producer.addr.clone(),
-            ClientId::parse(id).expect("id"),
-            messages(id, PER_CLIENT),
-        );
-        sessions.push(tokio::spawn(async move {
-            send_all(
-                &[addr],
-                &id,
-                &msgs,
-                Instant::now() + Duration::from_secs(60),
-            )
-            .await
-        }));
-    }
+    let sessions = spawn_sessions(
+        std::slice::from_ref(&producer.addr),
+        &ids,
+        PER_CLIENT,
+        Duration::from_secs(60),
+    );
     for s in sessions {
         let report = s.await.expect("session task").expect("session");
         assert_eq!(report.acked, PER_CLIENT as u64);
@@ -55,15 +42,11 @@ async fn every_sn_reaches_kafka_in_order_and_the_stash_empties() {
     );
 
     // Flushed and trimmed in Redis.
-    let conn = connect(&settings.redis).await.expect("redis");
+    let store = stash_store(&settings).await;
+    let conn = tally_common::redis::connect(&settings.redis)
+        .await
+        .expect("redis");
     let keys = Keys::new(&settings.redis.prefix);
-    let store = StashStore::new(
-        conn.clone(),
-        keys.clone(),
-        Replication::from_settings(&settings.redis),
-    )
-    .await
-    .expect("stash store");
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in &ids {
         let id = ClientId::parse(id).expect("id");

@@ -4,9 +4,6 @@
 use std::time::{Duration, Instant};
 
 use tally_common::keys::ClientId;
-use tally_common::redis::{connect, Replication};
-use tally_common::stash::StashStore;
-use tally_common::Keys;
 use tally_tests::{
     check_stream, complete, isolated_settings, read_client_messages, InProcessProducer,
     ServiceProcess,
@@ -264,14 +261,7 @@ async fn ten_megabytes_without_newline_are_rejected_without_buffering_them() {
     );
 
     // Only the two good lines were stored.
-    let conn = connect(&settings.redis).await.expect("redis");
-    let store = StashStore::new(
-        conn,
-        Keys::new(&settings.redis.prefix),
-        Replication::from_settings(&settings.redis),
-    )
-    .await
-    .expect("stash store");
+    let store = tally_tests::stash_store(&settings).await;
     let meta = store
         .meta(&ClientId::parse("long-line").expect("id"))
         .await

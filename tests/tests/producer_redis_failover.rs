@@ -5,14 +5,13 @@
 //! before the shard accepts writes again). Afterwards every sn 1..N of every client
 //! is in Kafka, and no sn was ever re-used for a different message.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tally_client::session::send_all;
 use tally_common::keys::ClientId;
 use tally_common::Keys;
 use tally_tests::{
     check_stream, complete, isolated_settings, messages, parse_cluster_nodes, read_client_messages,
-    stack, InProcessProducer, RestoreNode,
+    spawn_sessions, stack, InProcessProducer, RestoreNode,
 };
 
 const CLIENTS: usize = 6;
@@ -52,23 +51,12 @@ async fn every_sn_reaches_kafka_across_a_redis_master_kill() {
         .expect("slot owner");
     let victim = format!("redis-{}", master.addr.rsplit(':').next().expect("port"));
 
-    let mut sessions = Vec::new();
-    for id in &ids {
-        let (addr, id, msgs) = (
-            producer.addr.clone(),
-            ClientId::parse(id).expect("id"),
-            messages(id, PER_CLIENT),
-        );
-        sessions.push(tokio::spawn(async move {
-            send_all(
-                &[addr],
-                &id,
-                &msgs,
-                Instant::now() + Duration::from_secs(180),
-            )
-            .await
-        }));
-    }
+    let sessions = spawn_sessions(
+        std::slice::from_ref(&producer.addr),
+        &ids,
+        PER_CLIENT,
+        Duration::from_secs(180),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let killed = RestoreNode::kill(&victim);
     // Past cluster-node-timeout, so the replica is promoted, then bring the old one back.

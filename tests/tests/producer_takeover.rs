@@ -10,9 +10,6 @@ use std::time::{Duration, Instant};
 
 use tally_client::session::send_all;
 use tally_common::keys::ClientId;
-use tally_common::redis::{connect, Replication};
-use tally_common::stash::StashStore;
-use tally_common::Keys;
 use tally_tests::{
     check_stream, complete, free_port, isolated_settings, messages, read_client_messages,
     wait_listening, ServiceProcess,
@@ -84,14 +81,7 @@ async fn a_killed_producers_clients_and_stashes_are_taken_over() {
         }));
     }
     // Kill A mid-stream, once it has stored a good part of the streams.
-    let conn = connect(&settings.redis).await.expect("redis");
-    let store = StashStore::new(
-        conn,
-        Keys::new(&settings.redis.prefix),
-        Replication::from_settings(&settings.redis),
-    )
-    .await
-    .expect("stash store");
+    let store = tally_tests::stash_store(&settings).await;
     let first = ClientId::parse(&streaming[0]).expect("id");
     let deadline = Instant::now() + Duration::from_secs(60);
     while store.meta(&first).await.expect("meta").sn < (PER_CLIENT * 2) as u64 {
