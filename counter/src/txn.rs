@@ -19,7 +19,7 @@ use std::time::Duration;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::TopicPartitionList;
 use tally_common::settings::KafkaSettings;
 use tracing::{info, warn};
@@ -28,6 +28,10 @@ use tracing::{info, warn};
 const WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
 /// Pause between retries of a retriable call.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// A producer whose own thread serves delivery reports: `abort_transaction` waits
+/// for the reports of the records it purges, so someone must poll while it runs.
+type TxnProducer = ThreadedProducer<rdkafka::producer::DefaultProducerContext>;
 
 /// What went wrong with a transactional call, by what must happen next.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +108,7 @@ pub struct OutRecord {
 pub struct Transactions {
     kafka: KafkaSettings,
     id: String,
-    producer: Arc<BaseProducer>,
+    producer: Arc<TxnProducer>,
     /// librdkafka's timeout for each call.
     call_timeout: Duration,
 }
@@ -127,8 +131,8 @@ impl Transactions {
         kafka: &KafkaSettings,
         id: &str,
         call_timeout: Duration,
-    ) -> Result<Arc<BaseProducer>, TxnError> {
-        let producer: BaseProducer = tally_common::kafka::transactional_producer_config(kafka, id)
+    ) -> Result<Arc<TxnProducer>, TxnError> {
+        let producer: TxnProducer = tally_common::kafka::transactional_producer_config(kafka, id)
             .create()
             .map_err(TxnError::Fatal)?;
         let producer = Arc::new(producer);
@@ -198,9 +202,9 @@ impl Transactions {
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                             if std::time::Instant::now() < deadline =>
                         {
-                            // The local queue is full: serve delivery reports to drain it.
+                            // The local queue is full; the producer's thread drains it.
                             record = back;
-                            p.poll(Duration::from_millis(50));
+                            std::thread::sleep(Duration::from_millis(20));
                         }
                         Err((e, _)) => return Err(e),
                     }
@@ -244,7 +248,7 @@ impl Transactions {
 
     async fn retrying<F>(&self, what: &'static str, call: F) -> Result<(), TxnError>
     where
-        F: Fn(&BaseProducer, Duration) -> KafkaResult<()> + Send + Sync + 'static,
+        F: Fn(&TxnProducer, Duration) -> KafkaResult<()> + Send + Sync + 'static,
     {
         let call = Arc::new(call);
         let deadline = tokio::time::Instant::now() + self.call_timeout;
@@ -274,14 +278,14 @@ impl Transactions {
 
 /// Runs `call` on a blocking thread; gives up after `timeout` plus the margin.
 async fn blocking<T, F>(
-    producer: &Arc<BaseProducer>,
+    producer: &Arc<TxnProducer>,
     what: &'static str,
     timeout: Duration,
     call: F,
 ) -> Result<T, TxnError>
 where
     T: Send + 'static,
-    F: FnOnce(&BaseProducer) -> KafkaResult<T> + Send + 'static,
+    F: FnOnce(&TxnProducer) -> KafkaResult<T> + Send + 'static,
 {
     let producer = producer.clone();
     let watchdog = timeout + WATCHDOG_MARGIN;

@@ -223,6 +223,12 @@ pub fn committed(settings: &Settings, group: &str, topic: &str) -> BTreeMap<i32,
         .collect()
 }
 
+/// Whether `committed` offsets reached `ends` on every partition that has records.
+pub fn caught_up(committed: &BTreeMap<i32, i64>, ends: &BTreeMap<i32, i64>) -> bool {
+    ends.iter()
+        .all(|(p, end)| *end == 0 || committed.get(p).is_some_and(|c| c >= end))
+}
+
 /// High watermark (end) of each partition of `topic`.
 pub fn ends(settings: &Settings, topic: &str) -> BTreeMap<i32, i64> {
     let c = consumer(settings, &unique("it-ends"));
@@ -321,10 +327,7 @@ pub fn wait_done(settings: &Settings, timeout: Duration, services: &[&ServicePro
     let source_ends = ends(settings, source);
     loop {
         let done = committed(settings, &settings.counter.group_id, source);
-        if source_ends
-            .iter()
-            .all(|(p, end)| *end == 0 || done.get(p).is_some_and(|c| c >= end))
-        {
+        if caught_up(&done, &source_ends) {
             break;
         }
         assert!(

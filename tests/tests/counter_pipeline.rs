@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tally_common::records::{
-    MessageAggregation, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER,
-    DLQ_SOURCE_TOPIC_HEADER,
+    ClientMessage, MessageAggregation, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
+    DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
 };
 use tally_tests::pipeline::{
     assert_counts, isolated, messy_stream, produce, read_all, start_aggregator, start_counter,
@@ -151,4 +151,106 @@ async fn a_messy_stream_counts_exactly_and_dead_letters_exactly_the_malformed() 
             "{client}: forwarded sns"
         );
     }
+
+    // Graceful shutdown: both leave their group and exit 0.
+    for mut service in [counter, aggregator] {
+        service.signal("TERM");
+        let status = service
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no exit after SIGTERM\n{}", service.log_tail()));
+        assert!(status.success(), "{status}\n{}", service.log_tail());
+        assert!(
+            service.log_tail().contains("left the consumer group"),
+            "{}",
+            service.log_tail()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregator_dead_letters_invalid_aggregation_records() {
+    let settings = isolated("it-agg-dlq", 2).await;
+    let prefix = settings.redis.prefix.clone();
+    let text = format!("{prefix} fine");
+    let good = MessageAggregation::from_client_message(&ClientMessage {
+        client: format!("{prefix}-c"),
+        sn: 1,
+        msg: text.clone(),
+        ts: 0,
+    });
+    // Written straight to message_aggregation: one good record, one whose hash is
+    // not the hash of its text, one that is not JSON.
+    let mut forged = good.clone();
+    forged.sn = 2;
+    forged.msg = format!("{prefix} forged");
+    let records = [
+        (good.hash.clone(), good.to_json(), None),
+        (forged.hash.clone(), forged.to_json(), Some("hash_mismatch")),
+        ("junk".to_owned(), b"{".to_vec(), Some("malformed")),
+    ];
+    let producer: rdkafka::producer::FutureProducer =
+        tally_common::kafka::idempotent_producer_config(&settings.kafka)
+            .create()
+            .expect("producer");
+    for (key, value, _) in &records {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&settings.kafka.message_aggregation_topic)
+                    .key(key)
+                    .payload(value),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    }
+
+    let aggregator = start_aggregator(&settings, &[]);
+    let expected_dlq: Vec<&str> = records.iter().filter_map(|(_, _, r)| *r).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let dlq = loop {
+        let dlq = read_all(&settings, &settings.kafka.dlq_topic);
+        if dlq.len() >= expected_dlq.len() {
+            break dlq;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "DLQ has {dlq:?}\n{}",
+            aggregator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut reasons: Vec<&str> = dlq
+        .iter()
+        .map(|d| d.headers[DLQ_REASON_HEADER].as_str())
+        .collect();
+    reasons.sort_unstable();
+    let mut want = expected_dlq.clone();
+    want.sort_unstable();
+    assert_eq!(reasons, want);
+    for d in &dlq {
+        assert_eq!(
+            d.headers.get(DLQ_SOURCE_TOPIC_HEADER),
+            Some(&settings.kafka.message_aggregation_topic)
+        );
+    }
+
+    // Only the good record counted; the forged one counted under no hash.
+    let aggregation = &settings.kafka.message_aggregation_topic;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !tally_tests::pipeline::caught_up(
+        &tally_tests::pipeline::committed(&settings, &settings.aggregator.group_id, aggregation),
+        &tally_tests::pipeline::ends(&settings, aggregation),
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            aggregator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let expected = Expected {
+        messages: [(text, 1), (forged.msg.clone(), 0)].into_iter().collect(),
+        ..Expected::default()
+    };
+    assert_counts(&settings, &expected, &[&aggregator]).await;
 }
