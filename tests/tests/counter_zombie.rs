@@ -24,7 +24,7 @@ async fn a_stopped_counter_is_fenced_and_counts_stay_exact() {
 
     produce(&settings, first).await;
     let batches = [("TALLY__COUNTER__BATCH_MAX_RECORDS", "200".to_owned())];
-    let mut zombie = start_counter(&settings, "zombie-a", &batches);
+    let zombie = start_counter(&settings, "zombie-a", &batches);
     let aggregator = start_aggregator(&settings, &[]);
 
     // Let it commit some of its work, then freeze it mid-stream.
