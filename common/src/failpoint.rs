@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn specs_parse_names_and_counts() {
         let parsed = parse(" counter.after_apply , aggregator.before_commit@3,x@junk");
-        let view: Vec<(&str, u64)> = parsed.iter().map(|a| (a.name.as_str(), a.fire_at)).collect();
+        let view: Vec<(&str, u64)> = parsed
+            .iter()
+            .map(|a| (a.name.as_str(), a.fire_at))
+            .collect();
         assert_eq!(
             view,
             vec![

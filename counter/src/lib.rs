@@ -315,6 +315,8 @@ impl Counter {
         }
 
         // Apply per client, concurrently; all or nothing for this batch.
+        let apply_started = Instant::now();
+        let clients = by_client.len();
         let applied = tokio::select! {
             applied = self.apply(by_client) => applied?,
             () = shutdown.wait() => return Err(Failed::Shutdown),
@@ -338,6 +340,8 @@ impl Counter {
         }
         let tally = plan.tally;
         let forwarded = plan.out.len();
+        let apply_ms = apply_started.elapsed().as_millis() as u64;
+        let txn_started = Instant::now();
         match self.transact(plan.out, offsets).await {
             Ok(()) => {
                 self.carry = plan.carry;
@@ -361,6 +365,9 @@ impl Counter {
                     duplicates = tally.duplicates,
                     gaps = tally.gaps,
                     invalid = tally.invalid,
+                    clients,
+                    apply_ms,
+                    txn_ms = txn_started.elapsed().as_millis() as u64,
                     "batch committed"
                 );
                 Ok(())
