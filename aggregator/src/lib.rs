@@ -20,6 +20,10 @@
 //! records collected for the revoked partitions are dropped uncommitted (a replay
 //! is harmless); nothing is applied while the consumer is polled, so a rebalance
 //! never splits a batch. A failed commit rewinds to the committed offsets.
+//!
+//! The aggregator's DLQ is at-least-once: a process that dies between a
+//! dead-letter write and the offset commit writes that record again on replay
+//! (the counter's DLQ, written inside its transaction, is exactly-once).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -142,6 +142,17 @@ pub fn subscribe(
     Ok(Arc::new(consumer))
 }
 
+/// librdkafka's `max.poll.interval.ms` for these settings: a member that does not
+/// poll for this long leaves its group. tally does not set it; `[kafka.extra]` may.
+pub fn max_poll_interval(kafka: &KafkaSettings) -> Duration {
+    let ms = kafka
+        .extra
+        .get("max.poll.interval.ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    Duration::from_millis(ms)
+}
+
 /// How a [`collect`] call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collected {

@@ -32,9 +32,18 @@
 //! committed (or aborted) and only drops records collected for the revoked
 //! partitions, which were neither applied nor committed: "commit on a clean
 //! revoke, abort on a lost one" holds trivially. On assignment, consumption starts
-//! at the committed offsets. A member that stood still long enough to have been
-//! dropped from the group (`stall`) drops its batch and rejoins before touching
-//! Redis.
+//! at the committed offsets.
+//!
+//! **Zombies.** Kafka fences the offset commit of a member that lost its
+//! partitions (the group generation in `send_offsets_to_transaction`), but Redis
+//! has no fence: a member applying a batch it polled before it was dropped could
+//! write after the new owner committed past those records. So before every Redis
+//! call the counter checks that it did not stand still since its view of the group
+//! was last confirmed (`stall`) and that it polled within half of
+//! `max.poll.interval.ms`; otherwise it drops the batch and rejoins the group. The
+//! window left is between that check and the call reaching Redis (microseconds,
+//! unless the process is frozen exactly there); closing it would take a fencing
+//! token per client in Redis.
 //!
 //! **Errors.** Retriable Kafka errors retry the call; abortable ones abort the
 //! transaction and rewind the consumer to the committed offsets; fatal, fenced and
@@ -156,6 +165,7 @@ pub async fn run(
     let mut counter = Counter {
         gaps: gaps::GapTracker::new(Duration::from_millis(settings.counter.stall_after_ms)),
         kafka_timeout: Duration::from_millis(settings.kafka.transaction_timeout_ms),
+        poll_deadline: consume::max_poll_interval(&settings.kafka) / 2,
         stall: stall::StallDetector::start(stall_threshold),
         valid_since: Instant::now(),
         carry: Vec::new(),
@@ -185,6 +195,8 @@ struct Counter {
     /// Records to process again at the start of the next batch.
     carry: Vec<Polled>,
     kafka_timeout: Duration,
+    /// Longest a batch may go on without a poll: half of `max.poll.interval.ms`.
+    poll_deadline: Duration,
 }
 
 /// A client's record indexes in the batch and the outcomes of those processed.
@@ -194,8 +206,10 @@ type Applied = (ClientId, i32, Vec<usize>, Vec<Outcome>);
 enum Failed {
     /// Shutdown was requested before the batch was applied.
     Shutdown,
-    /// This process stood still; it may no longer own its partitions.
-    Stalled(Duration),
+    /// This member may have lost its partitions without being told yet: the
+    /// process stood still, or it did not poll for half of
+    /// `max.poll.interval.ms` while retrying Redis.
+    Unsure(String),
     /// The transaction failed; the producer was dealt with.
     Transaction(TxnError),
 }
@@ -245,13 +259,12 @@ impl Counter {
                     info!("shutdown while applying: the batch stays uncommitted and is replayed");
                     return Ok(());
                 }
-                Err(Failed::Stalled(pause)) => {
+                Err(Failed::Unsure(why)) => {
                     warn!(
-                        pause_ms = pause.as_millis() as u64,
-                        "stood still long enough to have left the group: dropping the \
-                         batch and rejoining before touching Redis again"
+                        "{why}: this member may have left the group; dropping the batch \
+                         and rejoining before touching Redis again"
                     );
-                    metrics::counter!("tally_counter_stall_rejoins_total").increment(1);
+                    metrics::counter!("tally_counter_rejoins_total").increment(1);
                     self.rejoin()?;
                 }
                 Err(Failed::Transaction(e)) => {
@@ -272,9 +285,7 @@ impl Counter {
         records: Vec<Polled>,
         shutdown: &mut Shutdown<F>,
     ) -> Result<(), Failed> {
-        if let Some(pause) = self.stall.stalled_since(self.valid_since) {
-            return Err(Failed::Stalled(pause));
-        }
+        self.check_membership(Instant::now())?;
         // Parse and group by client, keeping each client's records in offset order.
         // A valid record stays Unprocessed until its client's script reports on it.
         let mut statuses: Vec<Status> = Vec::with_capacity(records.len());
@@ -317,8 +328,9 @@ impl Counter {
         // Apply per client, concurrently; all or nothing for this batch.
         let apply_started = Instant::now();
         let clients = by_client.len();
+        let polled_at = Instant::now();
         let applied = tokio::select! {
-            applied = self.apply(by_client) => applied?,
+            applied = self.apply(by_client, polled_at) => applied?,
             () = shutdown.wait() => return Err(Failed::Shutdown),
         };
         for (id, partition, indexes, outcomes) in applied {
@@ -342,7 +354,7 @@ impl Counter {
         let forwarded = plan.out.len();
         let apply_ms = apply_started.elapsed().as_millis() as u64;
         let txn_started = Instant::now();
-        match self.transact(plan.out, offsets).await {
+        match self.transact(plan.out, offsets, shutdown).await {
             Ok(()) => {
                 self.carry = plan.carry;
                 self.valid_since = Instant::now();
@@ -376,12 +388,33 @@ impl Counter {
         }
     }
 
+    /// Fails when this member may have lost its partitions unnoticed: it stood
+    /// still since its view was last confirmed, or it has not polled since
+    /// `polled_at` for longer than the poll deadline (librdkafka then leaves the
+    /// group on its own, and another member takes over).
+    fn check_membership(&self, polled_at: Instant) -> Result<(), Failed> {
+        if let Some(pause) = self.stall.stalled_since(self.valid_since) {
+            return Err(Failed::Unsure(format!(
+                "stood still for {} ms",
+                pause.as_millis()
+            )));
+        }
+        if polled_at.elapsed() > self.poll_deadline {
+            return Err(Failed::Unsure(format!(
+                "not polled for {} s",
+                polled_at.elapsed().as_secs()
+            )));
+        }
+        Ok(())
+    }
+
     /// One count script per client, at most `counter.apply_concurrency` at once;
     /// returns each client's record indexes with the outcomes of those processed.
     /// A Redis error backs off and retries that client; a stall fails the batch.
     async fn apply(
         &self,
         by_client: HashMap<ClientId, (i32, Vec<(usize, u64)>)>,
+        polled_at: Instant,
     ) -> Result<Vec<Applied>, Failed> {
         let calls = by_client.into_iter().map(|(id, (partition, records))| {
             let (indexes, sns): (Vec<usize>, Vec<u64>) = records.into_iter().unzip();
@@ -389,9 +422,7 @@ impl Counter {
                 let mut backoff = BACKOFF_MIN;
                 loop {
                     // Checked before every call: a zombie must not write to Redis.
-                    if let Some(pause) = self.stall.stalled_since(self.valid_since) {
-                        return Err(Failed::Stalled(pause));
-                    }
+                    self.check_membership(polled_at)?;
                     match self.store.apply_client(&id, &sns).await {
                         Ok(outcomes) => return Ok((id, partition, indexes, outcomes)),
                         Err(e) => {
@@ -416,10 +447,11 @@ impl Counter {
 
     /// The transaction of one batch. On failure the producer is left usable again
     /// (aborted, or recreated) before returning.
-    async fn transact(
+    async fn transact<F: Future<Output = ()>>(
         &mut self,
         out: Vec<txn::OutRecord>,
         offsets: TopicPartitionList,
+        shutdown: &mut Shutdown<F>,
     ) -> Result<(), TxnError> {
         let result = self.try_transact(out, offsets).await;
         if let Err(e) = &result {
@@ -436,6 +468,10 @@ impl Counter {
                 let mut backoff = BACKOFF_MIN;
                 while let Err(e) = self.txn.recreate().await {
                     error!("cannot recreate the transactional producer: {e}; retrying");
+                    if shutdown.requested() {
+                        // Nothing is committed; the next run's producer fences this one.
+                        break;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
