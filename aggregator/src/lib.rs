@@ -58,6 +58,9 @@ pub enum AggregatorError {
     /// Redis Cluster could not be reached at start-up.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The Redis write path could not be set up.
+    #[error("redis: {0}")]
+    RedisOp(#[from] tally_common::redis::RedisOpError),
     /// The consumer failed for good, or the DLQ producer could not be created.
     #[error(transparent)]
     Consume(#[from] consume::ConsumeError),
@@ -76,7 +79,8 @@ pub async fn run(
         connect(&settings.redis).await?,
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
-    );
+    )
+    .await?;
     let dlq: FutureProducer =
         tally_common::kafka::idempotent_producer_config(&settings.kafka).create()?;
     let topic = settings.kafka.message_aggregation_topic.clone();
@@ -217,6 +221,7 @@ impl Aggregator {
         let dead_lettered = invalid.len() as u64;
         let messages = by_hash.len();
 
+        let apply_started = Instant::now();
         let counted = tokio::select! {
             counted = async {
                 // Dead-letter first: the batch's offsets are committed only after
@@ -233,6 +238,8 @@ impl Aggregator {
             tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
                 .map_err(Failed::Commit)?;
         }
+        let apply_ms = apply_started.elapsed().as_millis() as u64;
+        let commit_started = Instant::now();
         failpoint::hit("aggregator.before_commit");
         let consumer = self.consumer.clone();
         let committed =
@@ -246,7 +253,15 @@ impl Aggregator {
         metrics::counter!("tally_aggregator_duplicates_total")
             .increment(total - dead_lettered - counted);
         metrics::counter!("tally_aggregator_dlq_records_total").increment(dead_lettered);
-        debug!(total, messages, counted, dead_lettered, "batch committed");
+        debug!(
+            total,
+            messages,
+            counted,
+            dead_lettered,
+            apply_ms,
+            commit_ms = commit_started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
         Ok(())
     }
 

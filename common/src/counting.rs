@@ -7,11 +7,14 @@
 //! once per (message, client, sn), by a high-water mark that never expires
 //! (invariant 4). Every write returns only after `WAIT` confirmed it on the
 //! configured replicas (invariant 5), so the caller may then commit the offsets of
-//! the records it applied. Both scripts are safe to re-run.
+//! the records it applied. Writes go through the [`WriteCombiner`], so the
+//! concurrent calls of one batch share one `WAIT` per round per master. Both
+//! scripts are safe to re-run (the combiner and the cluster client may resend).
 
 use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 
+use crate::combiner::WriteCombiner;
 use crate::keys::{ClientId, Keys, MessageHash};
 use crate::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
 
@@ -47,22 +50,26 @@ impl Outcome {
 #[derive(Clone)]
 pub struct CountStore {
     conn: ClusterConnection,
+    writes: WriteCombiner,
     keys: Keys,
-    replication: Replication,
     client: ReplicatedScript,
     message: ReplicatedScript,
 }
 
 impl CountStore {
     /// Operations over `conn`, on keys from `keys`, confirmed with `replication`.
-    pub fn new(conn: ClusterConnection, keys: Keys, replication: Replication) -> Self {
-        Self {
+    pub async fn new(
+        conn: ClusterConnection,
+        keys: Keys,
+        replication: Replication,
+    ) -> Result<Self, RedisOpError> {
+        Ok(Self {
+            writes: WriteCombiner::new(conn.clone(), replication).await?,
             conn,
             keys,
-            replication,
             client: ReplicatedScript::new(include_str!("lua/count_client.lua")),
             message: ReplicatedScript::new(include_str!("lua/count_message.lua")),
-        }
+        })
     }
 
     /// The key layout in use.
@@ -91,10 +98,7 @@ impl CountStore {
         for sn in sns {
             call.arg(*sn);
         }
-        let codes: String = self
-            .client
-            .invoke(&mut self.conn.clone(), &call, self.replication)
-            .await?;
+        let codes: String = self.writes.invoke(&self.client, call).await?;
         let outcomes = codes
             .bytes()
             .map(|c| {
@@ -132,9 +136,7 @@ impl CountStore {
         for (client, sn) in sightings {
             call.arg(*client).arg(*sn);
         }
-        self.message
-            .invoke(&mut self.conn.clone(), &call, self.replication)
-            .await
+        self.writes.invoke(&self.message, call).await
     }
 
     /// Messages counted for a client (0 when none).

@@ -88,6 +88,9 @@ pub enum CounterError {
     /// Redis Cluster could not be reached at start-up.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The Redis write path could not be set up.
+    #[error("redis: {0}")]
+    RedisOp(#[from] RedisOpError),
     /// The consumer failed for good.
     #[error(transparent)]
     Consume(#[from] consume::ConsumeError),
@@ -133,7 +136,8 @@ pub async fn run(
         connect(&settings.redis).await?,
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
-    );
+    )
+    .await?;
     // Before joining the group: fences an earlier run with the same id, so its
     // open transaction is aborted and the committed offsets are stable.
     let txn = Transactions::start(

@@ -365,7 +365,9 @@ pub async fn actual(settings: &Settings, expected: &Expected) -> Expected {
         connect(&settings.redis).await.expect("redis"),
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
-    );
+    )
+    .await
+    .expect("count store");
     let mut out = Expected {
         invalid: expected.invalid,
         ..Expected::default()

@@ -19,6 +19,8 @@ async fn store() -> CountStore {
         Keys::new(unique("it-scripts")),
         Replication::from_settings(&s.redis),
     )
+    .await
+    .expect("count store")
 }
 
 fn client(name: &str) -> ClientId {
