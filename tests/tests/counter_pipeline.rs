@@ -254,3 +254,39 @@ async fn the_aggregator_dead_letters_invalid_aggregation_records() {
     };
     assert_counts(&settings, &expected, &[&aggregator]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_left_in_a_gap_is_reported_stalled_and_not_counted_past_it() {
+    let settings = isolated("it-stall", 1).await;
+    let client = format!("{}-stuck", settings.redis.prefix);
+    // sn 3 never arrives.
+    let stream: Vec<RawRecord> = [1, 2, 4, 5]
+        .into_iter()
+        .map(|sn| RawRecord::message(&client, sn, &format!("{client} line {sn}")))
+        .collect();
+    produce(&settings, &stream).await;
+    let counter = start_counter(
+        &settings,
+        "stall",
+        &[("TALLY__COUNTER__STALL_AFTER_MS", "500".to_owned())],
+    );
+    let aggregator = start_aggregator(&settings, &[]);
+    wait_done(&settings, Duration::from_secs(60), &[&counter, &aggregator]);
+    let expected = Expected::of(&stream);
+    assert_eq!(expected.clients[&client], (2, 2));
+    assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(&counter.log).unwrap_or_default();
+        if log.contains("client stalled") && log.contains(&client) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stall reported\n{}",
+            counter.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
