@@ -313,8 +313,10 @@ impl Connection {
                 let (id, slot, epoch) =
                     (identity.id.clone(), identity.slot.clone(), identity.epoch);
                 let ack = std::mem::take(replies);
-                self.write(&ack).await?;
+                let written = self.write(&ack).await;
                 tracing::trace!(client = %id, last, "acked");
+                // Hand over even if the client vanished: the batch is stored, and the
+                // flusher must know it exists to flush it and not release too early.
                 let handed = shared
                     .flusher
                     .send(FlushCommand::Append {
@@ -327,6 +329,7 @@ impl Connection {
                     .await;
                 // The batch is in the stash: if the flusher is gone (shutdown), the
                 // next owner flushes it from there.
+                written?;
                 Ok(handed.is_ok())
             }
             Err(e) => {

@@ -131,6 +131,9 @@ enum TaskDone {
         state_id: u64,
         epoch: u64,
         released: bool,
+        /// `meta.sn` when the release was refused: more may be stored than this
+        /// flusher knows of.
+        stored_sn: Option<u64>,
     },
 }
 
@@ -498,12 +501,13 @@ impl Flusher {
                     client.epoch,
                 );
                 self.tasks.spawn(async move {
-                    let released = release(&shared, &slot, epoch).await;
+                    let (released, stored_sn) = release(&shared, &slot, epoch).await;
                     TaskDone::Released {
                         id: slot.id.clone(),
                         state_id,
                         epoch,
                         released,
+                        stored_sn,
                     }
                 });
             }
@@ -606,12 +610,18 @@ impl Flusher {
                 state_id,
                 epoch,
                 released,
+                stored_sn,
             } => {
                 let Some(client) = self.clients.get_mut(&id).filter(|c| c.state_id == state_id)
                 else {
                     return;
                 };
                 client.releasing = false;
+                if let Some(sn) = stored_sn.filter(|&sn| sn > client.stored_sn) {
+                    // The stash holds more than was handed over: read it from there.
+                    warn!(client = %id, known = client.stored_sn, stored = sn, "stash holds more than the flusher knew; catching up");
+                    client.stored_sn = sn;
+                }
                 if released && epoch == client.epoch {
                     if let Some(old) = self.clients.remove(&id) {
                         self.drop_memory(&old);
@@ -638,10 +648,12 @@ impl Flusher {
 
 /// Releases a drained client and drops it from this instance's ownership set,
 /// unless a connection attached meanwhile.
-async fn release(shared: &Shared, slot: &Arc<ClientSlot>, epoch: u64) -> bool {
+/// Returns whether it was released and, when the stash still held unflushed
+/// messages, the stored `sn`.
+async fn release(shared: &Shared, slot: &Arc<ClientSlot>, epoch: u64) -> (bool, Option<u64>) {
     let _order = slot.ownership.lock().await;
     if slot.is_connected() {
-        return false;
+        return (false, None);
     }
     match shared
         .store
@@ -653,12 +665,16 @@ async fn release(shared: &Shared, slot: &Arc<ClientSlot>, epoch: u64) -> bool {
                 debug!(client = %slot.id, "cannot update ownership set: {e}");
             }
             shared.registry.remove_if_idle(slot);
-            true
+            (true, None)
         }
-        Ok(false) => false,
+        Ok(false) => {
+            let meta = shared.store.meta(&slot.id).await.ok();
+            let unflushed = meta.filter(|m| m.owner == shared.instance && m.sn > m.flushed);
+            (false, unflushed.map(|m| m.sn))
+        }
         Err(e) => {
             debug!(client = %slot.id, "cannot release yet: {e}");
-            false
+            (false, None)
         }
     }
 }
