@@ -207,9 +207,20 @@ pub fn committed(settings: &Settings, group: &str, topic: &str) -> BTreeMap<i32,
     for p in partitions(&c, topic) {
         tpl.add_partition(topic, p);
     }
-    let committed = c
-        .committed_offsets(tpl, Duration::from_secs(15))
-        .expect("committed offsets");
+    // The group coordinator moves when a broker is killed (NotCoordinator,
+    // CoordinatorLoadInProgress): retry such transient answers for a while.
+    let mut attempt = 0;
+    let committed = loop {
+        match c.committed_offsets(tpl.clone(), Duration::from_secs(15)) {
+            Ok(committed) => break committed,
+            Err(e) if attempt < 60 => {
+                attempt += 1;
+                eprintln!("committed offsets of {group}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("committed offsets of {group} on {topic}: {e}"),
+        }
+    };
     committed
         .elements()
         .iter()
