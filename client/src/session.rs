@@ -113,10 +113,16 @@ async fn attempt_once(
     {
         return Ok(Attempt::Retry(format!("send HELLO: {e}")));
     }
-    let welcome = match lines.next_line().await {
-        Ok(Some(line)) => line,
-        Ok(None) => return Ok(Attempt::Retry("closed before WELCOME".into())),
-        Err(e) => return Ok(Attempt::Retry(format!("read WELCOME: {e}"))),
+    let welcome = match tokio::time::timeout(STALL_TIMEOUT, lines.next_line()).await {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) => return Ok(Attempt::Retry("closed before WELCOME".into())),
+        Ok(Err(e)) => return Ok(Attempt::Retry(format!("read WELCOME: {e}"))),
+        Err(_) => {
+            report.stalls += 1;
+            return Ok(Attempt::Retry(format!(
+                "no WELCOME from {addr} for {STALL_TIMEOUT:?}"
+            )));
+        }
     };
     if welcome.starts_with("ERR unavailable") || welcome.starts_with("ERR superseded") {
         report.errors.push(welcome.clone());

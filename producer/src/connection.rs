@@ -23,6 +23,9 @@ use crate::protocol::{self, LineReader, ProtocolError, Request};
 use crate::registry::ClientSlot;
 use crate::{now_ms, Shared};
 
+/// Longest a claim (ownership lock, ownership set, claim script + `WAIT`) may take.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a connection ended early; logged, never sent anywhere else.
 #[derive(Debug, thiserror::Error)]
 enum ConnectionEnd {
@@ -199,7 +202,9 @@ impl Connection {
         let slot = shared
             .registry
             .attach(&id, self.conn_id, self.superseded.clone());
-        let claimed = {
+        // Bounded: a Redis call stuck in a failover must become `ERR unavailable`
+        // (the client retries), never a connection that silently stops answering.
+        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
             let _order = slot.ownership.lock().await;
             // Listed before claimed: a crash between the two leaves a harmless stale
             // entry, never an owned client that survivors cannot find.
@@ -207,7 +212,13 @@ impl Connection {
                 Ok(()) => shared.store.take(&id, &shared.instance).await,
                 Err(e) => Err(e),
             }
-        };
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisOpError::Result(format!(
+                "claim not confirmed within {CLAIM_TIMEOUT:?}"
+            )))
+        });
         let claim = match claimed {
             Ok(claim) => claim,
             Err(e) => {
