@@ -356,14 +356,26 @@ pub fn read_client_messages(
         tally_common::kafka::read_committed_consumer_config(&settings.kafka, &unique("it-reader"))
             .create()
             .expect("consumer");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
-        .expect("metadata");
+    // A topic created a moment ago may not list its partitions in every broker's
+    // metadata yet: wait until it does, or the reader would assign nothing.
     let mut tpl = rdkafka::TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
-                .expect("offset");
+    let metadata_deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tpl.count() == 0 {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+            .expect("metadata");
+        for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
+            for p in t.partitions() {
+                tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                    .expect("offset");
+            }
+        }
+        if tpl.count() == 0 {
+            assert!(
+                std::time::Instant::now() < metadata_deadline,
+                "{topic} has no partitions in metadata"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
     consumer.assign(&tpl).expect("assign");
