@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod keys;
 pub mod records;
 pub mod redis;
+pub mod protocol;
 pub mod ring;
 pub mod settings;
 pub mod stash;

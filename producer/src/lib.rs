@@ -29,7 +29,7 @@ use tracing::{info, warn};
 mod connection;
 mod flusher;
 mod ownership;
-pub mod protocol;
+pub use tally_common::protocol;
 mod registry;
 
 /// Capacity of the queue from connections to the flusher, in batches.

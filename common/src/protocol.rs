@@ -1,13 +1,18 @@
-//! The line protocol: framing with bounded memory, and the replies.
+//! The line protocol: framing with bounded memory, the rules for a message line,
+//! and the replies. The producer reads with it; the `tally` client checks its lines
+//! with the same rules before sending.
 //!
-//! Invariant: memory per connection is bounded by the maximum line length plus one
+//! Invariants: memory per connection is bounded by the maximum line length plus one
 //! read chunk, whatever the client sends: a line that outgrows the maximum is
-//! reported once and its remaining bytes are discarded as they arrive.
+//! reported once and its remaining bytes are discarded as they arrive. And a
+//! client that sends only lines [`message_line`] accepts can number its own
+//! messages: each one gets the next sn, because the producer stores every such line
+//! and nothing else.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use tally_common::keys::{ClientId, ClientIdError};
+use crate::keys::{ClientId, ClientIdError};
 
 /// Bytes requested from the socket per read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -170,6 +175,26 @@ pub fn parse(line: Line, max_line: usize, hello_allowed: bool) -> Request {
     Request::Message(text)
 }
 
+/// How the producer treats `raw` (one line without its `\n`) sent after the
+/// connection has an identity: `Ok(Some(text))` is stored as the next message,
+/// `Ok(None)` is ignored (empty), `Err` is rejected with that `ERR`.
+pub fn message_line(raw: &[u8], max_line: usize) -> Result<Option<&str>, ProtocolError> {
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.len() > max_line {
+        return Err(ProtocolError::TooLong { max: max_line });
+    }
+    let text = std::str::from_utf8(raw).map_err(|e| ProtocolError::InvalidUtf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    if text == "HELLO" || text.starts_with("HELLO ") {
+        return Err(ProtocolError::HelloTooLate);
+    }
+    Ok(Some(text))
+}
+
 /// `WELCOME <id> <last_sn>`.
 pub fn welcome(id: &ClientId, last_sn: u64) -> String {
     format!("WELCOME {id} {last_sn}\n")
@@ -202,6 +227,34 @@ fn single_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_line_agrees_with_the_reader_and_parser() {
+        let max = 8;
+        for raw in [
+            &b"hi"[..],
+            b"hi\r",
+            b"",
+            b"\r",
+            b"12345678",
+            b"123456789",
+            b"\xff\xfe",
+            b"HELLO x",
+            b"HELLO",
+            b"HELLOx",
+        ] {
+            let mut reader = LineReader::new(max);
+            reader.buf.extend_from_slice(raw);
+            reader.buf.extend_from_slice(b"\n");
+            let served = reader.next_line().map(|line| parse(line, max, false));
+            let expected = match message_line(raw, max) {
+                Ok(Some(text)) => Some(Request::Message(text.to_string())),
+                Ok(None) => None,
+                Err(e) => Some(Request::Invalid(e)),
+            };
+            assert_eq!(served, expected, "line {raw:?}");
+        }
+    }
 
     fn lines(input: &[&[u8]], max: usize) -> Vec<Line> {
         let mut r = LineReader::new(max);
