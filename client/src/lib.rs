@@ -1,3 +1,6 @@
-//! Library side of the `tally` CLI: pieces other tools and tests reuse.
+//! The `tally` client library: the resuming session every client uses, and the
+//! commands of the `tally` tool.
 
+pub mod inspect;
+pub mod manifest;
 pub mod session;

@@ -21,12 +21,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{FromRedisValue, RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::redis::{classify, RedisOpError, ReplicatedScript, Replication, ScriptCall};
+use crate::redis::{
+    classify, cluster_slots, to_node, Node, RedisOpError, ReplicatedScript, Replication, ScriptCall,
+};
 
 /// Calls queued per master before callers wait for room.
 const QUEUE: usize = 4_096;
@@ -39,7 +41,6 @@ const ATTEMPTS: usize = 20;
 const ROUND_SLACK: Duration = Duration::from_secs(2);
 
 /// Master address (`host`, `port`).
-type Node = (String, u16);
 
 struct Job {
     sha: String,
@@ -156,7 +157,7 @@ impl WriteCombiner {
                     self.inner
                         .conn
                         .clone()
-                        .route_command(load, by_address(&node))
+                        .route_command(load, to_node(&node))
                         .await?;
                 }
                 Outcome::Retry(Retry::Moved) => self.refresh_slots().await?,
@@ -199,18 +200,7 @@ impl WriteCombiner {
 
     /// Reloads which master serves which slots (`CLUSTER SLOTS`).
     async fn refresh_slots(&self) -> Result<(), RedisOpError> {
-        let reply: Value = self
-            .inner
-            .conn
-            .clone()
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await?;
-        let table = parse_cluster_slots(&reply).ok_or_else(|| {
-            RedisOpError::Result(format!("unexpected CLUSTER SLOTS reply {reply:?}"))
-        })?;
+        let table = cluster_slots(&mut self.inner.conn.clone()).await?;
         *self.inner.slots.write().unwrap_or_else(|e| e.into_inner()) = table;
         Ok(())
     }
@@ -218,36 +208,6 @@ impl WriteCombiner {
 
 fn closed() -> RedisOpError {
     RedisOpError::Result("write combiner stopped".into())
-}
-
-fn by_address((host, port): &Node) -> RoutingInfo {
-    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-        host: host.clone(),
-        port: *port,
-    })
-}
-
-/// Parses `CLUSTER SLOTS`: `[[first, last, [host, port, id], replicas…], …]`.
-fn parse_cluster_slots(reply: &Value) -> Option<Vec<(u16, u16, Node)>> {
-    let Value::Array(ranges) = reply else {
-        return None;
-    };
-    let mut table = Vec::new();
-    for range in ranges {
-        let Value::Array(fields) = range else {
-            return None;
-        };
-        let first = u16::from_redis_value_ref(fields.first()?).ok()?;
-        let last = u16::from_redis_value_ref(fields.get(1)?).ok()?;
-        let Value::Array(master) = fields.get(2)? else {
-            return None;
-        };
-        let host = String::from_redis_value_ref(master.first()?).ok()?;
-        let port = u16::from_redis_value_ref(master.get(1)?).ok()?;
-        table.push((first, last, (host, port)));
-    }
-    table.sort();
-    Some(table)
 }
 
 /// The loop of one master's queue: one pipeline and one `WAIT` per round.
@@ -280,7 +240,7 @@ async fn rounds(
                 .arg(replication.timeout.as_millis() as u64);
         }
         let count = round.len() + usize::from(with_wait);
-        metrics::histogram!("tally_redis_round_calls").record(round.len() as f64);
+        metrics::histogram!(crate::observe::names::REDIS_ROUND_CALLS).record(round.len() as f64);
         let route = SingleNodeRoutingInfo::ByAddress {
             host: node.0.clone(),
             port: node.1,

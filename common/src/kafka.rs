@@ -387,3 +387,69 @@ mod tests {
         assert!(fine.mismatches().is_empty());
     }
 }
+
+/// Where a consumer group stands on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionPosition {
+    /// The partition.
+    pub partition: i32,
+    /// The group's committed offset (`None` if it never committed).
+    pub committed: Option<i64>,
+    /// First offset still in the log.
+    pub low: i64,
+    /// The high watermark (next offset to be written).
+    pub high: i64,
+}
+
+impl PartitionPosition {
+    /// Records (or transaction markers) the group has not committed yet.
+    pub fn lag(&self) -> i64 {
+        (self.high - self.committed.unwrap_or(self.low)).max(0)
+    }
+}
+
+/// Committed offsets of `group` (if given) and the watermarks of every partition
+/// of `topic`. Blocking: call it from `spawn_blocking` in async code.
+pub fn group_positions(
+    settings: &KafkaSettings,
+    group: Option<&str>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<PartitionPosition>, KafkaError> {
+    // Without a group, a throwaway id: the consumer never joins or commits.
+    let group_id = group.unwrap_or("tally-inspect");
+    let consumer: BaseConsumer = read_committed_consumer_config(settings, group_id).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        if let Some(err) = t.error() {
+            return Err(KafkaError::MetadataFetch(err.into()));
+        }
+        for p in t.partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+    }
+    let committed = match group {
+        Some(_) => Some(consumer.committed_offsets(tpl.clone(), timeout)?),
+        None => None,
+    };
+    let mut positions = Vec::new();
+    for element in tpl.elements() {
+        let partition = element.partition();
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let committed = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(topic, partition))
+            .and_then(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        positions.push(PartitionPosition {
+            partition,
+            committed,
+            low,
+            high,
+        });
+    }
+    Ok(positions)
+}

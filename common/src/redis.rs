@@ -66,6 +66,67 @@ pub async fn connect(settings: &RedisSettings) -> Result<ClusterConnection, Redi
         .await
 }
 
+/// A node's `(host, port)`.
+pub type Node = (String, u16);
+
+/// Which master serves which slots: `(first, last, master)`, sorted, from
+/// `CLUSTER SLOTS` asked of any node.
+pub async fn cluster_slots(
+    conn: &mut ClusterConnection,
+) -> Result<Vec<(u16, u16, Node)>, RedisOpError> {
+    let reply: Value = conn
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
+        .await?;
+    parse_cluster_slots(&reply)
+        .ok_or_else(|| RedisOpError::Result(format!("unexpected CLUSTER SLOTS reply {reply:?}")))
+}
+
+/// The current masters, each once.
+pub async fn masters(conn: &mut ClusterConnection) -> Result<Vec<Node>, RedisOpError> {
+    let mut nodes: Vec<Node> = cluster_slots(conn)
+        .await?
+        .into_iter()
+        .map(|(_, _, node)| node)
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    Ok(nodes)
+}
+
+/// Routes a command to one node by address.
+pub fn to_node((host, port): &Node) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+        host: host.clone(),
+        port: *port,
+    })
+}
+
+/// Parses `CLUSTER SLOTS`: `[[first, last, [host, port, id], replicas…], …]`.
+fn parse_cluster_slots(reply: &Value) -> Option<Vec<(u16, u16, Node)>> {
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    let mut table = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let first = u16::from_redis_value_ref(fields.first()?).ok()?;
+        let last = u16::from_redis_value_ref(fields.get(1)?).ok()?;
+        let Value::Array(master) = fields.get(2)? else {
+            return None;
+        };
+        let host = String::from_redis_value_ref(master.first()?).ok()?;
+        let port = u16::from_redis_value_ref(master.get(1)?).ok()?;
+        table.push((first, last, (host, port)));
+    }
+    table.sort();
+    Some(table)
+}
+
 /// How many replicas must confirm a write, and how long to wait for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replication {

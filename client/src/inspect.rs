@@ -1,0 +1,421 @@
+//! Read-only views of a running pipeline: a client's or a message's counts, the
+//! most counted messages, and the health of producers, stashes and consumers.
+//!
+//! Invariant: nothing here writes. The views read the same keys the services write
+//! (built by [`tally_common::Keys`]), so what `tally count` prints is exactly what
+//! `redis-cli -c GET` would.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{StreamExt, TryStreamExt};
+use redis::cluster_async::ClusterConnection;
+use redis::AsyncCommands;
+use serde::Serialize;
+use tally_common::kafka::{group_positions, PartitionPosition};
+use tally_common::redis::{masters, to_node, RedisOpError};
+use tally_common::{ClientId, Keys, MessageHash, Settings};
+
+/// Concurrent reads in flight on the cluster connection.
+const READ_CONCURRENCY: usize = 64;
+
+/// A view could not be produced.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] RedisOpError),
+    /// Kafka failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A key holds something tally never writes there.
+    #[error("{key} holds {value:?}, not a count")]
+    NotACount {
+        /// The key.
+        key: String,
+        /// What it holds.
+        value: String,
+    },
+}
+
+impl From<redis::RedisError> for InspectError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Redis(RedisOpError::Redis(e))
+    }
+}
+
+/// A client's counts and stash state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClientView {
+    /// The client id.
+    pub client: String,
+    /// Messages counted (`…:count`).
+    pub count: u64,
+    /// Highest sn counted (`…:last_sn`).
+    pub last_sn: u64,
+    /// Highest sn stored by a producer (`meta.sn`).
+    pub stored_sn: u64,
+    /// Highest sn confirmed in Kafka (`meta.flushed`).
+    pub flushed_sn: u64,
+    /// Owning producer instance, if any.
+    pub owner: Option<String>,
+}
+
+/// A message's count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    /// Its hash.
+    pub hash: String,
+    /// Times counted.
+    pub count: u64,
+    /// The text, as stored by the aggregator (None if never counted).
+    pub text: Option<String>,
+}
+
+/// A live or dead producer instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProducerView {
+    /// Instance id.
+    pub instance: String,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Whether it is alive (heartbeat within 3 intervals).
+    pub alive: bool,
+    /// Clients in its ownership set (may include released ones).
+    pub clients: u64,
+}
+
+/// A consumer group's position on its input topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupView {
+    /// The group.
+    pub group: String,
+    /// Its input topic.
+    pub topic: String,
+    /// Records not yet committed, over all partitions.
+    pub lag: i64,
+    /// Per partition.
+    pub partitions: Vec<PartitionPosition>,
+}
+
+/// The whole pipeline at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusView {
+    /// Producer instances in the registry.
+    pub producers: Vec<ProducerView>,
+    /// Clients with a stash.
+    pub clients: u64,
+    /// Stored messages not yet confirmed in Kafka, over all clients.
+    pub stash_backlog: u64,
+    /// The client furthest behind in flushing, and by how many messages.
+    pub max_flush_lag: Option<(String, u64)>,
+    /// Flushed messages not yet counted, over all clients.
+    pub uncounted: u64,
+    /// Clients whose count is behind their flushed messages although the counter
+    /// has committed everything: stuck behind a gap.
+    pub stalled_clients: Vec<String>,
+    /// Counter and aggregator positions.
+    pub groups: Vec<GroupView>,
+    /// Records in the dead-letter topic.
+    pub dlq_records: i64,
+}
+
+/// Read-only access to a pipeline's Redis keys and Kafka topics.
+pub struct Inspector {
+    conn: ClusterConnection,
+    keys: Keys,
+    settings: Settings,
+}
+
+impl Inspector {
+    /// Connects to the configured Redis Cluster.
+    pub async fn connect(settings: &Settings) -> Result<Self, InspectError> {
+        let conn = tally_common::redis::connect(&settings.redis).await?;
+        Ok(Self {
+            conn,
+            keys: Keys::new(settings.redis.prefix.clone()),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Reads with another key prefix than the configuration's.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.keys = Keys::new(prefix);
+        self
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Reads counters, in order; a missing key reads as 0.
+    pub async fn numbers(&self, keys: &[String]) -> Result<Vec<u64>, InspectError> {
+        futures::stream::iter(keys.iter().cloned())
+            .map(|key| {
+                let mut conn = self.conn.clone();
+                async move {
+                    let value: Option<String> = conn.get(&key).await?;
+                    parse_count(&key, value)
+                }
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// A client's counts and stash state.
+    pub async fn client(&self, id: &ClientId) -> Result<ClientView, InspectError> {
+        let numbers = self
+            .numbers(&[self.keys.client_count(id), self.keys.client_last_sn(id)])
+            .await?;
+        let meta_key = self.keys.client_meta(id);
+        let (sn, flushed, owner): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(&meta_key)
+                .arg("sn")
+                .arg("flushed")
+                .arg("owner")
+                .query_async(&mut self.conn.clone())
+                .await?;
+        Ok(ClientView {
+            client: id.as_str().to_string(),
+            count: numbers[0],
+            last_sn: numbers[1],
+            stored_sn: parse_count(&meta_key, sn)?,
+            flushed_sn: parse_count(&meta_key, flushed)?,
+            owner: owner.filter(|o| !o.is_empty()),
+        })
+    }
+
+    /// A message's count, by hash.
+    pub async fn message(&self, hash: &MessageHash) -> Result<MessageView, InspectError> {
+        let count = self.numbers(&[self.keys.message_count(hash)]).await?[0];
+        let text: Option<String> = self.conn.clone().get(self.keys.message_text(hash)).await?;
+        Ok(MessageView {
+            hash: hash.to_string(),
+            count,
+            text,
+        })
+    }
+
+    /// Every key matching `pattern` on every master (SCAN; fine for a tool, not
+    /// for a hot path).
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, InspectError> {
+        let mut conn = self.conn.clone();
+        let mut found = Vec::new();
+        for node in masters(&mut conn).await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let reply = conn
+                    .route_command(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .clone(),
+                        to_node(&node),
+                    )
+                    .await?;
+                let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
+                    .map_err(|e| RedisOpError::Result(format!("SCAN reply: {e}")))?;
+                found.extend(keys);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
+    /// The `n` most counted messages, most counted first.
+    pub async fn top(&self, n: usize) -> Result<Vec<MessageView>, InspectError> {
+        let pattern = format!("{}:m:*:count", glob_escape(self.keys.prefix()));
+        let keys = self.scan(&pattern).await?;
+        let counts = self.numbers(&keys).await?;
+        let mut heap = BinaryHeap::new();
+        for (key, count) in keys.iter().zip(counts) {
+            let Some(hash) = hash_of_message_key(key) else {
+                continue;
+            };
+            // Ties broken by hash, so the answer is stable.
+            heap.push(Reverse((count, Reverse(hash))));
+            if heap.len() > n {
+                heap.pop();
+            }
+        }
+        let mut top: Vec<(u64, MessageHash)> = heap
+            .into_iter()
+            .map(|Reverse((count, Reverse(hash)))| (count, hash))
+            .collect();
+        top.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut views = Vec::with_capacity(top.len());
+        for (count, hash) in top {
+            let text: Option<String> = self.conn.clone().get(self.keys.message_text(&hash)).await?;
+            views.push(MessageView {
+                hash: hash.to_string(),
+                count,
+                text,
+            });
+        }
+        Ok(views)
+    }
+
+    /// Producers, stashes, consumer groups and the DLQ.
+    pub async fn status(&self) -> Result<StatusView, InspectError> {
+        let mut conn = self.conn.clone();
+        let heartbeats: Vec<(String, f64)> =
+            conn.zrange_withscores(self.keys.producers(), 0, -1).await?;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let alive_within = 3 * self.settings.producer.heartbeat_interval_ms;
+        let mut producers = Vec::new();
+        for (instance, heartbeat) in heartbeats {
+            let clients: u64 = conn.scard(self.keys.producer_clients(&instance)).await?;
+            let age = now_ms.saturating_sub(heartbeat as u64);
+            producers.push(ProducerView {
+                instance,
+                heartbeat_age_ms: age,
+                alive: heartbeat > 0.0 && age <= alive_within,
+                clients,
+            });
+        }
+
+        let meta_keys = self
+            .scan(&format!("{}:c:*:meta", glob_escape(self.keys.prefix())))
+            .await?;
+        let mut clients = Vec::new();
+        for key in &meta_keys {
+            let Some(id) = client_of_meta_key(key) else {
+                continue;
+            };
+            if let Ok(id) = ClientId::from_record(id) {
+                clients.push(id);
+            }
+        }
+        let views: Vec<ClientView> = futures::stream::iter(clients.iter())
+            .map(|id| self.client(id))
+            .buffered(READ_CONCURRENCY / 4)
+            .try_collect()
+            .await?;
+
+        let kafka = self.settings.kafka.clone();
+        let counter_group = self.settings.counter.group_id.clone();
+        let aggregator_group = self.settings.aggregator.group_id.clone();
+        let (groups, dlq_records) = tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            let mut groups = Vec::new();
+            for (group, topic) in [
+                (counter_group, kafka.client_message_topic.clone()),
+                (aggregator_group, kafka.message_aggregation_topic.clone()),
+            ] {
+                let partitions = group_positions(&kafka, Some(&group), &topic, timeout)?;
+                groups.push(GroupView {
+                    lag: partitions.iter().map(PartitionPosition::lag).sum(),
+                    group,
+                    topic,
+                    partitions,
+                });
+            }
+            let dlq = group_positions(&kafka, None, &kafka.dlq_topic, timeout)?;
+            let dlq_records: i64 = dlq.iter().map(|p| p.high - p.low).sum();
+            Ok::<_, rdkafka::error::KafkaError>((groups, dlq_records))
+        })
+        .await
+        .map_err(|e| InspectError::Redis(RedisOpError::Result(format!("status task: {e}"))))??;
+
+        let counter_caught_up = groups.first().is_some_and(|g| g.lag == 0);
+        let mut stash_backlog = 0;
+        let mut uncounted = 0;
+        let mut max_flush_lag: Option<(String, u64)> = None;
+        let mut stalled_clients = Vec::new();
+        for view in &views {
+            let lag = view.stored_sn.saturating_sub(view.flushed_sn);
+            stash_backlog += lag;
+            if lag > 0 && max_flush_lag.as_ref().is_none_or(|(_, m)| lag > *m) {
+                max_flush_lag = Some((view.client.clone(), lag));
+            }
+            let behind = view.flushed_sn.saturating_sub(view.last_sn);
+            uncounted += behind;
+            if behind > 0 && counter_caught_up {
+                stalled_clients.push(view.client.clone());
+            }
+        }
+        Ok(StatusView {
+            producers,
+            clients: views.len() as u64,
+            stash_backlog,
+            max_flush_lag,
+            uncounted,
+            stalled_clients,
+            groups,
+            dlq_records,
+        })
+    }
+}
+
+fn parse_count(key: &str, value: Option<String>) -> Result<u64, InspectError> {
+    match value {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| InspectError::NotACount {
+            key: key.to_string(),
+            value: v,
+        }),
+    }
+}
+
+/// Escapes the glob characters SCAN MATCH knows.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The hash in `<prefix>:m:{<hash>}:count`.
+fn hash_of_message_key(key: &str) -> Option<MessageHash> {
+    let start = key.rfind(":m:{")? + 4;
+    let end = start + key[start..].find('}')?;
+    key[start..end].parse().ok()
+}
+
+/// The client id in `<prefix>:c:{<id>}:meta`.
+fn client_of_meta_key(key: &str) -> Option<&str> {
+    let start = key.find(":c:{")? + 4;
+    let end = key.strip_suffix("}:meta")?.len();
+    (end >= start).then(|| &key[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_taken_apart_the_way_keys_builds_them() {
+        let keys = Keys::new("t-1.x");
+        let hash = MessageHash::of(b"hello");
+        assert_eq!(hash_of_message_key(&keys.message_count(&hash)), Some(hash));
+        for id in ["c-1", "10.0.0.1:5000", "[::1]:80"] {
+            let id = ClientId::from_record(id).expect("id");
+            assert_eq!(
+                client_of_meta_key(&keys.client_meta(&id)),
+                Some(id.as_str())
+            );
+        }
+        assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
+        assert!(parse_count("k", Some("x".into())).is_err());
+        assert_eq!(parse_count("k", None).expect("missing"), 0);
+    }
+}
