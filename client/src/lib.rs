@@ -3,4 +3,7 @@
 
 pub mod inspect;
 pub mod manifest;
+pub mod mtc;
+pub mod send;
 pub mod session;
+pub mod verify;

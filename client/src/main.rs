@@ -3,13 +3,25 @@
 //! Exit codes: 0 success, 1 a check or operation failed, 2 usage or configuration
 //! error. Errors go to stderr as one line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use anyhow::anyhow;
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tally_client::inspect::Inspector;
+use tally_client::manifest::{self, Manifest, ManifestError};
+use tally_client::mtc::{self, MtcError, MtcPlan};
+use tally_client::send::InputSource;
+use tally_client::session::{self, Numbering, Progress, SessionOptions};
+use tally_client::verify::{self, Patience};
 use tally_common::kafka::{ensure_topics, tally_topics};
-use tally_common::Settings;
+use tally_common::{ClientId, MessageHash, Settings};
 
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Drive and inspect a tally pipeline")]
@@ -24,6 +36,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Send lines from standard input to the producer, showing ACK progress.
+    Send(SendArgs),
+    /// Mass test: many concurrent clients replay files; writes a run manifest.
+    Mtc(MtcArgs),
+    /// Wait for a run to drain, then check every count against its manifest.
+    Verify(VerifyArgs),
+    /// Look up one client's or one message's counts.
+    Count(CountArgs),
+    /// The most counted messages.
+    Top {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: usize,
+    },
+    /// Producers and their clients, stash backlog, consumer lag, stalled clients, DLQ.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set up the Kafka side of a deployment.
     Admin {
         #[command(subcommand)]
@@ -34,6 +66,85 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Client id to say HELLO with (1–64 of [A-Za-z0-9._:-]). With an id, a lost
+    /// connection is resumed, so every line is stored exactly once; without one,
+    /// the producer names the client after the connection and a lost connection
+    /// ends the command.
+    #[arg(long)]
+    id: Option<String>,
+    /// Producer address; defaults to client.producer_addr from the configuration.
+    #[arg(long)]
+    addr: Option<String>,
+    /// Lines sent but not yet ACKed, at most (also the resend buffer).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    window: u64,
+}
+
+#[derive(Args)]
+struct MtcArgs {
+    /// Concurrent clients (connections).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    clients: u64,
+    /// A file to replay: every non-empty line is a message. Repeat the flag for more files.
+    #[arg(long = "file", required = true)]
+    files: Vec<PathBuf>,
+    /// Times each client replays the files.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repeat: u64,
+    /// Messages per second per client (default: as fast as the producer ACKs).
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Producer address(es), comma-separated; defaults to client.producer_addr.
+    #[arg(long, value_delimiter = ',')]
+    addr: Vec<String>,
+    /// Run id; client ids are mtc-<run-id>-<i>. Defaults to a fresh random id; an
+    /// existing run id with the same inputs resumes that run.
+    #[arg(long)]
+    run_id: Option<String>,
+    /// Where to write the run manifest (default: <runs dir>/<run-id>.json, where
+    /// the runs dir is $TALLY_RUNS_DIR or ~/.local/state/tally/runs).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Lines in flight (sent, not ACKed) per client.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    window: u64,
+    /// Give up after this long.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The run manifest (default: the newest run's, <runs dir>/latest.json).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// How long to wait for the pipeline to drain.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Stop waiting early when no count changed for this long.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Mismatches to print.
+    #[arg(long, default_value_t = 10)]
+    show: usize,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct CountArgs {
+    /// A client id.
+    #[arg(long)]
+    client: Option<String>,
+    /// A message text (hashed exactly as the aggregator does).
+    #[arg(long)]
+    message: Option<String>,
+    /// A message hash (32 hex digits).
+    #[arg(long)]
+    hash: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -52,7 +163,7 @@ enum AdminCommand {
 enum ConfigCommand {
     /// Load the configuration and report every problem in it.
     Check,
-    /// Print the effective configuration (defaults, file and environment merged) as TOML-like JSON.
+    /// Print the effective configuration (defaults, file and environment merged) as JSON.
     Show,
 }
 
@@ -71,10 +182,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{text}` is not a positive number of messages per second"
+        )),
+    }
+}
+
 /// A failure with the exit code it maps to.
 enum Failure {
     Usage(anyhow::Error),
     Failed(anyhow::Error),
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Usage(e.into())
+}
+
+fn failed(e: impl Into<anyhow::Error>) -> Failure {
+    Failure::Failed(e.into())
 }
 
 #[tokio::main]
@@ -94,9 +222,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let settings = tally_common::telemetry::bootstrap(cli.config.as_deref())
-        .map_err(|e| Failure::Usage(e.into()))?;
+    let settings = tally_common::telemetry::bootstrap(cli.config.as_deref()).map_err(usage)?;
     match cli.command {
+        Command::Send(args) => send(&settings, args).await,
+        Command::Mtc(args) => mass_test(&settings, args).await,
+        Command::Verify(args) => verify_run(&settings, args).await,
+        Command::Count(args) => count(&settings, args).await,
+        Command::Top { n } => top(&settings, n).await,
+        Command::Status { json } => status(&settings, json).await,
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -106,8 +239,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config {
             command: ConfigCommand::Show,
         } => {
-            let text =
-                serde_json::to_string_pretty(&settings).map_err(|e| Failure::Failed(e.into()))?;
+            let text = serde_json::to_string_pretty(&settings).map_err(failed)?;
             println!("{text}");
             Ok(())
         }
@@ -117,11 +249,442 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
+    let id = args
+        .id
+        .as_deref()
+        .map(ClientId::parse)
+        .transpose()
+        .map_err(|e| usage(anyhow!("--id: {e}")))?;
+    let addr = args
+        .addr
+        .unwrap_or_else(|| settings.client.producer_addr.clone());
+    let (source, input) = InputSource::spawn(
+        std::io::BufReader::new(std::io::stdin()),
+        settings.producer.max_line_bytes,
+        |rejected| {
+            eprintln!(
+                "tally: stdin line {} not sent: {}",
+                rejected.line, rejected.reason
+            )
+        },
+    );
+    let progress = Arc::new(Progress::default());
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let ticker = {
+        let progress = progress.clone();
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_message(format!(
+                    "sent {} · ACKed {}",
+                    progress.sent.load(Ordering::Relaxed),
+                    progress.acked.load(Ordering::Relaxed)
+                ));
+                bar.tick();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let options = SessionOptions {
+        window: usize::try_from(args.window).unwrap_or(usize::MAX),
+        numbering: Numbering::Append,
+        ..SessionOptions::default()
+    };
+    let outcome = session::run(
+        &[addr.clone()],
+        id.as_ref(),
+        source,
+        &options,
+        Some(&progress),
+    )
+    .await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let rejected = input.rejected_count.load(Ordering::Relaxed);
+    let read_error = input.error.lock().map(|e| e.clone()).unwrap_or_default();
+    let report = outcome.map_err(|e| failed(anyhow!("{addr}: {e}")))?;
+    let stored = report.acked - report.first_sn;
+    match &id {
+        Some(id) => eprintln!(
+            "tally: {stored} line(s) stored for {id} (sn {}..{}), {} reconnect(s)",
+            report.first_sn + 1,
+            report.acked,
+            report.reconnects
+        ),
+        None => eprintln!("tally: {stored} line(s) stored"),
+    }
+    if let Some(e) = read_error {
+        return Err(failed(anyhow!(
+            "reading stdin failed after {stored} line(s): {e}"
+        )));
+    }
+    if rejected > 0 {
+        return Err(failed(anyhow!(
+            "{rejected} line(s) of stdin were not sent (see above)"
+        )));
+    }
+    Ok(())
+}
+
+async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
+    let run_id = args.run_id.unwrap_or_else(mtc::new_run_id);
+    let manifest_path = match args.manifest {
+        Some(path) => path,
+        None => manifest::runs_dir()
+            .map_err(usage)?
+            .join(format!("{run_id}.json")),
+    };
+    let addrs = if args.addr.is_empty() {
+        vec![settings.client.producer_addr.clone()]
+    } else {
+        args.addr
+    };
+    let plan = MtcPlan {
+        clients: usize::try_from(args.clients).unwrap_or(usize::MAX),
+        files: args.files,
+        repeat: args.repeat,
+        rate: args.rate,
+        addrs,
+        run_id,
+        manifest_path: manifest_path.clone(),
+        window: usize::try_from(args.window).unwrap_or(usize::MAX),
+        timeout: args.timeout,
+        max_line: settings.producer.max_line_bytes,
+    };
+    let inspector = Inspector::connect(settings).await.map_err(failed)?;
+    let (manifest, lines, resumed) =
+        mtc::prepare(&plan, &inspector).await.map_err(|e| match e {
+            MtcError::Inspect(e) => failed(e),
+            e => usage(e),
+        })?;
+    manifest::mark_latest(&manifest_path).map_err(failed)?;
+    let total = manifest.per_client * manifest.clients.len() as u64;
+    println!(
+        "mtc run {}{}: {} clients × {} messages ({} distinct) → {} over {}",
+        manifest.run_id,
+        if resumed { " (resuming)" } else { "" },
+        manifest.clients.len(),
+        manifest.per_client,
+        manifest.messages.len(),
+        plan.addrs.join(","),
+        manifest.key_prefix,
+    );
+    println!("manifest {}", manifest_path.display());
+
+    let progress = Arc::new(Progress::default());
+    let display = spawn_progress(progress.clone(), total);
+    let outcome = mtc::execute(&plan, manifest, lines, resumed, progress)
+        .await
+        .map_err(failed)?;
+    display.abort();
+    let _ = display.await;
+
+    let result = outcome
+        .manifest
+        .result
+        .as_ref()
+        .ok_or_else(|| failed(anyhow!("run ended without a result")))?;
+    println!(
+        "sent {} (incl. resends) · ACKed {} of {} · {:.1} s · {:.0} msg/s · {} reconnect(s)",
+        result.sent,
+        result.acked,
+        total,
+        result.elapsed_ms as f64 / 1000.0,
+        result.messages_per_s,
+        result.reconnects
+    );
+    println!("ACK latency {}", latency_line(&outcome.latency_us));
+    for (id, e) in outcome.failures.iter().take(10) {
+        eprintln!("tally: client {id}: {e}");
+    }
+    if !outcome.failures.is_empty() {
+        return Err(failed(anyhow!(
+            "{} of {} clients did not complete; rerun with --run-id {} to resume",
+            outcome.failures.len(),
+            outcome.manifest.clients.len(),
+            outcome.manifest.run_id
+        )));
+    }
+    println!("next: tally verify --manifest {}", manifest_path.display());
+    Ok(())
+}
+
+/// A progress bar on a terminal, a line every 5 s otherwise.
+fn spawn_progress(progress: Arc<Progress>, total: u64) -> tokio::task::JoinHandle<()> {
+    let started = Instant::now();
+    if std::io::stdout().is_terminal() {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {pos}/{len} ACKed · {per_sec} · {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        tokio::spawn(async move {
+            let _finish = FinishOnDrop(bar.clone());
+            loop {
+                bar.set_position(progress.acked.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{} reconnect(s)",
+                    progress.reconnects.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    } else {
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let acked = progress.acked.load(Ordering::Relaxed);
+                println!(
+                    "progress {:>6.1} s: ACKed {acked}/{total} ({:.0} msg/s in the last 5 s), {} reconnect(s)",
+                    started.elapsed().as_secs_f64(),
+                    (acked - last) as f64 / 5.0,
+                    progress.reconnects.load(Ordering::Relaxed)
+                );
+                last = acked;
+            }
+        })
+    }
+}
+
+struct FinishOnDrop(ProgressBar);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+fn latency_line(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "n/a (nothing sent)".into();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:.1} ms · p90 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max())
+    )
+}
+
+async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure> {
+    let path = match args.manifest {
+        Some(path) => path,
+        None => manifest::latest_path().map_err(usage)?,
+    };
+    let manifest = Manifest::load(&path).map_err(|e| match e {
+        ManifestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            usage(anyhow!(
+                "no run manifest at {} (run `tally mtc` first, or pass --manifest)",
+                path.display()
+            ))
+        }
+        e => usage(e),
+    })?;
+    let inspector = Inspector::connect(settings)
+        .await
+        .map_err(failed)?
+        .with_prefix(&manifest.key_prefix);
+    let expected_total = manifest.per_client * manifest.clients.len() as u64;
+    println!(
+        "verifying run {}: {} clients × {} messages, {} distinct messages, keys under {}",
+        manifest.run_id,
+        manifest.clients.len(),
+        manifest.per_client,
+        manifest.messages.len(),
+        manifest.key_prefix
+    );
+    if let Some(result) = manifest.result.as_ref().filter(|r| !r.complete) {
+        println!(
+            "note: the run did not complete ({} of {expected_total} ACKed); its counts cannot be exact",
+            result.acked
+        );
+    }
+    let patience = Patience {
+        timeout: args.timeout,
+        settle: args.settle,
+        poll: Duration::from_secs(1),
+    };
+    let mut polls = 0u32;
+    let (verdict, waited) = verify::wait_and_check(&inspector, &manifest, patience, |v| {
+        polls += 1;
+        if polls % 5 == 0 {
+            println!(
+                "waiting: {}/{} clients and {}/{} messages exact",
+                v.clients_exact, v.clients, v.messages_exact, v.messages
+            );
+        }
+    })
+    .await
+    .map_err(failed)?;
+
+    println!();
+    println!(
+        "{:<10} {:>10} {:>10} {:>10}",
+        "", "checked", "exact", "wrong"
+    );
+    println!(
+        "{:<10} {:>10} {:>10} {:>10}",
+        "clients",
+        verdict.clients,
+        verdict.clients_exact,
+        verdict.clients - verdict.clients_exact
+    );
+    println!(
+        "{:<10} {:>10} {:>10} {:>10}",
+        "messages",
+        verdict.messages,
+        verdict.messages_exact,
+        verdict.messages - verdict.messages_exact
+    );
+    if verdict.exact() {
+        println!(
+            "EXACT: every client counted {} with last_sn {}, every message count = baseline + expected (checked after {:.1} s)",
+            manifest.per_client,
+            manifest.per_client,
+            waited.as_secs_f64()
+        );
+        return Ok(());
+    }
+    println!();
+    println!("first mismatches:");
+    for m in verdict.mismatches.iter().take(args.show) {
+        let diff = m.found as i128 - m.expected as i128;
+        let text = m
+            .text
+            .as_deref()
+            .map(|t| format!("  {:?}", shorten(t, 60)))
+            .unwrap_or_default();
+        println!(
+            "  {:<15} {}  expected {} found {} ({diff:+}){text}",
+            m.what, m.key, m.expected, m.found
+        );
+    }
+    Err(failed(anyhow!(
+        "NOT EXACT: {} mismatch(es) after waiting {:.1} s",
+        verdict.mismatches.len(),
+        waited.as_secs_f64()
+    )))
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+async fn count(settings: &Settings, args: CountArgs) -> Result<(), Failure> {
+    let inspector = Inspector::connect(settings).await.map_err(failed)?;
+    if let Some(id) = args.client {
+        let id = ClientId::parse(&id).map_err(|e| usage(anyhow!("--client: {e}")))?;
+        let view = inspector.client(&id).await.map_err(failed)?;
+        println!("client   {}", view.client);
+        println!("count    {}", view.count);
+        println!("last_sn  {}", view.last_sn);
+        println!(
+            "stored   {} (flushed to Kafka: {})",
+            view.stored_sn, view.flushed_sn
+        );
+        println!("owner    {}", view.owner.as_deref().unwrap_or("-"));
+        println!("key      {}", inspector.keys().client_count(&id));
+        return Ok(());
+    }
+    let hash = match (args.message, args.hash) {
+        (Some(text), _) => MessageHash::of(text.as_bytes()),
+        (None, Some(hash)) => hash.parse().map_err(usage)?,
+        (None, None) => return Err(usage(anyhow!("give --client, --message or --hash"))),
+    };
+    let view = inspector.message(&hash).await.map_err(failed)?;
+    println!("hash     {}", view.hash);
+    println!("count    {}", view.count);
+    println!(
+        "text     {}",
+        view.text
+            .as_deref()
+            .map_or("(never counted)".into(), |t| format!("{t:?}"))
+    );
+    println!("key      {}", inspector.keys().message_count(&hash));
+    Ok(())
+}
+
+async fn top(settings: &Settings, n: usize) -> Result<(), Failure> {
+    let inspector = Inspector::connect(settings).await.map_err(failed)?;
+    let views = inspector.top(n).await.map_err(failed)?;
+    if views.is_empty() {
+        println!("no message counted under {}", inspector.keys().prefix());
+    }
+    for (rank, view) in views.iter().enumerate() {
+        println!(
+            "{:>3}. {:>10}  {}",
+            rank + 1,
+            view.count,
+            view.text
+                .as_deref()
+                .map_or_else(|| view.hash.clone(), |t| format!("{:?}", shorten(t, 80)))
+        );
+    }
+    Ok(())
+}
+
+async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
+    let inspector = Inspector::connect(settings).await.map_err(failed)?;
+    let view = inspector.status().await.map_err(failed)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view).map_err(failed)?);
+        return Ok(());
+    }
+    println!("producers ({}):", view.producers.len());
+    for p in &view.producers {
+        println!(
+            "  {:<24} {:<5} heartbeat {:>7} ms ago  {} client(s)",
+            p.instance,
+            if p.alive { "alive" } else { "DEAD" },
+            p.heartbeat_age_ms,
+            p.clients
+        );
+    }
+    println!("clients with a stash: {}", view.clients);
+    println!(
+        "stash backlog (stored, not yet in Kafka): {}",
+        view.stash_backlog
+    );
+    match &view.max_flush_lag {
+        Some((client, lag)) => println!("largest flush lag: {lag} message(s) ({client})"),
+        None => println!("largest flush lag: 0"),
+    }
+    println!("in Kafka, not yet counted: {}", view.uncounted);
+    for g in &view.groups {
+        println!("consumer lag {:<20} on {:<20} {}", g.group, g.topic, g.lag);
+    }
+    println!(
+        "stalled clients (behind a gap): {}",
+        view.stalled_clients.len()
+    );
+    for c in view.stalled_clients.iter().take(10) {
+        println!("  {c}");
+    }
+    println!(
+        "dead letters in {}: {}",
+        settings.kafka.dlq_topic, view.dlq_records
+    );
+    Ok(())
+}
+
 async fn init_topics(settings: &Settings, timeout: Duration) -> Result<(), Failure> {
     let specs = tally_topics(&settings.kafka);
     let reports = ensure_topics(&settings.kafka, &specs, timeout)
         .await
-        .map_err(|e| Failure::Failed(e.into()))?;
+        .map_err(failed)?;
     for report in &reports {
         let state = if report.created { "created" } else { "exists" };
         let isr = report
