@@ -38,6 +38,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tally_common::counting::CountStore;
 use tally_common::failpoint;
+use tally_common::observe::{self, Readiness};
 use tally_common::records::MessageAggregation;
 use tally_common::redis::{connect, Replication};
 use tally_common::{Keys, MessageHash, Settings};
@@ -75,8 +76,25 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AggregatorError> {
+    run_with_readiness(settings, shutdown, Readiness::default()).await
+}
+
+/// [`run`], reporting readiness: `redis` (a master answers `PING`), `kafka` (the
+/// source topic's metadata is fetched) and `partitions` (at least one assigned).
+pub async fn run_with_readiness(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    readiness: Readiness,
+) -> Result<(), AggregatorError> {
+    let (redis_ready, kafka_ready, partitions_ready) = (
+        readiness.condition("redis"),
+        readiness.condition("kafka"),
+        readiness.condition("partitions"),
+    );
+    let conn = connect(&settings.redis).await?;
+    let _redis_probe = observe::redis_probe(conn.clone(), redis_ready);
     let store = CountStore::new(
-        connect(&settings.redis).await?,
+        conn,
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
     )
@@ -89,7 +107,10 @@ pub async fn run(
         &settings.aggregator.group_id,
         &topic,
         "aggregator",
+        partitions_ready,
     )?;
+    let _kafka_probe =
+        observe::kafka_probe(consumer.clone(), |c| c.client(), topic.clone(), kafka_ready);
     info!(group = %settings.aggregator.group_id, topic = %topic, "tally-aggregator started");
     let mut aggregator = Aggregator {
         settings,
@@ -155,7 +176,7 @@ impl Aggregator {
             let span = info_span!("batch", records = batch.len());
             let started = Instant::now();
             let outcome = self.process(batch, shutdown).instrument(span).await;
-            metrics::histogram!("tally_aggregator_batch_seconds")
+            metrics::histogram!(tally_common::observe::names::AGGREGATOR_BATCH_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(()) => {}
@@ -167,7 +188,8 @@ impl Aggregator {
                     // Typically a rebalance in progress: the partitions' next owner
                     // replays the batch, which counts nothing twice.
                     warn!("offset commit failed ({e}); rewinding to the committed offsets");
-                    metrics::counter!("tally_aggregator_commit_errors_total").increment(1);
+                    metrics::counter!(tally_common::observe::names::AGGREGATOR_COMMIT_ERRORS)
+                        .increment(1);
                     self.rewind(shutdown).await;
                 }
             }
@@ -248,11 +270,14 @@ impl Aggregator {
                 .map_err(|e| Failed::Commit(KafkaError::ClientCreation(e.to_string())))?;
         committed.map_err(Failed::Commit)?;
 
-        metrics::counter!("tally_aggregator_records_in_total").increment(total);
-        metrics::counter!("tally_aggregator_counted_total").increment(counted);
-        metrics::counter!("tally_aggregator_duplicates_total")
-            .increment(total - dead_lettered - counted);
-        metrics::counter!("tally_aggregator_dlq_records_total").increment(dead_lettered);
+        for (outcome, n) in [
+            ("applied", counted),
+            ("duplicate", total - dead_lettered - counted),
+            ("dlq", dead_lettered),
+        ] {
+            metrics::counter!(tally_common::observe::names::AGGREGATOR_RECORDS, "outcome" => outcome)
+                .increment(n);
+        }
         debug!(
             total,
             messages,
@@ -312,7 +337,8 @@ impl Aggregator {
                 {
                     Ok(counted) => return counted,
                     Err(e) => {
-                        metrics::counter!("tally_aggregator_redis_errors_total").increment(1);
+                        metrics::counter!(tally_common::observe::names::AGGREGATOR_REDIS_ERRORS)
+                            .increment(1);
                         warn!(hash = %hash, "count script failed: {e}; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(BACKOFF_MAX);

@@ -1,6 +1,6 @@
 //! `tally-aggregator`: per-message counts, deduplicated per (message, client, sn).
-//! Logic lives in the library; this file parses arguments, starts logging and
-//! turns signals into a shutdown.
+//! Logic lives in the library; this file parses arguments, starts logging and the
+//! metrics/health endpoint, and turns signals into a shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +32,20 @@ async fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    match tally_aggregator::run(settings, tally_common::telemetry::shutdown_signal()).await {
+    let observer = match tally_common::observe::Observer::start(
+        &settings.aggregator.observe_listen,
+        "aggregator",
+    )
+    .await
+    {
+        Ok(observer) => observer,
+        Err(e) => {
+            eprintln!("tally-aggregator: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shutdown = observer.until_shutdown(tally_common::telemetry::shutdown_signal());
+    match tally_aggregator::run_with_readiness(settings, shutdown, observer.readiness()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e = anyhow::Error::from(e);

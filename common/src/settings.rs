@@ -129,6 +129,10 @@ pub struct ProducerSettings {
     /// Address the TCP line protocol listens on.
     #[serde(default = "defaults::producer_listen")]
     pub listen: String,
+    /// Address of the producer's HTTP endpoint: `/metrics` (Prometheus), `/health`,
+    /// `/ready`. Port 0 picks a free port (the bound address is logged).
+    #[serde(default = "defaults::producer_observe_listen")]
+    pub observe_listen: String,
     /// Stable instance id (owner of client stashes). Generated and logged when unset;
     /// set it so a restarted instance re-adopts its clients at once.
     #[serde(default)]
@@ -180,6 +184,10 @@ pub struct CounterSettings {
     /// Kafka consumer group of the counters.
     #[serde(default = "defaults::counter_group")]
     pub group_id: String,
+    /// Address of the counter's HTTP endpoint: `/metrics` (Prometheus), `/health`,
+    /// `/ready`. Port 0 picks a free port (the bound address is logged).
+    #[serde(default = "defaults::counter_observe_listen")]
+    pub observe_listen: String,
     /// Most records applied in one Kafka transaction.
     #[serde(default = "defaults::batch_max_records")]
     pub batch_max_records: usize,
@@ -202,6 +210,10 @@ pub struct AggregatorSettings {
     /// Kafka consumer group of the aggregators.
     #[serde(default = "defaults::aggregator_group")]
     pub group_id: String,
+    /// Address of the aggregator's HTTP endpoint: `/metrics` (Prometheus), `/health`,
+    /// `/ready`. Port 0 picks a free port (the bound address is logged).
+    #[serde(default = "defaults::aggregator_observe_listen")]
+    pub observe_listen: String,
     /// Most records applied per offset commit.
     #[serde(default = "defaults::batch_max_records")]
     pub batch_max_records: usize,
@@ -304,6 +316,15 @@ mod defaults {
     }
     pub fn producer_listen() -> String {
         "127.0.0.1:7400".into()
+    }
+    pub fn producer_observe_listen() -> String {
+        "127.0.0.1:9464".into()
+    }
+    pub fn counter_observe_listen() -> String {
+        "127.0.0.1:9465".into()
+    }
+    pub fn aggregator_observe_listen() -> String {
+        "127.0.0.1:9466".into()
     }
     pub fn max_line_bytes() -> usize {
         64 * 1024
@@ -631,6 +652,17 @@ impl Settings {
             "producer.listen",
             "must be an ip:port address",
         );
+        for (key, addr) in [
+            ("producer.observe_listen", &self.producer.observe_listen),
+            ("counter.observe_listen", &self.counter.observe_listen),
+            ("aggregator.observe_listen", &self.aggregator.observe_listen),
+        ] {
+            check(
+                addr.parse::<std::net::SocketAddr>().is_ok(),
+                key,
+                "must be an ip:port address (port 0: any free port)",
+            );
+        }
         check(
             self.producer.max_line_bytes >= 1,
             "producer.max_line_bytes",
@@ -1030,6 +1062,41 @@ listen = "0.0.0.0:1"
         let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
         assert!(keys.contains(&"producer.listen"), "{found:?}");
         assert!(keys.contains(&"log.filter"), "{found:?}");
+    }
+
+    #[test]
+    fn observe_listen_is_per_service_and_port_0_is_allowed() {
+        let f = file(MINIMAL);
+        let s = Settings::load_from(Some(f.path()), env(&[])).expect("valid");
+        // Distinct defaults, so the three services can share a host and a file.
+        let defaults = [
+            &s.producer.observe_listen,
+            &s.counter.observe_listen,
+            &s.aggregator.observe_listen,
+        ];
+        assert_eq!(
+            defaults
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            3
+        );
+        let s = Settings::load_from(
+            Some(f.path()),
+            env(&[("TALLY__COUNTER__OBSERVE_LISTEN", "0.0.0.0:0")]),
+        )
+        .expect("port 0 is valid");
+        assert_eq!(s.counter.observe_listen, "0.0.0.0:0");
+        let err = Settings::load_from(
+            Some(f.path()),
+            env(&[("TALLY__AGGREGATOR__OBSERVE_LISTEN", "localhost")]),
+        )
+        .unwrap_err();
+        let found = issues(err);
+        assert!(
+            found.iter().any(|i| i.key == "aggregator.observe_listen"),
+            "{found:?}"
+        );
     }
 
     #[test]

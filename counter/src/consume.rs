@@ -19,6 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tally_common::observe::{names, Condition};
 use tally_common::settings::KafkaSettings;
 use tracing::{debug, info, warn};
 
@@ -49,20 +50,23 @@ pub enum ConsumeError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// The consumer context: notes revocations for the batch loop and publishes the
-/// consumer lag librdkafka reports.
+/// The consumer context: notes revocations for the batch loop, publishes the
+/// consumer lag librdkafka reports, and keeps the `partitions` readiness condition
+/// equal to "this member has at least one partition assigned".
 pub struct GroupContext {
     service: &'static str,
     topic: String,
     revoked: Mutex<Vec<i32>>,
+    assigned: Condition,
 }
 
 impl GroupContext {
-    fn new(service: &'static str, topic: &str) -> Self {
+    fn new(service: &'static str, topic: &str, assigned: Condition) -> Self {
         Self {
             service,
             topic: topic.to_owned(),
             revoked: Mutex::new(Vec::new()),
+            assigned,
         }
     }
 
@@ -81,19 +85,35 @@ impl ClientContext for GroupContext {
             return;
         };
         for (id, partition) in &topic.partitions {
-            // -1 is librdkafka's internal "unassigned" partition; a lag of -1 means
-            // unknown (not consumed by this member).
-            if *id < 0 || partition.consumer_lag < 0 {
+            // -1 is librdkafka's internal "unassigned" partition.
+            if *id < 0 {
                 continue;
             }
-            metrics::gauge!(
-                "tally_consumer_lag",
-                "service" => self.service,
-                "partition" => id.to_string()
-            )
-            .set(partition.consumer_lag as f64);
+            if let Some(lag) = lag(partition) {
+                metrics::gauge!(names::CONSUMER_LAG, "partition" => id.to_string()).set(lag as f64);
+            }
         }
     }
+}
+
+/// Records of a partition this member has not read yet: from its read position
+/// (the committed offset before it read anything) to the last stable offset
+/// (read_committed sees no further). librdkafka's own `consumer_lag` counts from
+/// the committed offset, which the consumer does not know when the counter
+/// commits through its transactional producer; it would always be unknown there.
+/// `None` when this member has no position or the end is unknown.
+fn lag(p: &rdkafka::statistics::Partition) -> Option<i64> {
+    let end = if p.ls_offset >= 0 {
+        p.ls_offset
+    } else {
+        p.hi_offset
+    };
+    let position = if p.app_offset >= 0 {
+        p.app_offset
+    } else {
+        p.committed_offset
+    };
+    (end >= 0 && position >= 0).then(|| (end - position).max(0))
 }
 
 impl ConsumerContext for GroupContext {
@@ -107,8 +127,12 @@ impl ConsumerContext for GroupContext {
                     lost = consumer.assignment_lost(),
                     "partitions revoked: dropping their uncommitted records"
                 );
-                metrics::counter!("tally_rebalances_total", "service" => self.service, "kind" => "revoke")
-                    .increment(1);
+                metrics::counter!(names::REBALANCES, "kind" => "revoke").increment(1);
+                // Another member reports these partitions' lag from now on; a stale
+                // value here would be counted twice in a sum over members.
+                for p in &partitions {
+                    metrics::gauge!(names::CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
+                }
                 match self.revoked.lock() {
                     Ok(mut revoked) => revoked.extend(partitions),
                     Err(poisoned) => poisoned.into_inner().extend(partitions),
@@ -117,27 +141,36 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 info!(service = self.service, ?partitions, "partitions assigned");
-                metrics::counter!("tally_rebalances_total", "service" => self.service, "kind" => "assign")
-                    .increment(1);
+                metrics::counter!(names::REBALANCES, "kind" => "assign").increment(1);
             }
             Rebalance::Error(e) => warn!(service = self.service, "rebalance error: {e}"),
         }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        // Incremental (cooperative) rebalances hand over deltas: ask for the whole.
+        let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
+        metrics::gauge!(names::CONSUMER_ASSIGNED_PARTITIONS).set(assigned as f64);
+        self.assigned.set(assigned > 0);
     }
 }
 
 /// A group member's consumer.
 pub type GroupConsumer = StreamConsumer<GroupContext>;
 
-/// Creates a read_committed member of `group` and subscribes it to `topic`.
+/// Creates a read_committed member of `group` and subscribes it to `topic`;
+/// `assigned` follows whether it holds any partition.
 pub fn subscribe(
     kafka: &KafkaSettings,
     group: &str,
     topic: &str,
     service: &'static str,
+    assigned: Condition,
 ) -> Result<Arc<GroupConsumer>, ConsumeError> {
     let mut config = tally_common::kafka::read_committed_consumer_config(kafka, group);
     config.set("statistics.interval.ms", STATS_INTERVAL_MS);
-    let consumer: GroupConsumer = config.create_with_context(GroupContext::new(service, topic))?;
+    let consumer: GroupConsumer =
+        config.create_with_context(GroupContext::new(service, topic, assigned))?;
     consumer.subscribe(&[topic])?;
     Ok(Arc::new(consumer))
 }

@@ -87,7 +87,7 @@ impl GapTracker {
                 );
             }
         }
-        metrics::gauge!("tally_counter_stalled_clients").set(stalled as f64);
+        metrics::gauge!(tally_common::observe::names::COUNTER_STALLED_CLIENTS).set(stalled as f64);
         stalled
     }
 }

@@ -60,6 +60,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_common::counting::{CountStore, Outcome};
 use tally_common::failpoint;
+use tally_common::observe::{self, Readiness};
 use tally_common::records::{ClientMessage, RecordError};
 use tally_common::redis::{connect, RedisOpError, Replication};
 use tally_common::{ClientId, Keys, Settings};
@@ -124,6 +125,21 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CounterError> {
+    run_with_readiness(settings, shutdown, Readiness::default()).await
+}
+
+/// [`run`], reporting readiness: `redis` (a master answers `PING`), `kafka` (the
+/// source topic's metadata is fetched) and `partitions` (at least one assigned).
+pub async fn run_with_readiness(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    readiness: Readiness,
+) -> Result<(), CounterError> {
+    let (redis_ready, kafka_ready, partitions_ready) = (
+        readiness.condition("redis"),
+        readiness.condition("kafka"),
+        readiness.condition("partitions"),
+    );
     let instance = instance_id(&settings);
     if settings.counter.instance_id.is_none() {
         info!(
@@ -132,8 +148,10 @@ pub async fn run(
              fence this run's open transaction and waits for it to time out"
         );
     }
+    let conn = connect(&settings.redis).await?;
+    let _redis_probe = observe::redis_probe(conn.clone(), redis_ready);
     let store = CountStore::new(
-        connect(&settings.redis).await?,
+        conn,
         Keys::new(&settings.redis.prefix),
         Replication::from_settings(&settings.redis),
     )
@@ -155,7 +173,14 @@ pub async fn run(
         &settings.counter.group_id,
         &topics.source,
         "counter",
+        partitions_ready,
     )?;
+    let _kafka_probe = observe::kafka_probe(
+        consumer.clone(),
+        |c| c.client(),
+        topics.source.clone(),
+        kafka_ready,
+    );
     info!(
         instance = %instance,
         transactional_id = txn.id(),
@@ -255,7 +280,7 @@ impl Counter {
             let span = info_span!("batch", records = batch.len());
             let started = Instant::now();
             let outcome = self.process(batch, shutdown).instrument(span).await;
-            metrics::histogram!("tally_counter_batch_seconds")
+            metrics::histogram!(tally_common::observe::names::COUNTER_BATCH_SECONDS)
                 .record(started.elapsed().as_secs_f64());
             match outcome {
                 Ok(()) => {}
@@ -268,7 +293,7 @@ impl Counter {
                         "{why}: this member may have left the group; dropping the batch \
                          and rejoining before touching Redis again"
                     );
-                    metrics::counter!("tally_counter_rejoins_total").increment(1);
+                    metrics::counter!(tally_common::observe::names::COUNTER_REJOINS).increment(1);
                     self.rejoin()?;
                 }
                 Err(Failed::Transaction(e)) => {
@@ -363,16 +388,8 @@ impl Counter {
                 self.carry = plan.carry;
                 self.valid_since = Instant::now();
                 failpoint::hit("counter.after_commit");
-                metrics::counter!("tally_counter_txn_commits_total").increment(1);
                 let committed = tally.applied + tally.duplicates + tally.gaps + tally.invalid;
-                metrics::counter!("tally_counter_records_in_total").increment(committed);
-                metrics::counter!("tally_counter_records_total", "outcome" => "applied")
-                    .increment(tally.applied);
-                metrics::counter!("tally_counter_records_total", "outcome" => "duplicate")
-                    .increment(tally.duplicates);
-                metrics::counter!("tally_counter_records_total", "outcome" => "gap")
-                    .increment(tally.gaps);
-                metrics::counter!("tally_counter_dlq_records_total").increment(tally.invalid);
+                record_committed(&tally);
                 debug!(
                     committed,
                     carried = self.carry.len(),
@@ -430,7 +447,8 @@ impl Counter {
                     match self.store.apply_client(&id, &sns).await {
                         Ok(outcomes) => return Ok((id, partition, indexes, outcomes)),
                         Err(e) => {
-                            metrics::counter!("tally_counter_redis_errors_total").increment(1);
+                            metrics::counter!(tally_common::observe::names::COUNTER_REDIS_ERRORS)
+                                .increment(1);
                             if matches!(e, RedisOpError::Refused { .. } | RedisOpError::Result(_)) {
                                 error!(client = %id, "count script failed: {e}; retrying");
                             } else {
@@ -459,7 +477,7 @@ impl Counter {
     ) -> Result<(), TxnError> {
         let result = self.try_transact(out, offsets).await;
         if let Err(e) = &result {
-            metrics::counter!("tally_counter_txn_aborts_total").increment(1);
+            metrics::counter!(tally_common::observe::names::COUNTER_TXN_ABORTS).increment(1);
             let mut recreate = e.needs_new_producer();
             // NotMember fails before anything was begun: nothing to abort.
             if !recreate && !matches!(e, TxnError::NotMember) {
@@ -504,7 +522,7 @@ impl Counter {
     /// it works (or shutdown), and forgets the carried records.
     async fn rewind<F: Future<Output = ()>>(&mut self, shutdown: &mut Shutdown<F>) {
         self.carry.clear();
-        metrics::counter!("tally_counter_rewinds_total").increment(1);
+        metrics::counter!(tally_common::observe::names::COUNTER_REWINDS).increment(1);
         let mut backoff = BACKOFF_MIN;
         loop {
             match consume::rewind(&self.consumer, self.kafka_timeout).await {
@@ -544,5 +562,19 @@ impl Counter {
         })
         .await;
         info!("left the consumer group; stopped");
+    }
+}
+
+/// Publishes a committed batch's outcomes.
+fn record_committed(tally: &plan::Tally) {
+    use tally_common::observe::names::{COUNTER_RECORDS, COUNTER_TXN_COMMITS};
+    metrics::counter!(COUNTER_TXN_COMMITS).increment(1);
+    for (outcome, n) in [
+        ("applied", tally.applied),
+        ("duplicate", tally.duplicates),
+        ("gap", tally.gaps),
+        ("dlq", tally.invalid),
+    ] {
+        metrics::counter!(COUNTER_RECORDS, "outcome" => outcome).increment(n);
     }
 }

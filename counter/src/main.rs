@@ -1,6 +1,6 @@
 //! `tally-counter`: per-client counts applied exactly once inside Kafka
 //! transactions. Logic lives in the library; this file parses arguments, starts
-//! logging and turns signals into a shutdown.
+//! logging and the metrics/health endpoint, and turns signals into a shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +32,18 @@ async fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    match tally_counter::run(settings, tally_common::telemetry::shutdown_signal()).await {
+    let observer =
+        match tally_common::observe::Observer::start(&settings.counter.observe_listen, "counter")
+            .await
+        {
+            Ok(observer) => observer,
+            Err(e) => {
+                eprintln!("tally-counter: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    let shutdown = observer.until_shutdown(tally_common::telemetry::shutdown_signal());
+    match tally_counter::run_with_readiness(settings, shutdown, observer.readiness()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let e = anyhow::Error::from(e);

@@ -160,7 +160,7 @@ impl Transactions {
     /// timeout). The old one is dropped once any call still blocked on it returns;
     /// the new one's `init_transactions` has fenced it by then.
     pub async fn recreate(&mut self) -> Result<(), TxnError> {
-        metrics::counter!("tally_counter_producer_recreations_total").increment(1);
+        metrics::counter!(tally_common::observe::names::COUNTER_PRODUCER_RECREATIONS).increment(1);
         info!(transactional_id = %self.id, "recreating the transactional producer");
         self.producer = Self::init(&self.kafka, &self.id, self.call_timeout).await?;
         Ok(())

@@ -81,7 +81,7 @@ pub async fn serve(
             shutdown,
             carried: None,
         };
-        metrics::gauge!("tally_producer_connections").increment(1.0);
+        metrics::gauge!(tally_common::observe::names::PRODUCER_CONNECTIONS).increment(1.0);
         match conn.run().await {
             Ok(()) => debug!("connection closed"),
             Err(e) => debug!("connection ended: {e}"),
@@ -89,7 +89,7 @@ pub async fn serve(
         let _ = conn.writer.flush().await;
         let _ = conn.writer.shutdown().await;
         conn.detach().await;
-        metrics::gauge!("tally_producer_connections").decrement(1.0);
+        metrics::gauge!(tally_common::observe::names::PRODUCER_CONNECTIONS).decrement(1.0);
     }
     .instrument(span)
     .await
@@ -138,7 +138,7 @@ impl Connection {
                             }
                         }
                         Request::Invalid(error) => {
-                            metrics::counter!("tally_producer_rejected_lines_total", "reason" => reason(&error)).increment(1);
+                            metrics::counter!(tally_common::observe::names::PRODUCER_REJECTED_LINES, "reason" => reason(&error)).increment(1);
                             replies.push_str(&protocol::err(&error));
                         }
                     }
@@ -280,7 +280,8 @@ impl Connection {
             {
                 break;
             }
-            metrics::counter!("tally_producer_backpressure_waits_total").increment(1);
+            metrics::counter!(tally_common::observe::names::PRODUCER_BACKPRESSURE_WAITS)
+                .increment(1);
             tokio::select! {
                 changed = progress.changed() => { if changed.is_err() { return Ok(false); } }
                 () = self.superseded.cancelled() => {
@@ -313,10 +314,12 @@ impl Connection {
             Ok(first_sn) => {
                 let last = first_sn + count - 1;
                 identity.last_sn = last;
-                metrics::histogram!("tally_producer_ack_latency_seconds")
+                metrics::histogram!(tally_common::observe::names::PRODUCER_ACK_LATENCY)
                     .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("tally_producer_stash_batch_size").record(count as f64);
-                metrics::counter!("tally_producer_messages_in_total").increment(count);
+                metrics::histogram!(tally_common::observe::names::PRODUCER_STASH_BATCH_LINES)
+                    .record(count as f64);
+                metrics::counter!(tally_common::observe::names::PRODUCER_MESSAGES_ACKED)
+                    .increment(count);
                 replies.push_str(&protocol::ack(last));
                 identity.slot.progress.add_bytes(bytes);
                 // ACK first: it depends only on the replicated stash, not on how
@@ -354,7 +357,8 @@ impl Connection {
                     }
                     other => {
                         warn!(client = %identity.id, "stash failed: {other}");
-                        metrics::counter!("tally_producer_stash_errors_total").increment(1);
+                        metrics::counter!(tally_common::observe::names::PRODUCER_STASH_ERRORS)
+                            .increment(1);
                         replies.push_str(&protocol::unavailable(&other.to_string()));
                     }
                 }

@@ -340,7 +340,8 @@ impl Flusher {
                 }
                 Err((e, _)) => {
                     warn!(client = %id, "cannot enqueue for Kafka: {e}");
-                    metrics::counter!("tally_producer_delivery_errors_total").increment(1);
+                    metrics::counter!(tally_common::observe::names::PRODUCER_DELIVERY_ERRORS)
+                        .increment(1);
                     self.blocked.insert(id.clone());
                     return;
                 }
@@ -358,6 +359,7 @@ impl Flusher {
         }
         match result {
             Ok(()) => {
+                let before = client.flushed;
                 client.confirmed.insert(sn);
                 let mut freed = 0usize;
                 let mut freed_permits = 0usize;
@@ -375,12 +377,13 @@ impl Flusher {
                 }
                 client.slot.progress.set_flushed(client.flushed);
                 client.last_progress = Instant::now();
-                metrics::gauge!("tally_producer_flush_lag")
-                    .set(client.stored_sn.saturating_sub(client.flushed) as f64);
+                metrics::counter!(tally_common::observe::names::PRODUCER_MESSAGES_FLUSHED)
+                    .increment(client.flushed - before);
             }
             Err(e) => {
                 warn!(client = %id, sn, "delivery failed, resending from {}: {e}", client.flushed + 1);
-                metrics::counter!("tally_producer_delivery_errors_total").increment(1);
+                metrics::counter!(tally_common::observe::names::PRODUCER_DELIVERY_ERRORS)
+                    .increment(1);
                 self.next_id += 1;
                 Self::rewind(client, self.next_id);
                 self.send(&id);
@@ -406,7 +409,7 @@ impl Flusher {
 
     /// Go-back-N: resend everything after `flushed`, in order, as a new generation.
     fn rewind(client: &mut ClientFlush, generation: u64) {
-        metrics::counter!("tally_producer_rewinds_total").increment(1);
+        metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
         client.generation = generation;
         client.next_send = client.flushed + 1;
         client.confirmed.clear();
@@ -432,6 +435,14 @@ impl Flusher {
                 Err(e) => warn!("cannot recreate the Kafka producer: {e}"),
             }
         }
+
+        // Every client's un-flushed messages, summed: O(owned clients) per tick.
+        let lag: u64 = self
+            .clients
+            .values()
+            .map(|c| c.stored_sn.saturating_sub(c.flushed))
+            .sum();
+        metrics::gauge!(tally_common::observe::names::PRODUCER_FLUSH_LAG).set(lag as f64);
 
         let ids: Vec<ClientId> = self.clients.keys().cloned().collect();
         for id in ids {
@@ -642,7 +653,8 @@ impl Flusher {
 
     fn publish_remaining(&self) {
         self.remaining.send_replace(self.clients.len());
-        metrics::gauge!("tally_producer_owned_clients").set(self.clients.len() as f64);
+        metrics::gauge!(tally_common::observe::names::PRODUCER_OWNED_CLIENTS)
+            .set(self.clients.len() as f64);
     }
 }
 

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use tally_common::kafka::idempotent_producer_config;
+use tally_common::observe::{self, Readiness};
 use tally_common::redis::{connect, RedisOpError, Replication};
 use tally_common::stash::StashStore;
 use tally_common::{Keys, Settings};
@@ -93,8 +94,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProducerError> {
+    run_with_readiness(settings, listener, shutdown, Readiness::default()).await
+}
+
+/// [`run`], reporting readiness: `redis` (a master answers `PING`) and `kafka`
+/// (the `client_message` topic's metadata is fetched).
+pub async fn run_with_readiness(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    readiness: Readiness,
+) -> Result<(), ProducerError> {
+    let (redis_ready, kafka_ready) = (readiness.condition("redis"), readiness.condition("kafka"));
     let instance = instance_id(&settings);
     let conn = connect(&settings.redis).await?;
+    let _redis_probe = observe::redis_probe(conn.clone(), redis_ready);
     let store = StashStore::new(
         conn,
         Keys::new(&settings.redis.prefix),
@@ -102,6 +116,12 @@ pub async fn run(
     )
     .await?;
     let kafka: FutureProducer = idempotent_producer_config(&settings.kafka).create()?;
+    let _kafka_probe = observe::kafka_probe(
+        Arc::new(kafka.clone()),
+        |p| p.client(),
+        settings.kafka.client_message_topic.clone(),
+        kafka_ready,
+    );
     let (flush_tx, flush_rx) = mpsc::channel(FLUSH_QUEUE);
     let shared = Arc::new(Shared {
         instance: instance.clone(),

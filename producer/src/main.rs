@@ -1,6 +1,7 @@
 //! `tally-producer`: TCP line ingest with sequence numbers, a replicated Redis
 //! stash and an idempotent Kafka flush. Logic lives in the library; this file
-//! parses arguments, binds the listener and turns signals into a shutdown.
+//! parses arguments, binds the listener, starts the metrics/health endpoint and
+//! turns signals into a shutdown.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,10 +47,21 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match tally_producer::run(
+    let observer =
+        match tally_common::observe::Observer::start(&settings.producer.observe_listen, "producer")
+            .await
+        {
+            Ok(observer) => observer,
+            Err(e) => {
+                eprintln!("tally-producer: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    match tally_producer::run_with_readiness(
         settings,
         listener,
-        tally_common::telemetry::shutdown_signal(),
+        observer.until_shutdown(tally_common::telemetry::shutdown_signal()),
+        observer.readiness(),
     )
     .await
     {

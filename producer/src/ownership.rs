@@ -53,7 +53,7 @@ pub async fn adopt_from(shared: &Arc<Shared>, from: &str, ring: Option<&Ring>) -
         match outcome {
             Ok(Adoption::Adopted(claim)) => {
                 info!(client = %id, from, epoch = claim.epoch, sn = claim.sn, flushed = claim.flushed, "adopted client");
-                metrics::counter!("tally_producer_takeovers_total").increment(1);
+                metrics::counter!(tally_common::observe::names::PRODUCER_TAKEOVERS).increment(1);
                 adopted += 1;
                 let _ = shared
                     .flusher

@@ -243,6 +243,11 @@ impl ServiceProcess {
         cmd.arg("--config")
             .arg(repo_root().join("deploy/local/tally.toml"))
             .env("TALLY__LOG__FORMAT", "plain")
+            // Several services share this host (and tests run side by side): any
+            // free port for /metrics, unless a test names one in `env`.
+            .env("TALLY__PRODUCER__OBSERVE_LISTEN", "127.0.0.1:0")
+            .env("TALLY__COUNTER__OBSERVE_LISTEN", "127.0.0.1:0")
+            .env("TALLY__AGGREGATOR__OBSERVE_LISTEN", "127.0.0.1:0")
             .stdout(std::process::Stdio::null())
             .stderr(file);
         for (k, v) in env {
