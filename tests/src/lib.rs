@@ -6,6 +6,7 @@
 //! and need no cleanup between runs.
 
 pub mod pipeline;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
