@@ -15,6 +15,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 
 use crate::combiner::WriteCombiner;
+
+/// Test-only failpoint (armed with `TALLY_FAILPOINT=counter.broken_dedup`, never by
+/// configuration): the counter counts every duplicate record again. It exists so the
+/// fault suite can prove that `tally verify` catches a broken dedup; the Lua scripts
+/// themselves have no such switch.
+pub const BROKEN_DEDUP: &str = "counter.broken_dedup";
 use crate::keys::{ClientId, Keys, MessageHash};
 use crate::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
 
@@ -113,7 +119,35 @@ impl CountStore {
                 sns.len()
             )));
         }
+        if crate::failpoint::is_armed(BROKEN_DEDUP) {
+            self.sabotage_dedup(client, &outcomes).await?;
+        }
         Ok(outcomes)
+    }
+
+    /// The [`BROKEN_DEDUP`] sabotage: counts every duplicate again.
+    async fn sabotage_dedup(
+        &self,
+        client: &ClientId,
+        outcomes: &[Outcome],
+    ) -> Result<(), RedisOpError> {
+        let duplicates = outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Duplicate)
+            .count();
+        if duplicates > 0 {
+            tracing::error!(
+                client = client.as_str(),
+                duplicates,
+                "BROKEN DEDUP failpoint armed: counting duplicates again"
+            );
+            let _: i64 = self
+                .conn
+                .clone()
+                .incr(self.keys.client_count(client), duplicates)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Counts the sightings `(client, sn)` of one message, in arrival order, each

@@ -5,6 +5,7 @@
 //! its own keys and topics with [`unique`], so tests never see each other's data
 //! and need no cleanup between runs.
 
+pub mod chaos;
 pub mod pipeline;
 pub mod report;
 

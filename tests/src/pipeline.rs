@@ -60,10 +60,14 @@ impl RawRecord {
 /// Writes `records` to the `client_message` topic of `settings`, in order (one
 /// client's records keep their order: same key, same partition, idempotent producer).
 pub async fn produce(settings: &Settings, records: &[RawRecord]) {
+    produce_to(settings, &settings.kafka.client_message_topic, records).await;
+}
+
+/// Writes `records` to `topic`, in order.
+pub async fn produce_to(settings: &Settings, topic: &str, records: &[RawRecord]) {
     let producer: FutureProducer = tally_common::kafka::idempotent_producer_config(&settings.kafka)
         .create()
         .expect("producer");
-    let topic = &settings.kafka.client_message_topic;
     let mut pending = Vec::with_capacity(records.len());
     for r in records {
         let mut record = FutureRecord::<String, Vec<u8>>::to(topic);

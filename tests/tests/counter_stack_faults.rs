@@ -9,11 +9,12 @@
 use std::time::{Duration, Instant};
 
 use tally_common::{ClientId, Keys};
+use tally_tests::chaos::redis_master_of;
 use tally_tests::pipeline::{
     assert_counts, committed, isolated, messy_stream, produce, start_aggregator, start_counter,
     wait_done, Expected,
 };
-use tally_tests::{parse_cluster_nodes, stack, RestoreNode, ServiceProcess};
+use tally_tests::{stack, RestoreNode, ServiceProcess};
 
 static ONE_FAULT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -43,28 +44,7 @@ async fn a_redis_master_killed_mid_stream() {
     // The master serving the first client's count.
     let client = ClientId::parse(&format!("{}-c0", settings.redis.prefix)).expect("id");
     let key = Keys::new(&settings.redis.prefix).client_count(&client);
-    let seed = settings.redis.nodes[0].clone();
-    let mut admin = redis::Client::open(seed)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(&key)
-        .query_async(&mut admin)
-        .await
-        .expect("KEYSLOT");
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut admin)
-        .await
-        .expect("NODES");
-    let master = parse_cluster_nodes(&nodes)
-        .into_iter()
-        .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
-        .expect("slot owner");
-    let victim = format!("redis-{}", master.addr.rsplit(':').next().expect("port"));
+    let victim = redis_master_of(&settings, &key).await;
 
     produce(&settings, first).await;
     let small = [

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tally_common::keys::ClientId;
 use tally_common::Keys;
+use tally_tests::chaos::redis_master_of;
 use tally_tests::{
-    check_stream, complete, isolated_settings, messages, parse_cluster_nodes, read_client_messages,
-    spawn_sessions, stack, InProcessProducer, RestoreNode,
+    check_stream, complete, isolated_settings, messages, read_client_messages, spawn_sessions,
+    stack, InProcessProducer, RestoreNode,
 };
 
 const CLIENTS: usize = 6;
@@ -26,30 +27,11 @@ async fn every_sn_reaches_kafka_across_a_redis_master_kill() {
 
     // The master that holds the first client's stash.
     let keys = Keys::new(&settings.redis.prefix);
-    let seed = settings.redis.nodes[0]
-        .trim_start_matches("redis://")
-        .to_string();
-    let mut admin = redis::Client::open(format!("redis://{seed}"))
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(keys.client_stash(&ClientId::parse(&ids[0]).expect("id")))
-        .query_async(&mut admin)
-        .await
-        .expect("KEYSLOT");
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut admin)
-        .await
-        .expect("NODES");
-    let master = parse_cluster_nodes(&nodes)
-        .into_iter()
-        .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
-        .expect("slot owner");
-    let victim = format!("redis-{}", master.addr.rsplit(':').next().expect("port"));
+    let victim = redis_master_of(
+        &settings,
+        &keys.client_stash(&ClientId::parse(&ids[0]).expect("id")),
+    )
+    .await;
 
     let sessions = spawn_sessions(
         std::slice::from_ref(&producer.addr),

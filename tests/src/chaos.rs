@@ -1,0 +1,605 @@
+//! The fault-injection harness: the built services as real processes on the local
+//! stack, load from `tally mtc` (resuming clients), faults through `scripts/stack`
+//! and signals, and `tally verify` as the judge.
+//!
+//! Invariant: a scenario passes only on the oracle's word — `tally verify` exiting 0
+//! after the run drained — never on anything the harness infers. Each scenario has
+//! its own key prefix, topics and consumer groups, so scenarios run one after
+//! another without cleanup; scenarios in one process are serialized (they kill
+//! shared brokers and Redis masters), and every process a scenario started is
+//! killed when its harness is dropped, also on a failed assertion.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tally_client::inspect::Inspector;
+use tally_client::manifest::Manifest;
+use tally_common::records::{ClientMessage, MessageAggregation};
+use tally_common::{ClientId, Keys, Settings};
+
+use crate::pipeline::{isolated, read_all, service_env};
+use crate::report::{FaultKind, FaultMark, Sample, ScenarioReport};
+use crate::{binary, free_port, repo_root, unique, wait_listening, ServiceProcess};
+
+/// Scenarios in one test binary run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How many of each service a scenario runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Topology {
+    /// Producers (each on its own port, distinct instance ids).
+    pub producers: usize,
+    /// Counters.
+    pub counters: usize,
+    /// Aggregators.
+    pub aggregators: usize,
+}
+
+/// The load of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSpec {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Non-empty lines of the novel each client replays.
+    pub lines: usize,
+    /// Messages per second per client.
+    pub rate: f64,
+}
+
+/// Rounds for repeated faults: `TALLY_CHAOS_ROUNDS` (default 3).
+pub fn rounds() -> usize {
+    std::env::var("TALLY_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(3)
+}
+
+/// Where reports and charts go: `TALLY_CHAOS_RESULTS`, else `target/chaos`.
+pub fn results_dir() -> PathBuf {
+    std::env::var_os("TALLY_CHAOS_RESULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/chaos"))
+}
+
+/// `(seconds since start, stored, counted)` over the run's clients.
+type Reading = (f64, u64, u64);
+
+/// One scenario in progress.
+pub struct Harness {
+    /// Scenario name (file names).
+    pub name: String,
+    title: String,
+    /// The scenario's isolated settings.
+    pub settings: Settings,
+    /// Producer addresses, by index.
+    pub producer_addrs: Vec<String>,
+    producer_ids: Vec<String>,
+    producers: Vec<Option<ServiceProcess>>,
+    counters: Vec<Option<ServiceProcess>>,
+    aggregators: Vec<Option<ServiceProcess>>,
+    extra: Vec<(&'static str, String)>,
+    started: Instant,
+    faults: Vec<FaultMark>,
+    readings: Arc<Mutex<Vec<Reading>>>,
+    sampler: Option<tokio::task::JoinHandle<()>>,
+    load: Option<Child>,
+    load_spec: Option<LoadSpec>,
+    expected: u64,
+    run_id: String,
+    dir: tempfile::TempDir,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Harness {
+    /// Starts the services of `topology` on fresh topics and groups. `extra` is
+    /// added to every service's environment.
+    pub async fn start(
+        name: &str,
+        title: &str,
+        topology: Topology,
+        extra: &[(&'static str, String)],
+    ) -> Self {
+        let serial = SERIAL.lock().await;
+        let settings = isolated(&format!("chaos-{name}"), 6).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut harness = Self {
+            name: name.to_owned(),
+            title: title.to_owned(),
+            settings,
+            producer_addrs: Vec::new(),
+            producer_ids: Vec::new(),
+            producers: Vec::new(),
+            counters: Vec::new(),
+            aggregators: Vec::new(),
+            extra: extra.to_vec(),
+            started: Instant::now(),
+            faults: Vec::new(),
+            readings: Arc::new(Mutex::new(Vec::new())),
+            sampler: None,
+            load: None,
+            load_spec: None,
+            expected: 0,
+            run_id: unique("run"),
+            dir,
+            _serial: serial,
+        };
+        for i in 0..topology.producers {
+            harness
+                .producer_addrs
+                .push(format!("127.0.0.1:{}", free_port()));
+            harness.producer_ids.push(unique(&format!("p{i}")));
+            harness.producers.push(None);
+            harness.start_producer(i);
+        }
+        for i in 0..topology.counters {
+            harness.counters.push(None);
+            harness.start_counter(i, &[]);
+        }
+        for i in 0..topology.aggregators {
+            harness.aggregators.push(None);
+            harness.start_aggregator(i, &[]);
+        }
+        for addr in &harness.producer_addrs {
+            wait_listening(addr, Duration::from_secs(30)).await;
+        }
+        harness
+    }
+
+    fn env(&self, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+        let mut env = service_env(&self.settings, &self.extra);
+        env.extend(extra.iter().cloned());
+        env
+    }
+
+    /// Starts producer `i` (again), same address and instance id.
+    pub fn start_producer(&mut self, i: usize) {
+        let mut env = self.env(&[]);
+        env.push(("TALLY__PRODUCER__LISTEN", self.producer_addrs[i].clone()));
+        env.push(("TALLY__PRODUCER__INSTANCE_ID", self.producer_ids[i].clone()));
+        self.producers[i] = Some(ServiceProcess::start("tally-producer", &env));
+    }
+
+    /// Starts counter `i` (again; instance `c<i>`), with `extra` environment.
+    pub fn start_counter(&mut self, i: usize, extra: &[(&'static str, String)]) {
+        let mut env = self.env(extra);
+        env.push(("TALLY__COUNTER__INSTANCE_ID", format!("c{i}")));
+        self.counters[i] = Some(ServiceProcess::start("tally-counter", &env));
+    }
+
+    /// Starts aggregator `i` (again), with `extra` environment.
+    pub fn start_aggregator(&mut self, i: usize, extra: &[(&'static str, String)]) {
+        let env = self.env(extra);
+        self.aggregators[i] = Some(ServiceProcess::start("tally-aggregator", &env));
+    }
+
+    /// Room for one more counter (start it with [`Harness::start_counter`]).
+    pub fn add_counter_slot(&mut self) {
+        self.counters.push(None);
+    }
+
+    /// Counters, running or not.
+    pub fn counter_count(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Counter `i`'s process.
+    pub fn counter(&mut self, i: usize) -> &mut ServiceProcess {
+        self.counters[i]
+            .as_mut()
+            .unwrap_or_else(|| panic!("counter {i} is not running"))
+    }
+
+    /// Aggregator `i`'s process.
+    pub fn aggregator(&mut self, i: usize) -> &mut ServiceProcess {
+        self.aggregators[i]
+            .as_mut()
+            .unwrap_or_else(|| panic!("aggregator {i} is not running"))
+    }
+
+    /// Producer `i`'s process.
+    pub fn producer(&mut self, i: usize) -> &mut ServiceProcess {
+        self.producers[i]
+            .as_mut()
+            .unwrap_or_else(|| panic!("producer {i} is not running"))
+    }
+
+    /// Records a fault being injected now.
+    pub fn inject(&mut self, label: impl Into<String>) {
+        self.mark(label.into(), FaultKind::Inject);
+    }
+
+    /// Records a fault being healed now.
+    pub fn heal(&mut self, label: impl Into<String>) {
+        self.mark(label.into(), FaultKind::Heal);
+    }
+
+    fn mark(&mut self, label: String, kind: FaultKind) {
+        let at_s = self.started.elapsed().as_secs_f64();
+        eprintln!("[{}] {at_s:7.1} s  {kind:?} {label}", self.name);
+        self.faults.push(FaultMark { at_s, label, kind });
+    }
+
+    /// Starts `tally mtc` against every producer, and a sampler of the stored and
+    /// counted totals.
+    pub async fn start_load(&mut self, spec: LoadSpec) {
+        let novel = std::fs::read_to_string(repo_root().join("data/pride-and-prejudice.txt"))
+            .unwrap_or_else(|e| panic!("read the novel: {e}"));
+        let lines: Vec<&str> = novel
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter(|l| !l.is_empty())
+            .take(spec.lines)
+            .collect();
+        let file = self.dir.path().join("workload.txt");
+        std::fs::write(&file, lines.join("\n")).unwrap_or_else(|e| panic!("write workload: {e}"));
+        self.expected = (lines.len() * spec.clients) as u64;
+        self.load_spec = Some(spec);
+        self.spawn_load();
+
+        let inspector = Inspector::connect(&self.settings)
+            .await
+            .unwrap_or_else(|e| panic!("inspector: {e}"));
+        let keys = Keys::new(self.settings.redis.prefix.clone());
+        let clients: Vec<ClientId> = (0..spec.clients)
+            .map(|i| {
+                ClientId::parse(&Manifest::client_id(&self.run_id, i))
+                    .unwrap_or_else(|e| panic!("client id: {e}"))
+            })
+            .collect();
+        let readings = self.readings.clone();
+        let started = self.started;
+        self.sampler = Some(tokio::spawn(async move {
+            loop {
+                if let Some((stored, counted)) = totals(&inspector, &keys, &clients).await {
+                    readings
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((started.elapsed().as_secs_f64(), stored, counted));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+
+    /// Starts `tally mtc` for the load spec; a restart resumes the same run.
+    fn spawn_load(&mut self) {
+        let spec = self.load_spec.unwrap_or_else(|| panic!("no load spec"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mtc.log"))
+            .unwrap_or_else(|e| panic!("mtc log: {e}"));
+        let mut cmd = Command::new(binary("tally"));
+        cmd.arg("--config")
+            .arg(repo_root().join("deploy/local/tally.toml"))
+            .args(["mtc", "--clients", &spec.clients.to_string()])
+            .arg("--file")
+            .arg(self.dir.path().join("workload.txt"))
+            .args(["--rate", &spec.rate.to_string()])
+            .args(["--addr", &self.producer_addrs.join(",")])
+            .args(["--run-id", &self.run_id])
+            .arg("--manifest")
+            .arg(self.manifest_path())
+            .args(["--window", "200", "--timeout", "15m"])
+            .stdout(Stdio::from(
+                log.try_clone().unwrap_or_else(|e| panic!("mtc log: {e}")),
+            ))
+            .stderr(Stdio::from(log));
+        for (k, v) in ServiceProcess::env_for(&self.settings) {
+            cmd.env(k, v);
+        }
+        self.load = Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("start tally mtc: {e}")),
+        );
+    }
+
+    /// Kills the load generator (every client connection drops at once) and
+    /// starts it again with the same run id: the clients resume.
+    pub fn restart_load(&mut self) {
+        if let Some(mut load) = self.load.take() {
+            let _ = load.kill();
+            let _ = load.wait();
+        }
+        self.spawn_load();
+    }
+
+    fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("run.json")
+    }
+
+    fn latest(&self) -> Option<Reading> {
+        self.readings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .copied()
+    }
+
+    /// Waits until at least `fraction` of the expected messages were counted.
+    pub async fn wait_counted(&self, fraction: f64, timeout: Duration) {
+        let target = (self.expected as f64 * fraction) as u64;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .latest()
+                .is_some_and(|(_, _, counted)| counted >= target)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{}] counted {:?} of {target} after {timeout:?}\n{}",
+                self.name,
+                self.latest(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until at least `fraction` of the expected messages were stored (ACKed).
+    pub async fn wait_stored(&self, fraction: f64, timeout: Duration) {
+        let target = (self.expected as f64 * fraction) as u64;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.latest().is_some_and(|(_, stored, _)| stored >= target) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{}] stored {:?} of {target} after {timeout:?}\n{}",
+                self.name,
+                self.latest(),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The tails of every service's log and of the load's.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let groups = [
+            ("producer", &self.producers),
+            ("counter", &self.counters),
+            ("aggregator", &self.aggregators),
+        ];
+        for (what, list) in groups {
+            for (i, p) in list.iter().enumerate() {
+                if let Some(p) = p {
+                    out.push_str(&format!(
+                        "---- {what} {i} ({})\n{}\n",
+                        p.log.display(),
+                        p.log_tail()
+                    ));
+                }
+            }
+        }
+        let mtc = std::fs::read_to_string(self.dir.path().join("mtc.log")).unwrap_or_default();
+        out.push_str(&format!("---- tally mtc\n{mtc}\n"));
+        out
+    }
+
+    /// Waits for the load to end, lets `tally verify` judge, and writes the
+    /// scenario's chart and JSON into [`results_dir`]. Returns the report; the
+    /// caller asserts on it.
+    pub async fn finish(mut self) -> ScenarioReport {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut load = self
+            .load
+            .take()
+            .unwrap_or_else(|| panic!("no load was started"));
+        let status = loop {
+            if let Some(status) = load.try_wait().unwrap_or_else(|e| panic!("wait mtc: {e}")) {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{}] tally mtc did not finish\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert!(
+            status.success(),
+            "[{}] tally mtc failed: {status}\n{}",
+            self.name,
+            self.logs()
+        );
+
+        let verify = Command::new(binary("tally"))
+            .arg("--config")
+            .arg(repo_root().join("deploy/local/tally.toml"))
+            .arg("verify")
+            .arg("--manifest")
+            .arg(self.manifest_path())
+            .args(["--timeout", "300s", "--settle", "45s", "--show", "10"])
+            .envs(ServiceProcess::env_for(&self.settings))
+            .output()
+            .unwrap_or_else(|e| panic!("run tally verify: {e}"));
+        let verify_out = String::from_utf8_lossy(&verify.stdout).into_owned();
+        eprintln!(
+            "[{}] tally verify:\n{verify_out}{}",
+            self.name,
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let exact = verify.status.code() == Some(0);
+        assert!(
+            matches!(verify.status.code(), Some(0 | 1)),
+            "[{}] tally verify could not judge: {}\n{}",
+            self.name,
+            String::from_utf8_lossy(&verify.stderr),
+            verify_out
+        );
+        let mismatches: Vec<String> = verify_out
+            .lines()
+            .skip_while(|l| !l.starts_with("first mismatches"))
+            .skip(1)
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect();
+        // One more reading after the drain, then stop sampling.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some(sampler) = self.sampler.take() {
+            sampler.abort();
+        }
+
+        let manifest =
+            Manifest::load(&self.manifest_path()).unwrap_or_else(|e| panic!("read manifest: {e}"));
+        let result = manifest
+            .result
+            .clone()
+            .unwrap_or_else(|| panic!("manifest without result"));
+        let settings = self.settings.clone();
+        let duplicates_absorbed = tokio::task::spawn_blocking(move || duplicates(&settings))
+            .await
+            .unwrap_or_else(|e| panic!("count duplicates: {e}"));
+        let readings = self
+            .readings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let report = ScenarioReport {
+            name: self.name.clone(),
+            title: self.title.clone(),
+            // After a restarted load the last process only knows its own share;
+            // what is stored is what was ACKed.
+            sent: result.sent,
+            acked: readings
+                .last()
+                .map_or(result.acked, |(_, stored, _)| *stored),
+            expected: self.expected,
+            exact,
+            mismatches,
+            duplicates_absorbed,
+            samples: rates(&readings),
+            faults: self.faults.clone(),
+            elapsed: self.started.elapsed(),
+        };
+        let dir = results_dir();
+        if let Err(e) = save(&report, &dir) {
+            eprintln!(
+                "[{}] could not write the report into {}: {e}",
+                self.name,
+                dir.display()
+            );
+        }
+        if !exact {
+            eprintln!("{}", self.logs());
+        }
+        report
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut load) = self.load.take() {
+            let _ = load.kill();
+            let _ = load.wait();
+        }
+        if let Some(sampler) = self.sampler.take() {
+            sampler.abort();
+        }
+    }
+}
+
+/// Sum of `meta.sn` (stored) and `count` (counted) over the clients.
+async fn totals(inspector: &Inspector, keys: &Keys, clients: &[ClientId]) -> Option<(u64, u64)> {
+    let counted_keys: Vec<String> = clients.iter().map(|c| keys.client_count(c)).collect();
+    let counted: u64 = inspector.numbers(&counted_keys).await.ok()?.iter().sum();
+    let mut stored = 0;
+    for client in clients {
+        stored += inspector.client(client).await.ok()?.stored_sn;
+    }
+    Some((stored, counted))
+}
+
+/// Rates between consecutive readings.
+fn rates(readings: &[Reading]) -> Vec<Sample> {
+    readings
+        .windows(2)
+        .map(|w| {
+            let (t0, s0, c0) = w[0];
+            let (t1, s1, c1) = w[1];
+            let dt = (t1 - t0).max(1e-3);
+            Sample {
+                at_s: t1,
+                acked_per_s: s1.saturating_sub(s0) as f64 / dt,
+                counted_per_s: c1.saturating_sub(c0) as f64 / dt,
+            }
+        })
+        .collect()
+}
+
+/// Records the counter and the aggregator saw more than once: copies of a
+/// `(client, sn)` in `client_message` (producer resends) and of a
+/// `(client, sn, hash)` in `message_aggregation` (counter replays), all of which
+/// dedup had to absorb.
+fn duplicates(settings: &Settings) -> u64 {
+    let mut seen = HashSet::new();
+    let mut copies = 0;
+    for record in read_all(settings, &settings.kafka.client_message_topic) {
+        if let Ok(m) = ClientMessage::parse(record.key.as_deref(), record.value.as_deref()) {
+            if !seen.insert((m.client.clone(), m.sn)) {
+                copies += 1;
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    for record in read_all(settings, &settings.kafka.message_aggregation_topic) {
+        if let Ok(m) = MessageAggregation::parse(record.key.as_deref(), record.value.as_deref()) {
+            if !seen.insert((m.client.clone(), m.sn, m.hash.clone())) {
+                copies += 1;
+            }
+        }
+    }
+    copies
+}
+
+fn save(report: &ScenarioReport, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    crate::report::write_chart(report, &dir.join(format!("{}.png", report.name)))
+        .map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(report).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(format!("{}.json", report.name)), json).map_err(|e| e.to_string())
+}
+
+/// The stack node name (`redis-<port>`) of the master that serves `key` now.
+pub async fn redis_master_of(settings: &Settings, key: &str) -> String {
+    let seed = settings.redis.nodes[0].clone();
+    let mut admin = redis::Client::open(seed)
+        .unwrap_or_else(|e| panic!("redis url: {e}"))
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("KEYSLOT: {e}"));
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("CLUSTER NODES: {e}"));
+    let master = crate::parse_cluster_nodes(&nodes)
+        .into_iter()
+        .find(|n| n.master && n.slots.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+        .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+    let port = master.addr.rsplit(':').next().unwrap_or_default();
+    format!("redis-{port}")
+}
+
+/// The first client id of the scenario's run (its keys decide which Redis master a
+/// scenario kills).
+pub fn first_client(harness: &Harness) -> ClientId {
+    ClientId::parse(&Manifest::client_id(&harness.run_id, 0))
+        .unwrap_or_else(|e| panic!("client id: {e}"))
+}

@@ -1,0 +1,698 @@
+//! The fault-injection suite (issue #6): every scenario runs the real services on
+//! the local stack under `tally mtc` load, injects its faults, and passes only if
+//! `tally verify` finds every count exact.
+//!
+//! Scenarios 3, 7 and 10 and the broken-dedup proof run in `scripts/test` (CI);
+//! the rest are `#[ignore]`d there and run with `scripts/chaos SCENARIO|all`, which
+//! also collects the report. `TALLY_CHAOS_ROUNDS` sets the rounds of repeated
+//! faults (default 3).
+
+use std::time::Duration;
+
+use tally_common::failpoint;
+use tally_common::kafka::group_positions;
+use tally_common::Keys;
+use tally_tests::chaos::{first_client, redis_master_of, rounds, Harness, LoadSpec, Topology};
+use tally_tests::pipeline::{produce_to, RawRecord};
+use tally_tests::report::ScenarioReport;
+use tally_tests::{stack, RestoreNode};
+
+/// Small batches, so a kill lands between many transactions.
+fn small_batches() -> Vec<(&'static str, String)> {
+    vec![
+        ("TALLY__COUNTER__BATCH_MAX_RECORDS", "200".to_owned()),
+        ("TALLY__AGGREGATOR__BATCH_MAX_RECORDS", "200".to_owned()),
+    ]
+}
+
+const SETTLE: Duration = Duration::from_secs(180);
+
+fn assert_exact(report: &ScenarioReport) {
+    assert!(
+        report.exact,
+        "{}: counts are not exact: {:#?}",
+        report.name, report.mismatches
+    );
+    assert_eq!(
+        report.acked, report.expected,
+        "{}: not every message was ACKed",
+        report.name
+    );
+}
+
+fn one_each() -> Topology {
+    Topology {
+        producers: 1,
+        counters: 1,
+        aggregators: 1,
+    }
+}
+
+/// Progress fractions at which `n` faults are injected, spread over the run.
+fn at(i: usize, n: usize) -> f64 {
+    0.1 + 0.75 * i as f64 / n.max(1) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s03_counter_kill() {
+    let mut h = Harness::start(
+        "03-counter-kill",
+        "counter kill -9 (3 rounds) and a crash at each failpoint",
+        Topology {
+            producers: 1,
+            counters: 2,
+            aggregators: 1,
+        },
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 3000,
+        rate: 60.0,
+    })
+    .await;
+    let points = [
+        "counter.after_apply",
+        "counter.after_produce",
+        "counter.before_commit",
+        "counter.after_commit",
+    ];
+    let n = rounds() + points.len();
+    for r in 0..rounds() {
+        h.wait_counted(at(r, n), SETTLE).await;
+        let i = r % 2;
+        h.inject(format!("kill -9 counter-{i}"));
+        h.counter(i).kill9();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.start_counter(i, &[]);
+        h.heal(format!("restart counter-{i}"));
+    }
+    for (k, point) in points.iter().enumerate() {
+        h.wait_counted(at(rounds() + k, n), SETTLE).await;
+        let i = k % 2;
+        h.counter(i).signal("TERM");
+        let _ = h.counter(i).wait_exit(Duration::from_secs(30));
+        h.start_counter(i, &[(failpoint::ENV, format!("{point}@2"))]);
+        h.inject(format!("counter-{i} armed: {point}"));
+        let exited = h.counter(i).wait_exit(Duration::from_secs(60));
+        assert!(
+            exited.is_some(),
+            "counter-{i} never reached {point}\n{}",
+            h.logs()
+        );
+        h.start_counter(i, &[]);
+        h.heal(format!("restart counter-{i}"));
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s07_broker_bounce() {
+    let mut h = Harness::start(
+        "07-broker-bounce",
+        "Kafka brokers: rolling kill -9, then rolling clean restart",
+        one_each(),
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 3000,
+        rate: 30.0,
+    })
+    .await;
+    let brokers = ["kafka-1", "kafka-2", "kafka-3"];
+    for (round, clean) in [false, true].into_iter().enumerate() {
+        for (k, broker) in brokers.iter().enumerate() {
+            h.wait_stored(at(round * 3 + k, 6), SETTLE).await;
+            if clean {
+                h.inject(format!("stop {broker}"));
+                stack(&["stop", broker]);
+            } else {
+                h.inject(format!("kill -9 {broker}"));
+                stack(&["kill", broker]);
+                // Past the consumers' session timeout.
+                tokio::time::sleep(Duration::from_secs(8)).await;
+            }
+            stack(&["start", broker]);
+            stack(&["wait-healthy", "120"]);
+            h.heal(format!("{broker} back"));
+        }
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_redis_master_kill() {
+    let mut h = Harness::start(
+        "10-redis-master-kill",
+        "Redis master kill -9, replica promoted, old master rejoins",
+        Topology {
+            producers: 1,
+            counters: 2,
+            aggregators: 1,
+        },
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2000,
+        rate: 40.0,
+    })
+    .await;
+    // The master of the first client's slot holds its stash and its counts.
+    let keys = Keys::new(h.settings.redis.prefix.clone());
+    let key = keys.client_count(&first_client(&h));
+    for r in 0..rounds() {
+        h.wait_counted(at(r, rounds()), SETTLE).await;
+        let victim = redis_master_of(&h.settings, &key).await;
+        h.inject(format!("kill -9 {victim}"));
+        let killed = RestoreNode::kill(&victim);
+        // Past cluster-node-timeout (3 s): the replica is promoted.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        killed.restore();
+        h.heal(format!("{victim} rejoined"));
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+/// The oracle can fail: with the counter's dedup deliberately broken (a test-only
+/// failpoint), a crash after applying a batch makes its replay count twice, and
+/// `tally verify` must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s00_broken_dedup_is_caught() {
+    let broken = tally_common::counting::BROKEN_DEDUP;
+    let mut h = Harness::start(
+        "00-broken-dedup",
+        "proof: a broken dedup must make verify fail",
+        Topology {
+            producers: 1,
+            counters: 0,
+            aggregators: 1,
+        },
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 3,
+        lines: 600,
+        rate: 100.0,
+    })
+    .await;
+    h.wait_stored(0.3, SETTLE).await;
+    h.add_counter_slot();
+    h.start_counter(
+        0,
+        &[(failpoint::ENV, format!("{broken},counter.after_apply@3"))],
+    );
+    h.inject("counter crashes after applying a batch");
+    let exited = h.counter(0).wait_exit(Duration::from_secs(60));
+    assert!(exited.is_some(), "the counter never crashed\n{}", h.logs());
+    h.start_counter(0, &[(failpoint::ENV, broken.to_owned())]);
+    h.heal("counter restarted (dedup still broken)");
+    let report = h.finish().await;
+    assert!(
+        !report.exact,
+        "verify passed although duplicates were counted twice"
+    );
+    assert!(
+        report.mismatches.iter().any(|m| m.contains("client count")),
+        "{:#?}",
+        report.mismatches
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s01_producer_kill() {
+    let mut h = Harness::start(
+        "01-producer-kill",
+        "producer kill -9 (3 rounds); clients resume on the other producer, which adopts the orphans",
+        Topology {
+            producers: 2,
+            counters: 1,
+            aggregators: 1,
+        },
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 8,
+        lines: 2500,
+        rate: 40.0,
+    })
+    .await;
+    for r in 0..rounds() {
+        h.wait_stored(at(r, rounds()), SETTLE).await;
+        let i = r % 2;
+        h.inject(format!("kill -9 producer-{i}"));
+        h.producer(i).kill9();
+        // Past 3 missed heartbeats: the survivor adopts the orphaned stashes.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        h.start_producer(i);
+        h.heal(format!("restart producer-{i}"));
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s02_producer_graceful_restart() {
+    let mut h = Harness::start(
+        "02-producer-restart",
+        "producer SIGTERM and restart under load",
+        one_each(),
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2000,
+        rate: 40.0,
+    })
+    .await;
+    for r in 0..rounds() {
+        h.wait_stored(at(r, rounds()), SETTLE).await;
+        h.inject("SIGTERM producer-0");
+        h.producer(0).signal("TERM");
+        let exited = h.producer(0).wait_exit(Duration::from_secs(30));
+        assert!(exited.is_some(), "producer did not shut down\n{}", h.logs());
+        h.start_producer(0);
+        h.heal("restart producer-0");
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s04_aggregator_kill() {
+    let mut h = Harness::start(
+        "04-aggregator-kill",
+        "aggregator kill -9 (3 rounds) and a crash at each failpoint",
+        Topology {
+            producers: 1,
+            counters: 1,
+            aggregators: 2,
+        },
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2500,
+        rate: 50.0,
+    })
+    .await;
+    let points = ["aggregator.after_apply", "aggregator.before_commit"];
+    let n = rounds() + points.len();
+    for r in 0..rounds() {
+        h.wait_counted(at(r, n), SETTLE).await;
+        let i = r % 2;
+        h.inject(format!("kill -9 aggregator-{i}"));
+        h.aggregator(i).kill9();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.start_aggregator(i, &[]);
+        h.heal(format!("restart aggregator-{i}"));
+    }
+    for (k, point) in points.iter().enumerate() {
+        h.wait_counted(at(rounds() + k, n), SETTLE).await;
+        let i = k % 2;
+        h.aggregator(i).signal("TERM");
+        let _ = h.aggregator(i).wait_exit(Duration::from_secs(30));
+        h.start_aggregator(i, &[(failpoint::ENV, format!("{point}@2"))]);
+        h.inject(format!("aggregator-{i} armed: {point}"));
+        let exited = h.aggregator(i).wait_exit(Duration::from_secs(60));
+        assert!(
+            exited.is_some(),
+            "aggregator-{i} never reached {point}\n{}",
+            h.logs()
+        );
+        h.start_aggregator(i, &[]);
+        h.heal(format!("restart aggregator-{i}"));
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s05_zombie_counter() {
+    let mut extra = small_batches();
+    extra.push(("TALLY__KAFKA__TRANSACTION_TIMEOUT_MS", "6000".to_owned()));
+    let mut h = Harness::start(
+        "05-zombie-counter",
+        "counter SIGSTOP past the transaction timeout, a second takes over, SIGCONT",
+        Topology {
+            producers: 1,
+            counters: 1,
+            aggregators: 1,
+        },
+        &extra,
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2000,
+        rate: 40.0,
+    })
+    .await;
+    h.wait_counted(0.25, SETTLE).await;
+    h.inject("SIGSTOP counter-0");
+    h.counter(0).signal("STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A second counter (its own instance id) joins and takes the partitions once
+    // the stopped member's session expires.
+    add_counter(&mut h);
+    h.heal("counter-1 started");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    h.counter(0).signal("CONT");
+    h.heal("SIGCONT counter-0 (zombie)");
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+fn add_counter(h: &mut Harness) {
+    h.add_counter_slot();
+    let i = h.counter_count() - 1;
+    h.start_counter(i, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s06_rebalance_churn() {
+    let mut h = Harness::start(
+        "06-rebalance-churn",
+        "counters and aggregators stopped and started during load",
+        Topology {
+            producers: 1,
+            counters: 3,
+            aggregators: 3,
+        },
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2500,
+        rate: 40.0,
+    })
+    .await;
+    let steps = 2 * rounds();
+    for r in 0..steps {
+        h.wait_counted(at(r, steps), SETTLE).await;
+        let i = r % 3;
+        if r % 2 == 0 {
+            h.inject(format!("SIGTERM counter-{i}, aggregator-{}", (i + 1) % 3));
+            h.counter(i).signal("TERM");
+            h.aggregator((i + 1) % 3).signal("TERM");
+            let _ = h.counter(i).wait_exit(Duration::from_secs(30));
+            let _ = h.aggregator((i + 1) % 3).wait_exit(Duration::from_secs(30));
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            h.start_counter(i, &[]);
+            h.start_aggregator((i + 1) % 3, &[]);
+        } else {
+            h.inject(format!("kill -9 counter-{i}, aggregator-{i}"));
+            h.counter(i).kill9();
+            h.aggregator(i).kill9();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            h.start_counter(i, &[]);
+            h.start_aggregator(i, &[]);
+        }
+        h.heal("members back");
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s08_coordinator_kill() {
+    let mut h = Harness::start(
+        "08-coordinator-kill",
+        "transaction coordinator's broker, then group coordinator's, killed during commits",
+        one_each(),
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2500,
+        rate: 40.0,
+    })
+    .await;
+    let txn_id = format!("{}-c0", h.settings.counter.group_id);
+    let group = h.settings.counter.group_id.clone();
+    for (k, (kind, id)) in [("txn", txn_id), ("group", group)].into_iter().enumerate() {
+        h.wait_counted(at(k, 2), SETTLE).await;
+        let node = stack(&["coordinator", kind, &id]).trim().to_owned();
+        h.inject(format!("kill -9 {node} ({kind} coordinator)"));
+        let killed = RestoreNode::kill(&node);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        killed.restore();
+        h.heal(format!("{node} back"));
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s09_below_min_isr() {
+    let mut h = Harness::start(
+        "09-below-min-isr",
+        "two brokers down (below min ISR) for 20 s; ingest stashes, then backpressures",
+        one_each(),
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2000,
+        rate: 40.0,
+    })
+    .await;
+    h.wait_counted(0.3, SETTLE).await;
+    h.inject("kill -9 kafka-2 and kafka-3");
+    let k2 = RestoreNode::kill("kafka-2");
+    let k3 = RestoreNode::kill("kafka-3");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stack(&["start", "kafka-2"]);
+    k3.restore();
+    drop(k2);
+    stack(&["wait-healthy", "120"]);
+    h.heal("kafka-2 and kafka-3 back");
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s11_redis_master_pause() {
+    let mut h = Harness::start(
+        "11-redis-master-pause",
+        "Redis master SIGSTOP past cluster-node-timeout, then SIGCONT",
+        one_each(),
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 2000,
+        rate: 40.0,
+    })
+    .await;
+    let keys = Keys::new(h.settings.redis.prefix.clone());
+    let key = keys.client_count(&first_client(&h));
+    h.wait_counted(0.3, SETTLE).await;
+    let victim = redis_master_of(&h.settings, &key).await;
+    h.inject(format!("SIGSTOP {victim}"));
+    stack(&["pause", &victim]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stack(&["resume", &victim]);
+    stack(&["wait-healthy", "120"]);
+    h.heal(format!("SIGCONT {victim}"));
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s12_disconnect_storm() {
+    let mut h = Harness::start(
+        "12-disconnect-storm",
+        "every client connection dropped at once, repeatedly; clients resume",
+        one_each(),
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 20,
+        lines: 800,
+        rate: 20.0,
+    })
+    .await;
+    let storms = 3 * rounds();
+    for r in 0..storms {
+        h.wait_stored(at(r, storms), SETTLE).await;
+        h.inject("all connections dropped");
+        h.restart_load();
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s13_poison_records() {
+    let mut h = Harness::start(
+        "13-poison-records",
+        "malformed records written straight into both topics",
+        one_each(),
+        &small_batches(),
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 1500,
+        rate: 40.0,
+    })
+    .await;
+    h.wait_counted(0.3, SETTLE).await;
+    h.inject("poison into client_message and message_aggregation");
+    let poison = [
+        RawRecord::raw("someone", b"not json"),
+        RawRecord::raw("x", br#"{"client":"x","sn":0,"msg":"m","ts":0}"#),
+        RawRecord::raw("y", br#"{"client":"bad id","sn":1,"msg":"m","ts":0}"#),
+    ];
+    let settings = h.settings.clone();
+    produce_to(&settings, &settings.kafka.client_message_topic, &poison).await;
+    produce_to(
+        &settings,
+        &settings.kafka.message_aggregation_topic,
+        &poison,
+    )
+    .await;
+    let report = h.finish().await;
+    assert_exact(&report);
+    let dlq = tokio::task::spawn_blocking(move || {
+        group_positions(
+            &settings.kafka,
+            None,
+            &settings.kafka.dlq_topic,
+            Duration::from_secs(10),
+        )
+    })
+    .await
+    .expect("task")
+    .expect("dlq positions");
+    let dead: i64 = dlq.iter().map(|p| p.high - p.low).sum();
+    assert!(
+        dead >= 6,
+        "expected the 6 poison records in the DLQ, found {dead}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s14_soak() {
+    let minutes: f64 = std::env::var("TALLY_CHAOS_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .filter(|m: &f64| *m > 0.0)
+        .unwrap_or(3.0);
+    let mut h = Harness::start(
+        "14-soak",
+        &format!("soak: random faults with quiet stretches, {minutes} min"),
+        Topology {
+            producers: 2,
+            counters: 2,
+            aggregators: 2,
+        },
+        &small_batches(),
+    )
+    .await;
+    let clients = 6;
+    let lines = 11_000usize;
+    // Spread the novel over the soak, leaving the last fifth to drain.
+    let rate = lines as f64 / (minutes * 60.0 * 0.8);
+    h.start_load(LoadSpec {
+        clients,
+        lines,
+        rate,
+    })
+    .await;
+    let keys = Keys::new(h.settings.redis.prefix.clone());
+    let key = keys.client_count(&first_client(&h));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    eprintln!("[14-soak] seed {seed}");
+    let mut state = seed | 1;
+    let mut next = move |n: u64| {
+        // xorshift64: reproducible from the printed seed.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let end = std::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0 * 0.75);
+    while std::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(10 + next(15))).await;
+        match next(6) {
+            0 => {
+                let i = next(2) as usize;
+                h.inject(format!("kill -9 counter-{i}"));
+                h.counter(i).kill9();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                h.start_counter(i, &[]);
+                h.heal(format!("restart counter-{i}"));
+            }
+            1 => {
+                let i = next(2) as usize;
+                h.inject(format!("kill -9 aggregator-{i}"));
+                h.aggregator(i).kill9();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                h.start_aggregator(i, &[]);
+                h.heal(format!("restart aggregator-{i}"));
+            }
+            2 => {
+                let i = next(2) as usize;
+                h.inject(format!("kill -9 producer-{i}"));
+                h.producer(i).kill9();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                h.start_producer(i);
+                h.heal(format!("restart producer-{i}"));
+            }
+            3 => {
+                let broker = format!("kafka-{}", 1 + next(3));
+                h.inject(format!("kill -9 {broker}"));
+                let killed = RestoreNode::kill(&broker);
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                killed.restore();
+                h.heal(format!("{broker} back"));
+            }
+            4 => {
+                let victim = redis_master_of(&h.settings, &key).await;
+                h.inject(format!("kill -9 {victim}"));
+                let killed = RestoreNode::kill(&victim);
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                killed.restore();
+                h.heal(format!("{victim} rejoined"));
+            }
+            _ => {
+                h.inject("all connections dropped");
+                h.restart_load();
+            }
+        }
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
