@@ -296,7 +296,7 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
         ..SessionOptions::default()
     };
     let outcome = session::run(
-        &[addr.clone()],
+        std::slice::from_ref(&addr),
         id.as_ref(),
         source,
         &options,

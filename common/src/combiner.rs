@@ -40,8 +40,6 @@ const ATTEMPTS: usize = 20;
 /// abandoned as failed (a dead master must not stall its queue).
 const ROUND_SLACK: Duration = Duration::from_secs(2);
 
-/// Master address (`host`, `port`).
-
 struct Job {
     sha: String,
     call: ScriptCall,
