@@ -9,7 +9,6 @@
 //! shared brokers and Redis masters), and every process a scenario started is
 //! killed when its harness is dropped, also on a failed assertion.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use tally_client::inspect::Inspector;
 use tally_client::manifest::Manifest;
-use tally_common::records::{ClientMessage, MessageAggregation};
 use tally_common::{ClientId, Keys, Settings};
 
-use crate::pipeline::{isolated, read_all, service_env};
+use crate::pipeline::{isolated, service_env};
 use crate::report::{FaultKind, FaultMark, Sample, ScenarioReport};
 use crate::{binary, free_port, repo_root, unique, wait_listening, ServiceProcess};
 
@@ -88,6 +86,8 @@ pub struct Harness {
     sampler: Option<tokio::task::JoinHandle<()>>,
     load: Option<Child>,
     load_spec: Option<LoadSpec>,
+    /// Highest `duplicate` record count scraped from each service process (by pid).
+    duplicates_seen: std::collections::HashMap<u32, u64>,
     expected: u64,
     run_id: String,
     dir: tempfile::TempDir,
@@ -122,6 +122,7 @@ impl Harness {
             sampler: None,
             load: None,
             load_spec: None,
+            duplicates_seen: std::collections::HashMap::new(),
             expected: 0,
             run_id: unique("run"),
             dir,
@@ -218,6 +219,8 @@ impl Harness {
     }
 
     fn mark(&mut self, label: String, kind: FaultKind) {
+        // Before a fault takes a process down: what it absorbed so far.
+        self.scrape_duplicates_blocking();
         let at_s = self.started.elapsed().as_secs_f64();
         eprintln!("[{}] {at_s:7.1} s  {kind:?} {label}", self.name);
         self.faults.push(FaultMark { at_s, label, kind });
@@ -263,6 +266,39 @@ impl Harness {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }));
+    }
+
+    /// Scrapes every running counter's and aggregator's `duplicate` records
+    /// counter and keeps the highest value seen per process.
+    async fn scrape_duplicates(&mut self) {
+        let mut targets = Vec::new();
+        for (metric, list) in [
+            ("tally_counter_records_total", &self.counters),
+            ("tally_aggregator_records_total", &self.aggregators),
+        ] {
+            for p in list.iter().flatten() {
+                if let Some(addr) = p.metrics_addr() {
+                    targets.push((p.pid(), addr, metric));
+                }
+            }
+        }
+        for (pid, addr, metric) in targets {
+            let Ok(Ok((200, page))) =
+                tokio::time::timeout(Duration::from_secs(2), crate::http_get(&addr, "/metrics"))
+                    .await
+            else {
+                continue;
+            };
+            if let Some(value) = crate::metric_sample(&page, metric, &[("outcome", "duplicate")]) {
+                let seen = self.duplicates_seen.entry(pid).or_default();
+                *seen = (*seen).max(value as u64);
+            }
+        }
+    }
+
+    fn scrape_duplicates_blocking(&mut self) {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| handle.block_on(self.scrape_duplicates()));
     }
 
     /// Starts `tally mtc` for the load spec; a restart resumes the same run.
@@ -456,10 +492,8 @@ impl Harness {
             .result
             .clone()
             .unwrap_or_else(|| panic!("manifest without result"));
-        let settings = self.settings.clone();
-        let duplicates_absorbed = tokio::task::spawn_blocking(move || duplicates(&settings))
-            .await
-            .unwrap_or_else(|e| panic!("count duplicates: {e}"));
+        self.scrape_duplicates().await;
+        let duplicates_absorbed: u64 = self.duplicates_seen.values().sum();
         let readings = self
             .readings
             .lock()
@@ -535,31 +569,6 @@ fn rates(readings: &[Reading]) -> Vec<Sample> {
             }
         })
         .collect()
-}
-
-/// Records the counter and the aggregator saw more than once: copies of a
-/// `(client, sn)` in `client_message` (producer resends) and of a
-/// `(client, sn, hash)` in `message_aggregation` (counter replays), all of which
-/// dedup had to absorb.
-fn duplicates(settings: &Settings) -> u64 {
-    let mut seen = HashSet::new();
-    let mut copies = 0;
-    for record in read_all(settings, &settings.kafka.client_message_topic) {
-        if let Ok(m) = ClientMessage::parse(record.key.as_deref(), record.value.as_deref()) {
-            if !seen.insert((m.client.clone(), m.sn)) {
-                copies += 1;
-            }
-        }
-    }
-    let mut seen = HashSet::new();
-    for record in read_all(settings, &settings.kafka.message_aggregation_topic) {
-        if let Ok(m) = MessageAggregation::parse(record.key.as_deref(), record.value.as_deref()) {
-            if !seen.insert((m.client.clone(), m.sn, m.hash.clone())) {
-                copies += 1;
-            }
-        }
-    }
-    copies
 }
 
 fn save(report: &ScenarioReport, dir: &Path) -> Result<(), String> {

@@ -312,6 +312,14 @@ impl ServiceProcess {
         None
     }
 
+    /// Where its `/metrics` endpoint listens, from its startup log line.
+    pub fn metrics_addr(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let start = text.find("metrics on http://")? + "metrics on http://".len();
+        let end = start + text[start..].find('/')?;
+        Some(text[start..end].to_owned())
+    }
+
     /// The last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -531,4 +539,47 @@ pub async fn stash_store(settings: &Settings) -> tally_common::stash::StashStore
     )
     .await
     .expect("stash store")
+}
+
+/// One plain HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut raw),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("timed out"))??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The value of the sample `name` whose labels include every `labels` pair.
+pub fn metric_sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse().ok()).flatten()
+        })
 }

@@ -11,56 +11,16 @@ use std::time::{Duration, Instant};
 use tally_client::session::send_all;
 use tally_common::ClientId;
 use tally_tests::pipeline::{isolated, service_env, start_aggregator, start_counter};
-use tally_tests::{free_port, messages, wait_listening, ServiceProcess};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tally_tests::{free_port, http_get, messages, metric_sample, wait_listening, ServiceProcess};
 
 const CLIENTS: usize = 2;
 const LINES: usize = 200;
-
-/// One plain HTTP/1.1 GET: (status, body).
-async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::other("timed out"))??;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    Ok((status, body.to_owned()))
-}
-
-/// The value of the sample `name` whose labels include every `labels` pair.
-fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
-}
 
 /// Scrapes `addr` until `done(page)` or `timeout`; returns the last page.
 async fn scrape_until(addr: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + timeout;
     loop {
-        let page = match get(addr, "/metrics").await {
+        let page = match http_get(addr, "/metrics").await {
             Ok((200, body)) => body,
             Ok((status, body)) => panic!("{addr}/metrics answered {status}: {body}"),
             Err(e) => panic!("{addr}/metrics: {e}"),
@@ -76,7 +36,7 @@ async fn scrape_until(addr: &str, timeout: Duration, done: impl Fn(&str) -> bool
 async fn wait_ready(addr: &str, timeout: Duration, service: &ServiceProcess) {
     let deadline = Instant::now() + timeout;
     loop {
-        match get(addr, "/ready").await {
+        match http_get(addr, "/ready").await {
             Ok((200, _)) => return,
             other if Instant::now() >= deadline => panic!(
                 "{addr}/ready not 200 after {timeout:?}: {other:?}\n{}",
@@ -159,20 +119,20 @@ async fn metrics_health_and_readiness_of_a_running_pipeline() {
     // expected values, then require them exactly (an over-count fails).
     let wait = Duration::from_secs(90);
     let producer_page = scrape_until(&p_obs, wait, |page| {
-        sample(page, "tally_producer_messages_flushed_total", &[]) >= Some(total)
+        metric_sample(page, "tally_producer_messages_flushed_total", &[]) >= Some(total)
     })
     .await;
     let counter_page = scrape_until(&c_obs, wait, |page| {
-        sample(
+        metric_sample(
             page,
             "tally_counter_records_total",
             &[("outcome", "applied")],
         ) >= Some(total)
-            && sample(page, "tally_consumer_lag_records", &[]).is_some()
+            && metric_sample(page, "tally_consumer_lag_records", &[]).is_some()
     })
     .await;
     let aggregator_page = scrape_until(&a_obs, wait, |page| {
-        sample(
+        metric_sample(
             page,
             "tally_aggregator_records_total",
             &[("outcome", "applied")],
@@ -187,7 +147,7 @@ async fn metrics_health_and_readiness_of_a_running_pipeline() {
             .join("\n")
     };
 
-    let p = |name, labels: &[(&str, &str)]| sample(&producer_page, name, labels);
+    let p = |name, labels: &[(&str, &str)]| metric_sample(&producer_page, name, labels);
     assert_eq!(
         p(
             "tally_producer_messages_acked_total",
@@ -216,7 +176,7 @@ async fn metrics_health_and_readiness_of_a_running_pipeline() {
     );
     assert!(producer_page.contains("# HELP tally_producer_messages_acked_total "));
 
-    let c = |name, labels: &[(&str, &str)]| sample(&counter_page, name, labels);
+    let c = |name, labels: &[(&str, &str)]| metric_sample(&counter_page, name, labels);
     assert_eq!(
         c(
             "tally_counter_records_total",
@@ -238,7 +198,7 @@ async fn metrics_health_and_readiness_of_a_running_pipeline() {
     );
     assert_eq!(c("tally_consumer_assigned_partitions", &[]), Some(3.0));
 
-    let a = |name, labels: &[(&str, &str)]| sample(&aggregator_page, name, labels);
+    let a = |name, labels: &[(&str, &str)]| metric_sample(&aggregator_page, name, labels);
     assert_eq!(
         a(
             "tally_aggregator_records_total",
@@ -251,13 +211,13 @@ async fn metrics_health_and_readiness_of_a_running_pipeline() {
     assert!(a("tally_redis_round_calls_count", &[]).unwrap_or(0.0) >= 1.0);
 
     for (name, addr, _) in &services {
-        let health = get(addr, "/health").await.expect("health");
+        let health = http_get(addr, "/health").await.expect("health");
         assert_eq!(health.0, 200, "{name} /health: {health:?}");
-        let ready = get(addr, "/ready").await.expect("ready");
+        let ready = http_get(addr, "/ready").await.expect("ready");
         assert_eq!(ready.0, 200, "{name} /ready: {ready:?}");
-        let page = get(addr, "/metrics").await.expect("metrics").1;
+        let page = http_get(addr, "/metrics").await.expect("metrics").1;
         assert_eq!(
-            sample(&page, "tally_ready", &[("service", name)]),
+            metric_sample(&page, "tally_ready", &[("service", name)]),
             Some(1.0),
             "{name}"
         );
@@ -265,17 +225,17 @@ async fn metrics_health_and_readiness_of_a_running_pipeline() {
 
     // Long past its start, the service without a topic is alive but not ready, and
     // says why.
-    let health = get(&bad_obs, "/health").await.expect("health");
+    let health = http_get(&bad_obs, "/health").await.expect("health");
     assert_eq!(health.0, 200, "{health:?}\n{}", unready.log_tail());
-    let (status, body) = get(&bad_obs, "/ready").await.expect("ready");
+    let (status, body) = http_get(&bad_obs, "/ready").await.expect("ready");
     assert_eq!(status, 503, "{body}\n{}", unready.log_tail());
     assert!(
         body.contains("kafka") && body.contains("partitions") && !body.contains("redis"),
         "{body}"
     );
-    let page = get(&bad_obs, "/metrics").await.expect("metrics").1;
+    let page = http_get(&bad_obs, "/metrics").await.expect("metrics").1;
     assert_eq!(
-        sample(&page, "tally_ready", &[("service", "aggregator")]),
+        metric_sample(&page, "tally_ready", &[("service", "aggregator")]),
         Some(0.0)
     );
 }
