@@ -28,10 +28,34 @@ async fn three_of_each_with_one_of_each_killed_count_exactly() {
     let mut aggregator_y = start_aggregator(&settings, &batches);
     let aggregator_z = start_aggregator(&settings, &batches);
 
+    // Records go in only once every member holds partitions: otherwise the others
+    // can finish the first chunk before a victim is assigned anything, and the
+    // victim never has work in hand (seen on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for member in [
+        &counter_a,
+        &counter_b,
+        &counter_c,
+        &aggregator_x,
+        &aggregator_y,
+        &aggregator_z,
+    ] {
+        while !std::fs::read_to_string(&member.log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=[]"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a member never got partitions\n{}",
+                member.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     produce(&settings, chunks[0]).await;
     // Kill only once the victims have partitions and work in hand: each has
     // committed a batch; then more records arrive and they are killed mid-stream.
-    let deadline = Instant::now() + Duration::from_secs(90);
     for victim in [&counter_b, &aggregator_y] {
         while !std::fs::read_to_string(&victim.log)
             .unwrap_or_default()
