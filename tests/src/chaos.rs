@@ -25,6 +25,28 @@ use crate::{binary, free_port, repo_root, unique, wait_listening, ServiceProcess
 /// Scenarios in one test binary run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A kind of tally service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `tally-producer`.
+    Producer,
+    /// `tally-counter`.
+    Counter,
+    /// `tally-aggregator`.
+    Aggregator,
+}
+
+impl Role {
+    /// `producer`, `counter` or `aggregator`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Counter => "counter",
+            Role::Aggregator => "aggregator",
+        }
+    }
+}
+
 /// How many of each service a scenario runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Topology {
@@ -175,6 +197,25 @@ impl Harness {
     pub fn start_aggregator(&mut self, i: usize, extra: &[(&'static str, String)]) {
         let env = self.env(extra);
         self.aggregators[i] = Some(ServiceProcess::start("tally-aggregator", &env));
+    }
+
+    /// Member `i` of `role`'s process.
+    pub fn process(&mut self, role: Role, i: usize) -> &mut ServiceProcess {
+        match role {
+            Role::Producer => self.producer(i),
+            Role::Counter => self.counter(i),
+            Role::Aggregator => self.aggregator(i),
+        }
+    }
+
+    /// Starts member `i` of `role` (again) with `extra` environment (producers
+    /// take none: they keep their address and instance id).
+    pub fn restart(&mut self, role: Role, i: usize, extra: &[(&'static str, String)]) {
+        match role {
+            Role::Producer => self.start_producer(i),
+            Role::Counter => self.start_counter(i, extra),
+            Role::Aggregator => self.start_aggregator(i, extra),
+        }
     }
 
     /// Room for one more counter (start it with [`Harness::start_counter`]).

@@ -12,7 +12,9 @@ use std::time::Duration;
 use tally_common::failpoint;
 use tally_common::kafka::group_positions;
 use tally_common::Keys;
-use tally_tests::chaos::{first_client, redis_master_of, rounds, Harness, LoadSpec, Topology};
+use tally_tests::chaos::{
+    first_client, redis_master_of, rounds, Harness, LoadSpec, Role, Topology,
+};
 use tally_tests::pipeline::{produce_to, RawRecord};
 use tally_tests::report::ScenarioReport;
 use tally_tests::{stack, RestoreNode};
@@ -38,6 +40,48 @@ fn assert_exact(report: &ScenarioReport) {
         "{}: not every message was ACKed",
         report.name
     );
+}
+
+/// [`rounds`] kills (-9) of member 0 or 1 of `role`, alternating, each restarted a
+/// second later; round r waits for progress `at(first + r, n)`.
+async fn kill_rounds(h: &mut Harness, role: Role, first: usize, n: usize) {
+    for r in 0..rounds() {
+        h.wait_counted(at(first + r, n), SETTLE).await;
+        bounce(h, role, r % 2, Duration::from_secs(1)).await;
+    }
+}
+
+/// kill -9 member `i` of `role`, leave it down for `down`, start it again.
+async fn bounce(h: &mut Harness, role: Role, i: usize, down: Duration) {
+    let what = role.name();
+    h.inject(format!("kill -9 {what}-{i}"));
+    h.process(role, i).kill9();
+    tokio::time::sleep(down).await;
+    h.restart(role, i, &[]);
+    h.heal(format!("restart {what}-{i}"));
+}
+
+/// For each failpoint: member 0 or 1 of `role` (alternating) restarted with it
+/// armed at its second hit, waited for until it crashed there, and restarted
+/// normally; point k waits for progress `at(first + k, n)`.
+async fn failpoint_rounds(h: &mut Harness, role: Role, points: &[&str], first: usize, n: usize) {
+    let what = role.name();
+    for (k, point) in points.iter().enumerate() {
+        h.wait_counted(at(first + k, n), SETTLE).await;
+        let i = k % 2;
+        h.process(role, i).signal("TERM");
+        let _ = h.process(role, i).wait_exit(Duration::from_secs(30));
+        h.restart(role, i, &[(failpoint::ENV, format!("{point}@2"))]);
+        h.inject(format!("{what}-{i} armed: {point}"));
+        let crashed = h.process(role, i).wait_exit(Duration::from_secs(60));
+        assert!(
+            crashed.is_some(),
+            "{what}-{i} never reached {point}\n{}",
+            h.logs()
+        );
+        h.restart(role, i, &[]);
+        h.heal(format!("restart {what}-{i}"));
+    }
 }
 
 fn one_each() -> Topology {
@@ -79,31 +123,8 @@ async fn s03_counter_kill() {
         "counter.after_commit",
     ];
     let n = rounds() + points.len();
-    for r in 0..rounds() {
-        h.wait_counted(at(r, n), SETTLE).await;
-        let i = r % 2;
-        h.inject(format!("kill -9 counter-{i}"));
-        h.counter(i).kill9();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        h.start_counter(i, &[]);
-        h.heal(format!("restart counter-{i}"));
-    }
-    for (k, point) in points.iter().enumerate() {
-        h.wait_counted(at(rounds() + k, n), SETTLE).await;
-        let i = k % 2;
-        h.counter(i).signal("TERM");
-        let _ = h.counter(i).wait_exit(Duration::from_secs(30));
-        h.start_counter(i, &[(failpoint::ENV, format!("{point}@2"))]);
-        h.inject(format!("counter-{i} armed: {point}"));
-        let exited = h.counter(i).wait_exit(Duration::from_secs(60));
-        assert!(
-            exited.is_some(),
-            "counter-{i} never reached {point}\n{}",
-            h.logs()
-        );
-        h.start_counter(i, &[]);
-        h.heal(format!("restart counter-{i}"));
-    }
+    kill_rounds(&mut h, Role::Counter, 0, n).await;
+    failpoint_rounds(&mut h, Role::Counter, &points, rounds(), n).await;
     let report = h.finish().await;
     assert_exact(&report);
 }
@@ -249,13 +270,8 @@ async fn s01_producer_kill() {
     .await;
     for r in 0..rounds() {
         h.wait_stored(at(r, rounds()), SETTLE).await;
-        let i = r % 2;
-        h.inject(format!("kill -9 producer-{i}"));
-        h.producer(i).kill9();
-        // Past 3 missed heartbeats: the survivor adopts the orphaned stashes.
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        h.start_producer(i);
-        h.heal(format!("restart producer-{i}"));
+        // Down past 3 missed heartbeats: the survivor adopts the orphaned stashes.
+        bounce(&mut h, Role::Producer, r % 2, Duration::from_secs(6)).await;
     }
     let report = h.finish().await;
     assert_exact(&report);
@@ -312,31 +328,8 @@ async fn s04_aggregator_kill() {
     .await;
     let points = ["aggregator.after_apply", "aggregator.before_commit"];
     let n = rounds() + points.len();
-    for r in 0..rounds() {
-        h.wait_counted(at(r, n), SETTLE).await;
-        let i = r % 2;
-        h.inject(format!("kill -9 aggregator-{i}"));
-        h.aggregator(i).kill9();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        h.start_aggregator(i, &[]);
-        h.heal(format!("restart aggregator-{i}"));
-    }
-    for (k, point) in points.iter().enumerate() {
-        h.wait_counted(at(rounds() + k, n), SETTLE).await;
-        let i = k % 2;
-        h.aggregator(i).signal("TERM");
-        let _ = h.aggregator(i).wait_exit(Duration::from_secs(30));
-        h.start_aggregator(i, &[(failpoint::ENV, format!("{point}@2"))]);
-        h.inject(format!("aggregator-{i} armed: {point}"));
-        let exited = h.aggregator(i).wait_exit(Duration::from_secs(60));
-        assert!(
-            exited.is_some(),
-            "aggregator-{i} never reached {point}\n{}",
-            h.logs()
-        );
-        h.start_aggregator(i, &[]);
-        h.heal(format!("restart aggregator-{i}"));
-    }
+    kill_rounds(&mut h, Role::Aggregator, 0, n).await;
+    failpoint_rounds(&mut h, Role::Aggregator, &points, rounds(), n).await;
     let report = h.finish().await;
     assert_exact(&report);
 }
@@ -648,28 +641,31 @@ async fn s14_soak() {
         tokio::time::sleep(Duration::from_secs(10 + next(15))).await;
         match next(6) {
             0 => {
-                let i = next(2) as usize;
-                h.inject(format!("kill -9 counter-{i}"));
-                h.counter(i).kill9();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                h.start_counter(i, &[]);
-                h.heal(format!("restart counter-{i}"));
+                bounce(
+                    &mut h,
+                    Role::Counter,
+                    next(2) as usize,
+                    Duration::from_secs(1),
+                )
+                .await
             }
             1 => {
-                let i = next(2) as usize;
-                h.inject(format!("kill -9 aggregator-{i}"));
-                h.aggregator(i).kill9();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                h.start_aggregator(i, &[]);
-                h.heal(format!("restart aggregator-{i}"));
+                bounce(
+                    &mut h,
+                    Role::Aggregator,
+                    next(2) as usize,
+                    Duration::from_secs(1),
+                )
+                .await
             }
             2 => {
-                let i = next(2) as usize;
-                h.inject(format!("kill -9 producer-{i}"));
-                h.producer(i).kill9();
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                h.start_producer(i);
-                h.heal(format!("restart producer-{i}"));
+                bounce(
+                    &mut h,
+                    Role::Producer,
+                    next(2) as usize,
+                    Duration::from_secs(5),
+                )
+                .await
             }
             3 => {
                 let broker = format!("kafka-{}", 1 + next(3));

@@ -8,6 +8,7 @@ use tally_tests::pipeline::{
     assert_counts, isolated, messy_stream, produce, start_aggregator, start_counter, wait_done,
     Expected,
 };
+use tally_tests::ServiceProcess;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_of_each_with_one_of_each_killed_count_exactly() {
@@ -40,34 +41,19 @@ async fn three_of_each_with_one_of_each_killed_count_exactly() {
         &aggregator_y,
         &aggregator_z,
     ] {
-        while !std::fs::read_to_string(&member.log)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.contains("partitions assigned") && !l.contains("partitions=[]"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "a member never got partitions\n{}",
-                member.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_log(member, deadline, "partitions", |l| {
+            l.contains("partitions assigned") && !l.contains("partitions=[]")
+        })
+        .await;
     }
     produce(&settings, chunks[0]).await;
     // Kill only once the victims have partitions and work in hand: each has
     // committed a batch; then more records arrive and they are killed mid-stream.
     for victim in [&counter_b, &aggregator_y] {
-        while !std::fs::read_to_string(&victim.log)
-            .unwrap_or_default()
-            .contains("batch committed")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "victim never committed\n{}",
-                victim.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_log(victim, deadline, "a committed batch", |l| {
+            l.contains("batch committed")
+        })
+        .await;
     }
     produce(&settings, chunks[1]).await;
     counter_b.kill9();
@@ -91,4 +77,26 @@ async fn three_of_each_with_one_of_each_killed_count_exactly() {
     ];
     wait_done(&settings, Duration::from_secs(180), &all);
     assert_counts(&settings, &expected, &all).await;
+}
+
+/// Waits until a line of `service`'s log satisfies `found`.
+async fn wait_for_log(
+    service: &ServiceProcess,
+    deadline: Instant,
+    what: &str,
+    found: impl Fn(&str) -> bool,
+) {
+    while !std::fs::read_to_string(&service.log)
+        .unwrap_or_default()
+        .lines()
+        .any(&found)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {what} in {}\n{}",
+            service.log.display(),
+            service.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
