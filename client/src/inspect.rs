@@ -10,6 +10,7 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{StreamExt, TryStreamExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
 use serde::Serialize;
@@ -301,8 +302,8 @@ impl Inspector {
                 clients.push(id);
             }
         }
-        let views: Vec<ClientView> = futures::stream::iter(clients.iter())
-            .map(|id| self.client(id))
+        let views: Vec<ClientView> = futures::stream::iter(clients)
+            .map(|id| async move { self.client(&id).await })
             .buffered(READ_CONCURRENCY / 4)
             .try_collect()
             .await?;
@@ -359,6 +360,56 @@ impl Inspector {
             groups,
             dlq_records,
         })
+    }
+}
+
+/// A cheap global progress figure: the records of `client_message` the counter
+/// group has committed, summed over partitions. Its change over a second is the
+/// pipeline's counting rate (each committed record was counted, or recognised as a
+/// duplicate, exactly once), read from Kafka with two small requests instead of a
+/// SCAN of the keyspace. Keeps one consumer open; it never joins the group or
+/// commits. Blocking: call [`CounterProgress::committed`] from `spawn_blocking`.
+pub struct CounterProgress {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl CounterProgress {
+    /// A probe for the configured counter group on `client_message`.
+    pub fn new(settings: &Settings) -> Result<Self, InspectError> {
+        let consumer: BaseConsumer = tally_common::kafka::read_committed_consumer_config(
+            &settings.kafka,
+            &settings.counter.group_id,
+        )
+        .create()?;
+        Ok(Self {
+            consumer,
+            topic: settings.kafka.client_message_topic.clone(),
+        })
+    }
+
+    /// Records committed by the counter group, over all partitions (0 before its
+    /// first commit).
+    pub fn committed(&self, timeout: Duration) -> Result<u64, InspectError> {
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), timeout)?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in metadata.topics() {
+            if let Some(err) = t.error() {
+                return Err(rdkafka::error::KafkaError::MetadataFetch(err.into()).into());
+            }
+            for p in t.partitions() {
+                tpl.add_partition(&self.topic, p.id());
+            }
+        }
+        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => u64::try_from(o).unwrap_or(0),
+                _ => 0,
+            })
+            .sum())
     }
 }
 
