@@ -1,9 +1,10 @@
 //! The `tally` client library: the resuming session every client uses, and the
-//! commands of the `tally` tool.
+//! commands of the `tally` tool (including `tally serve`, the API and dashboard).
 
 pub mod inspect;
 pub mod manifest;
 pub mod mtc;
 pub mod send;
+pub mod serve;
 pub mod session;
 pub mod verify;

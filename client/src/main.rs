@@ -18,6 +18,7 @@ use tally_client::inspect::Inspector;
 use tally_client::manifest::{self, Manifest, ManifestError};
 use tally_client::mtc::{self, MtcError, MtcPlan};
 use tally_client::send::InputSource;
+use tally_client::serve;
 use tally_client::session::{self, Numbering, Progress, SessionOptions};
 use tally_client::verify::{self, Patience};
 use tally_common::kafka::{ensure_topics, tally_topics};
@@ -61,6 +62,8 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Serve the read-only HTTP API and the live dashboard.
+    Serve(ServeArgs),
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -131,6 +134,16 @@ struct VerifyArgs {
     /// Mismatches to print.
     #[arg(long, default_value_t = 10)]
     show: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0: any free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Event streams (open dashboards) served at once, at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_streams: u64,
 }
 
 #[derive(Args)]
@@ -230,6 +243,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Count(args) => count(&settings, args).await,
         Command::Top { n } => top(&settings, n).await,
         Command::Status { json } => status(&settings, json).await,
+        Command::Serve(args) => serve(&settings, args).await,
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -678,6 +692,26 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         settings.kafka.dlq_topic, view.dlq_records
     );
     Ok(())
+}
+
+async fn serve(settings: &Settings, args: ServeArgs) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| failed(anyhow!("--listen {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(failed)?;
+    eprintln!("tally: serving the dashboard on http://{addr}/ (API under /api)");
+    let options = serve::ServeOptions {
+        max_streams: usize::try_from(args.max_streams).unwrap_or(usize::MAX),
+        ..serve::ServeOptions::default()
+    };
+    serve::run(
+        listener,
+        settings,
+        options,
+        tally_common::telemetry::shutdown_signal(),
+    )
+    .await
+    .map_err(failed)
 }
 
 async fn init_topics(settings: &Settings, timeout: Duration) -> Result<(), Failure> {
