@@ -235,8 +235,9 @@ impl<F: Future<Output = ()>> Shutdown<F> {
 /// Polls records into `batch` (which may already hold records carried over from
 /// the previous batch) until it holds `max_records`, or `max_wait` passed since the
 /// first record, or — while empty — `idle_wait` passed. After every poll the
-/// records of revoked partitions are dropped from `batch`, and the partitions are
-/// added to `revoked`.
+/// records collected *before* it that belong to partitions it revoked are dropped
+/// from `batch` (a record the poll itself returned is kept: it comes from the
+/// assignment in force after the poll), and the partitions are added to `revoked`.
 #[allow(clippy::too_many_arguments)]
 pub async fn collect<F: Future<Output = ()>>(
     consumer: &GroupConsumer,
@@ -275,6 +276,13 @@ pub async fn collect<F: Future<Output = ()>>(
             }
             () = shutdown.wait() => return Ok(Collected::Shutdown),
         };
+        // The poll that returned just now may have run a revocation *and* a
+        // re-assignment of the same partitions (a lost session rejoining): the
+        // records collected before it are dropped, but the one it returned was
+        // fetched from the new assignment (from the committed offset) and must be
+        // kept — dropping it too would skip it, because the consumer's position
+        // is already past it. So drop first, then add.
+        drop_revoked(consumer, batch, revoked);
         match received {
             Ok(record) => {
                 batch.push(record);
