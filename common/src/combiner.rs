@@ -8,6 +8,13 @@
 //! own result once that single `WAIT` confirmed the round. Calls that arrive while
 //! a round is in flight form the next round.
 //!
+//! Rounds go over a direct connection to the master (not through the cluster
+//! client's routing): the combiner keeps its own slot table anyway, and after a
+//! failover the cluster client was seen to keep answering from a stale view for
+//! minutes (every call `MOVED`, endless slot refreshes) while the cluster itself was
+//! healthy. A round that fails drops its connection; the next round opens a fresh
+//! one.
+//!
 //! Invariant: a call is answered `Ok` only if its script ran and the `WAIT` that
 //! followed it in the same pipeline, on the same connection, counted enough
 //! replicas — exactly the guarantee of [`ReplicatedScript::invoke`], at one
@@ -20,14 +27,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{FromRedisValue, RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::redis::{
-    classify, cluster_slots, to_node, Node, RedisOpError, ReplicatedScript, Replication, ScriptCall,
+    classify, cluster_slots, connect_node, Node, RedisOpError, ReplicatedScript, Replication,
+    ScriptCall,
 };
 
 /// Calls queued per master before callers wait for room.
@@ -42,6 +50,8 @@ const ROUND_SLACK: Duration = Duration::from_secs(2);
 
 struct Job {
     sha: String,
+    /// The script, to load it when the master answers `NOSCRIPT`.
+    body: &'static str,
     call: ScriptCall,
     reply: oneshot::Sender<Outcome>,
 }
@@ -116,6 +126,7 @@ impl WriteCombiner {
             let (reply, answer) = oneshot::channel();
             let job = Job {
                 sha: script.sha().to_owned(),
+                body: script.body(),
                 call: call.clone(),
                 reply,
             };
@@ -150,14 +161,8 @@ impl WriteCombiner {
                     return T::from_redis_value(value)
                         .map_err(|e| RedisOpError::Result(e.to_string()));
                 }
-                Outcome::Retry(Retry::NoScript) => {
-                    let load = redis::cmd("SCRIPT").arg("LOAD").arg(script.body()).clone();
-                    self.inner
-                        .conn
-                        .clone()
-                        .route_command(load, to_node(&node))
-                        .await?;
-                }
+                // The round already loaded the script on that master.
+                Outcome::Retry(Retry::NoScript) => {}
                 Outcome::Retry(Retry::Moved) => self.refresh_slots().await?,
                 Outcome::Retry(Retry::Later) => {
                     tokio::time::sleep(backoff).await;
@@ -185,12 +190,7 @@ impl WriteCombiner {
             .entry(node.clone())
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(rounds(
-                    self.inner.conn.clone(),
-                    node.clone(),
-                    self.inner.replication,
-                    rx,
-                ));
+                tokio::spawn(rounds(node.clone(), self.inner.replication, rx));
                 tx
             })
             .clone()
@@ -209,12 +209,8 @@ fn closed() -> RedisOpError {
 }
 
 /// The loop of one master's queue: one pipeline and one `WAIT` per round.
-async fn rounds(
-    conn: ClusterConnection,
-    node: Node,
-    replication: Replication,
-    mut jobs: mpsc::Receiver<Job>,
-) {
+async fn rounds(node: Node, replication: Replication, mut jobs: mpsc::Receiver<Job>) {
+    let mut direct: Option<MultiplexedConnection> = None;
     while let Some(first) = jobs.recv().await {
         let mut round = vec![first];
         while round.len() < MAX_ROUND {
@@ -239,21 +235,29 @@ async fn rounds(
         }
         let count = round.len() + usize::from(with_wait);
         metrics::histogram!(crate::observe::names::REDIS_ROUND_CALLS).record(round.len() as f64);
-        let route = SingleNodeRoutingInfo::ByAddress {
-            host: node.0.clone(),
-            port: node.1,
-        };
         let limit = replication.timeout + ROUND_SLACK;
-        let result =
-            match tokio::time::timeout(limit, conn.clone().route_pipeline(pipe, 0, count, route))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("round to {}:{} took over {limit:?}", node.0, node.1),
-                ))),
-            };
+        let sent = tokio::time::timeout(limit, async {
+            if direct.is_none() {
+                direct = Some(connect_node(&node).await?);
+            }
+            match direct.as_mut() {
+                Some(conn) => conn.send_packed_commands(&pipe, 0, count).await,
+                None => unreachable!("connected just above"),
+            }
+        })
+        .await;
+        let result = match sent {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("round to {}:{} took over {limit:?}", node.0, node.1),
+            ))),
+        };
+        if result.is_err() {
+            // A fresh connection for the next round; whatever this one was doing
+            // is answered "outcome unknown" below.
+            direct = None;
+        }
         match result {
             Err(e) => {
                 debug!(node = %format!("{}:{}", node.0, node.1), "round failed: {e}");
@@ -274,8 +278,19 @@ async fn rounds(
                 } else {
                     0
                 };
+                let mut loaded = Vec::new();
                 for (job, value) in round.into_iter().zip(values) {
-                    let _ = job.reply.send(outcome(value, acked, replication));
+                    let outcome = outcome(value, acked, replication);
+                    if matches!(outcome, Outcome::Retry(Retry::NoScript))
+                        && !loaded.contains(&job.sha)
+                    {
+                        if let Some(conn) = direct.as_mut() {
+                            let load = redis::cmd("SCRIPT").arg("LOAD").arg(job.body).clone();
+                            let _: Result<Value, _> = load.query_async(conn).await;
+                        }
+                        loaded.push(job.sha.clone());
+                    }
+                    let _ = job.reply.send(outcome);
                 }
             }
         }

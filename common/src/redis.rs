@@ -57,6 +57,7 @@ pub enum RedisOpError {
 
 /// Opens a cluster connection with the configured timeouts and retries.
 pub async fn connect(settings: &RedisSettings) -> Result<ClusterConnection, RedisError> {
+    remember_node_url_template(settings);
     ClusterClientBuilder::new(settings.nodes.clone())
         .connection_timeout(settings.connect_timeout())
         .response_timeout(settings.response_timeout())
@@ -68,6 +69,48 @@ pub async fn connect(settings: &RedisSettings) -> Result<ClusterConnection, Redi
 
 /// A node's `(host, port)`.
 pub type Node = (String, u16);
+
+/// Scheme and credentials of the configured nodes (`redis://user:pass@`), to open
+/// direct connections to the masters the write combiner talks to.
+static NODE_URL_PREFIX: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+fn remember_node_url_template(settings: &RedisSettings) {
+    let Some(seed) = settings.nodes.first() else {
+        return;
+    };
+    // `scheme://[userinfo@]host:port[/db]` → `scheme://[userinfo@]`
+    let Some((scheme, rest)) = seed.split_once("://") else {
+        return;
+    };
+    let userinfo = rest
+        .split('/')
+        .next()
+        .and_then(|authority| authority.rsplit_once('@'))
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
+    *NODE_URL_PREFIX.write().unwrap_or_else(|e| e.into_inner()) =
+        Some(format!("{scheme}://{userinfo}"));
+}
+
+/// Opens a plain (non-cluster) connection to one node, with the scheme and
+/// credentials of the configured nodes.
+pub async fn connect_node(
+    (host, port): &Node,
+) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+    let prefix = NODE_URL_PREFIX
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_else(|| "redis://".to_owned());
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    redis::Client::open(format!("{prefix}{host}:{port}"))?
+        .get_multiplexed_async_connection()
+        .await
+}
 
 /// Which master serves which slots: `(first, last, master)`, sorted, from
 /// `CLUSTER SLOTS` asked of any node.
