@@ -19,6 +19,13 @@ use tally_tests::pipeline::{produce_to, RawRecord};
 use tally_tests::report::ScenarioReport;
 use tally_tests::{stack, RestoreNode};
 
+/// Starts a scenario's services (small batches) and its load.
+async fn scenario(name: &str, title: &str, topology: Topology, load: LoadSpec) -> Harness {
+    let mut h = Harness::start(name, title, topology, &small_batches()).await;
+    h.start_load(load).await;
+    h
+}
+
 /// Small batches, so a kill lands between many transactions.
 fn small_batches() -> Vec<(&'static str, String)> {
     vec![
@@ -101,7 +108,9 @@ fn at(i: usize, n: usize) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s03_counter_kill() {
-    let mut h = Harness::start(
+    // ~85 s of load: the failpoint rounds (stop, restart armed, rebalance, crash,
+    // restart) take several seconds each and must all land while records flow.
+    let mut h = scenario(
         "03-counter-kill",
         "counter kill -9 (3 rounds) and a crash at each failpoint",
         Topology {
@@ -109,16 +118,12 @@ async fn s03_counter_kill() {
             counters: 2,
             aggregators: 1,
         },
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 3000,
+            rate: 35.0,
+        },
     )
-    .await;
-    // ~85 s of load: the failpoint rounds (stop, restart armed, rebalance, crash,
-    // restart) take several seconds each and must all land while records flow.
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 3000,
-        rate: 35.0,
-    })
     .await;
     let points = [
         "counter.after_apply",
@@ -137,18 +142,16 @@ async fn s03_counter_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s07_broker_bounce() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "07-broker-bounce",
         "Kafka brokers: rolling kill -9, then rolling clean restart",
         one_each(),
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 3000,
+            rate: 30.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 3000,
-        rate: 30.0,
-    })
     .await;
     let brokers = ["kafka-1", "kafka-2", "kafka-3"];
     for (round, clean) in [false, true].into_iter().enumerate() {
@@ -174,7 +177,7 @@ async fn s07_broker_bounce() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s10_redis_master_kill() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "10-redis-master-kill",
         "Redis master kill -9, replica promoted, old master rejoins",
         Topology {
@@ -182,14 +185,12 @@ async fn s10_redis_master_kill() {
             counters: 2,
             aggregators: 1,
         },
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 2000,
+            rate: 40.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 2000,
-        rate: 40.0,
-    })
     .await;
     // The master of the first client's slot holds its stash and its counts.
     let keys = Keys::new(h.settings.redis.prefix.clone());
@@ -214,7 +215,7 @@ async fn s10_redis_master_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s00_broken_dedup_is_caught() {
     let broken = tally_common::counting::BROKEN_DEDUP;
-    let mut h = Harness::start(
+    let mut h = scenario(
         "00-broken-dedup",
         "proof: a broken dedup must make verify fail",
         Topology {
@@ -222,14 +223,12 @@ async fn s00_broken_dedup_is_caught() {
             counters: 0,
             aggregators: 1,
         },
-        &small_batches(),
+        LoadSpec {
+            clients: 3,
+            lines: 600,
+            rate: 100.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 3,
-        lines: 600,
-        rate: 100.0,
-    })
     .await;
     h.wait_stored(0.3, SETTLE).await;
     h.add_counter_slot();
@@ -257,22 +256,20 @@ async fn s00_broken_dedup_is_caught() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s01_producer_kill() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "01-producer-kill",
         "producer kill -9 (3 rounds); clients resume on the other producer, which adopts the orphans",
         Topology {
-            producers: 2,
-            counters: 1,
-            aggregators: 1,
+                producers: 2,
+                counters: 1,
+                aggregators: 1,
+            },
+        LoadSpec {
+            clients: 8,
+            lines: 2500,
+            rate: 40.0,
         },
-        &small_batches(),
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 8,
-        lines: 2500,
-        rate: 40.0,
-    })
     .await;
     for r in 0..rounds() {
         h.wait_stored(at(r, rounds()), SETTLE).await;
@@ -286,18 +283,16 @@ async fn s01_producer_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s02_producer_graceful_restart() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "02-producer-restart",
         "producer SIGTERM and restart under load",
         one_each(),
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 2000,
+            rate: 40.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 2000,
-        rate: 40.0,
-    })
     .await;
     for r in 0..rounds() {
         h.wait_stored(at(r, rounds()), SETTLE).await;
@@ -315,7 +310,7 @@ async fn s02_producer_graceful_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s04_aggregator_kill() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "04-aggregator-kill",
         "aggregator kill -9 (3 rounds) and a crash at each failpoint",
         Topology {
@@ -323,14 +318,12 @@ async fn s04_aggregator_kill() {
             counters: 1,
             aggregators: 2,
         },
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 2500,
+            rate: 35.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 2500,
-        rate: 35.0,
-    })
     .await;
     let points = ["aggregator.after_apply", "aggregator.before_commit"];
     let n = rounds() + points.len();
@@ -386,7 +379,7 @@ fn add_counter(h: &mut Harness) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s06_rebalance_churn() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "06-rebalance-churn",
         "counters and aggregators stopped and started during load",
         Topology {
@@ -394,14 +387,12 @@ async fn s06_rebalance_churn() {
             counters: 3,
             aggregators: 3,
         },
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 2500,
+            rate: 40.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 2500,
-        rate: 40.0,
-    })
     .await;
     let steps = 2 * rounds();
     for r in 0..steps {
@@ -433,18 +424,16 @@ async fn s06_rebalance_churn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s08_coordinator_kill() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "08-coordinator-kill",
         "transaction coordinator's broker, then group coordinator's, killed during commits",
         one_each(),
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 2500,
+            rate: 40.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 2500,
-        rate: 40.0,
-    })
     .await;
     let txn_id = format!("{}-c0", h.settings.counter.group_id);
     let group = h.settings.counter.group_id.clone();
@@ -464,18 +453,16 @@ async fn s08_coordinator_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s09_below_min_isr() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "09-below-min-isr",
         "two brokers down (below min ISR) for 20 s; ingest stashes, then backpressures",
         one_each(),
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 2000,
+            rate: 40.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 2000,
-        rate: 40.0,
-    })
     .await;
     h.wait_counted(0.3, SETTLE).await;
     h.inject("kill -9 kafka-2 and kafka-3");
@@ -494,18 +481,16 @@ async fn s09_below_min_isr() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s11_redis_master_pause() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "11-redis-master-pause",
         "Redis master SIGSTOP past cluster-node-timeout, then SIGCONT",
         one_each(),
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 2000,
+            rate: 40.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 2000,
-        rate: 40.0,
-    })
     .await;
     let keys = Keys::new(h.settings.redis.prefix.clone());
     let key = keys.client_count(&first_client(&h));
@@ -524,18 +509,16 @@ async fn s11_redis_master_pause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s12_disconnect_storm() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "12-disconnect-storm",
         "every client connection dropped at once, repeatedly; clients resume",
         one_each(),
-        &small_batches(),
+        LoadSpec {
+            clients: 20,
+            lines: 800,
+            rate: 20.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 20,
-        lines: 800,
-        rate: 20.0,
-    })
     .await;
     let storms = 3 * rounds();
     for r in 0..storms {
@@ -550,18 +533,16 @@ async fn s12_disconnect_storm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s13_poison_records() {
-    let mut h = Harness::start(
+    let mut h = scenario(
         "13-poison-records",
         "malformed records written straight into both topics",
         one_each(),
-        &small_batches(),
+        LoadSpec {
+            clients: 6,
+            lines: 1500,
+            rate: 40.0,
+        },
     )
-    .await;
-    h.start_load(LoadSpec {
-        clients: 6,
-        lines: 1500,
-        rate: 40.0,
-    })
     .await;
     h.wait_counted(0.3, SETTLE).await;
     h.inject("poison into client_message and message_aggregation");
