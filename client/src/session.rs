@@ -589,7 +589,6 @@ async fn transmit<S: LineSource>(
             let next = window.next;
             if next < window.lines.len() {
                 let pending = &mut window.lines[next];
-                pending.sent_at = Some(Instant::now());
                 pending.ever_sent = true;
                 let line = pending.line.clone();
                 window.next += 1;
@@ -614,6 +613,16 @@ async fn transmit<S: LineSource>(
                         next_due = now;
                     }
                     next_due += interval;
+                }
+                // Stamped after the pacing wait, so ACK latency is the producer's
+                // time, not the rate limit's. Only this task selects lines, so the
+                // line just selected is still the last one sent.
+                {
+                    let mut window = session.window();
+                    let last = window.next.checked_sub(1);
+                    if let Some(pending) = last.and_then(|i| window.lines.get_mut(i)) {
+                        pending.sent_at = Some(Instant::now());
+                    }
                 }
                 let written = async {
                     writer.write_all(line.as_bytes()).await?;
