@@ -399,37 +399,29 @@ impl Harness {
 
     /// Waits until at least `fraction` of the expected messages were counted.
     pub async fn wait_counted(&self, fraction: f64, timeout: Duration) {
-        let target = (self.expected as f64 * fraction) as u64;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self
-                .latest()
-                .is_some_and(|(_, _, counted)| counted >= target)
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "[{}] counted {:?} of {target} after {timeout:?}\n{}",
-                self.name,
-                self.latest(),
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        self.wait_progress("counted", |(_, _, counted)| counted, fraction, timeout)
+            .await;
     }
 
     /// Waits until at least `fraction` of the expected messages were stored (ACKed).
     pub async fn wait_stored(&self, fraction: f64, timeout: Duration) {
+        self.wait_progress("stored", |(_, stored, _)| stored, fraction, timeout)
+            .await;
+    }
+
+    async fn wait_progress(
+        &self,
+        what: &str,
+        pick: fn(Reading) -> u64,
+        fraction: f64,
+        timeout: Duration,
+    ) {
         let target = (self.expected as f64 * fraction) as u64;
         let deadline = Instant::now() + timeout;
-        loop {
-            if self.latest().is_some_and(|(_, stored, _)| stored >= target) {
-                return;
-            }
+        while self.latest().is_none_or(|r| pick(r) < target) {
             assert!(
                 Instant::now() < deadline,
-                "[{}] stored {:?} of {target} after {timeout:?}\n{}",
+                "[{}] {what} {:?} of {target} after {timeout:?}\n{}",
                 self.name,
                 self.latest(),
                 self.logs()

@@ -639,32 +639,14 @@ async fn s14_soak() {
     while std::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(10 + next(15))).await;
         match next(6) {
-            0 => {
-                bounce(
-                    &mut h,
-                    Role::Counter,
-                    next(2) as usize,
-                    Duration::from_secs(1),
-                )
-                .await
-            }
-            1 => {
-                bounce(
-                    &mut h,
-                    Role::Aggregator,
-                    next(2) as usize,
-                    Duration::from_secs(1),
-                )
-                .await
-            }
-            2 => {
-                bounce(
-                    &mut h,
-                    Role::Producer,
-                    next(2) as usize,
-                    Duration::from_secs(5),
-                )
-                .await
+            k @ 0..=2 => {
+                let (role, down) = [
+                    (Role::Counter, 1),
+                    (Role::Aggregator, 1),
+                    (Role::Producer, 5),
+                ][k as usize];
+                let i = next(2) as usize;
+                bounce(&mut h, role, i, Duration::from_secs(down)).await;
             }
             3 => {
                 let broker = format!("kafka-{}", 1 + next(3));
