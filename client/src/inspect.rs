@@ -123,6 +123,7 @@ pub struct StatusView {
 }
 
 /// Read-only access to a pipeline's Redis keys and Kafka topics.
+#[derive(Clone)]
 pub struct Inspector {
     conn: ClusterConnection,
     keys: Keys,

@@ -329,8 +329,10 @@ const TEXT_COLOR: RGBColor = RGBColor(20, 20, 20);
 static DEJAVU_SANS: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 
 /// Registers the bundled font as plotters' `sans-serif` (the family its axes,
-/// labels and our text use) once per process.
-fn ensure_font() -> Result<(), ReportError> {
+/// labels and our text use) once per process. Call it before drawing any text
+/// with plotters (`tally-bench`'s charts use it too, so there is one copy of the
+/// font); later calls are free.
+pub fn ensure_font() -> Result<(), ReportError> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED
         .get_or_init(|| register_font("sans-serif", FontStyle::Normal, DEJAVU_SANS).is_ok());

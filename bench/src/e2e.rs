@@ -1,0 +1,490 @@
+//! tally end to end: the three services as processes (the release binaries next
+//! to `tally-bench`), fed by `tally mtc`'s own sessions at full speed (or at a set
+//! rate), each point waited for until `tally verify`'s check is exact.
+//!
+//! Per point it measures ingest (first line sent → last ACK), end to end (first
+//! line sent → every client and message count exact), ACK latency of every
+//! message, and ACK → counted latency of probe messages sent alongside the load
+//! (one every [`PROBE_EVERY`], each polled until the aggregator counted it), plus
+//! every process's CPU and peak RSS ([`crate::procstat`]). A point whose counts do
+//! not come out exact fails the benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tally_client::inspect::Inspector;
+use tally_client::manifest::Manifest;
+use tally_client::mtc::{self, MtcPlan};
+use tally_client::session::Progress;
+use tally_client::verify;
+use tally_common::kafka::{ensure_topics, tally_topics};
+use tally_common::{ClientId, MessageHash, Settings};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::procstat::{Sampler, Watched};
+use crate::results::E2ePoint;
+use crate::BenchError;
+
+/// How often a probe message is sent for the end-to-end latency.
+pub const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// How often outstanding probes are looked up.
+const PROBE_POLL: Duration = Duration::from_millis(5);
+/// Longest a point may take to come out exact after its last ACK.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Un-ACKed lines per client: `tally mtc`'s default.
+const WINDOW: usize = 1000;
+
+/// One tally service process, killed when dropped.
+struct Service {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    fn start(
+        bin_dir: &Path,
+        name: &str,
+        config: &Path,
+        env: &[(String, String)],
+        log_dir: &Path,
+    ) -> Result<Self, BenchError> {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log)
+            .map_err(|e| BenchError::io(log.display().to_string(), e))?;
+        let mut cmd = Command::new(bin_dir.join(name));
+        cmd.arg("--config")
+            .arg(config)
+            .env("TALLY__LOG__FORMAT", "plain")
+            .stdout(Stdio::null())
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| BenchError::io(format!("start {}", bin_dir.join(name).display()), e))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    fn alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::Check(format!(
+                "{} exited ({status}); see {}",
+                self.name,
+                self.log.display()
+            ))),
+            Err(e) => Err(BenchError::io(format!("wait for {}", self.name), e)),
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One producer, one counter and one aggregator on their own topics and prefix.
+pub struct Pipeline {
+    /// Settings the services and the load use.
+    pub settings: Settings,
+    /// Where the producer listens.
+    pub producer_addr: String,
+    services: Vec<Service>,
+    inspector: Inspector,
+    work_dir: PathBuf,
+}
+
+impl Pipeline {
+    /// Creates the topics (RF and min ISR from `base`, `partitions` each) and
+    /// starts the services; returns once a first small run came out exact.
+    pub async fn start(
+        base: &Settings,
+        name: &str,
+        partitions: i32,
+        config: &Path,
+        work_dir: &Path,
+        producer_port: u16,
+    ) -> Result<Self, BenchError> {
+        let mut settings = base.clone();
+        settings.redis.prefix = name.to_owned();
+        settings.kafka.client_message_topic = format!("{name}.client_message");
+        settings.kafka.message_aggregation_topic = format!("{name}.message_aggregation");
+        settings.kafka.dlq_topic = format!("{name}.dlq");
+        settings.counter.group_id = format!("{name}.counter");
+        settings.aggregator.group_id = format!("{name}.aggregator");
+        let specs: Vec<_> = tally_topics(&settings.kafka)
+            .into_iter()
+            .map(|mut t| {
+                t.partitions = partitions;
+                t
+            })
+            .collect();
+        ensure_topics(&settings.kafka, &specs, Duration::from_secs(60)).await?;
+
+        let producer_addr = format!("127.0.0.1:{producer_port}");
+        let env: Vec<(String, String)> = vec![
+            ("TALLY__REDIS__PREFIX", settings.redis.prefix.clone()),
+            (
+                "TALLY__KAFKA__CLIENT_MESSAGE_TOPIC",
+                settings.kafka.client_message_topic.clone(),
+            ),
+            (
+                "TALLY__KAFKA__MESSAGE_AGGREGATION_TOPIC",
+                settings.kafka.message_aggregation_topic.clone(),
+            ),
+            ("TALLY__KAFKA__DLQ_TOPIC", settings.kafka.dlq_topic.clone()),
+            ("TALLY__KAFKA__BROKERS", settings.kafka.brokers.clone()),
+            ("TALLY__REDIS__NODES", settings.redis.nodes.join(",")),
+            (
+                "TALLY__COUNTER__GROUP_ID",
+                settings.counter.group_id.clone(),
+            ),
+            (
+                "TALLY__AGGREGATOR__GROUP_ID",
+                settings.aggregator.group_id.clone(),
+            ),
+            ("TALLY__PRODUCER__LISTEN", producer_addr.clone()),
+            ("TALLY__PRODUCER__INSTANCE_ID", format!("{name}-p")),
+            ("TALLY__COUNTER__INSTANCE_ID", format!("{name}-c")),
+            ("TALLY__PRODUCER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
+            ("TALLY__COUNTER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
+            ("TALLY__AGGREGATOR__OBSERVE_LISTEN", "127.0.0.1:0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let bin_dir = std::env::current_exe()
+            .map_err(|e| BenchError::io("locate tally-bench", e))?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| BenchError::Check("tally-bench has no directory".into()))?;
+        let work_dir = work_dir.join(name);
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| BenchError::io(work_dir.display().to_string(), e))?;
+        let mut services = Vec::new();
+        for service in ["tally-producer", "tally-counter", "tally-aggregator"] {
+            services.push(Service::start(&bin_dir, service, config, &env, &work_dir)?);
+        }
+        let inspector = Inspector::connect(&settings)
+            .await
+            .map_err(|e| BenchError::Check(format!("inspector: {e}")))?;
+        let mut pipeline = Self {
+            settings,
+            producer_addr,
+            services,
+            inspector,
+            work_dir,
+        };
+        pipeline.wait_listening(Duration::from_secs(60)).await?;
+        Ok(pipeline)
+    }
+
+    async fn wait_listening(&mut self, timeout: Duration) -> Result<(), BenchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for s in &mut self.services {
+                s.alive()?;
+            }
+            if TcpStream::connect(&self.producer_addr).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Check(format!(
+                    "the producer did not listen on {} within {timeout:?}",
+                    self.producer_addr
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Processes of the pipeline, to watch.
+    pub fn processes(&self) -> Vec<Watched> {
+        self.services
+            .iter()
+            .map(|s| Watched {
+                name: s.name.clone(),
+                role: "tally".into(),
+                pid: s.child.id(),
+            })
+            .collect()
+    }
+
+    /// Runs one point: `clients` sessions each sending `lines` (`repeat` times),
+    /// at `rate_per_client` if set; waits until exact.
+    pub async fn point(
+        &mut self,
+        id: &str,
+        clients: usize,
+        lines: &[String],
+        repeat: u64,
+        rate_per_client: Option<f64>,
+        mut watched: Vec<Watched>,
+    ) -> Result<E2ePoint, BenchError> {
+        let input = self.work_dir.join(format!("{id}.txt"));
+        std::fs::write(&input, lines.join("\n") + "\n")
+            .map_err(|e| BenchError::io(input.display().to_string(), e))?;
+        let plan = MtcPlan {
+            clients,
+            files: vec![input],
+            repeat,
+            rate: rate_per_client,
+            addrs: vec![self.producer_addr.clone()],
+            run_id: id.to_owned(),
+            manifest_path: self.work_dir.join(format!("{id}.manifest.json")),
+            window: WINDOW,
+            timeout: Duration::from_secs(600),
+            max_line: self.settings.producer.max_line_bytes,
+        };
+        let (manifest, lines, resumed) = mtc::prepare(&plan, &self.inspector)
+            .await
+            .map_err(|e| BenchError::Check(format!("mtc {id}: {e}")))?;
+        let expected = manifest.per_client * manifest.clients.len() as u64;
+
+        watched.extend(self.processes());
+        let sampler = Sampler::start(watched);
+        let probe = Probe::start(
+            self.producer_addr.clone(),
+            format!("{}-probe-{id}", self.settings.redis.prefix),
+            self.inspector.clone(),
+        );
+        let started = Instant::now();
+        let outcome = mtc::execute(
+            &plan,
+            manifest,
+            lines,
+            resumed,
+            Arc::new(Progress::default()),
+        )
+        .await
+        .map_err(|e| BenchError::Check(format!("mtc {id}: {e}")))?;
+        let ingest_s = started.elapsed().as_secs_f64();
+        probe.stop_sending();
+        if let Some((client, e)) = outcome.failures.first() {
+            return Err(BenchError::Check(format!(
+                "mtc {id}: {} of {clients} clients failed (first: {client}: {e})",
+                outcome.failures.len()
+            )));
+        }
+        let acked = outcome.manifest.result.as_ref().map_or(0, |r| r.acked);
+        if acked != expected {
+            return Err(BenchError::Check(format!(
+                "mtc {id}: ACKed {acked} of {expected}"
+            )));
+        }
+        let (exact, mismatches, counted_s) = self.wait_exact(&outcome.manifest, started).await?;
+        let cost = sampler.finish(expected).await;
+        let e2e = probe.finish(Duration::from_secs(5)).await;
+        for s in &mut self.services {
+            s.alive()?;
+        }
+        let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Ok(E2ePoint {
+            clients,
+            rate_per_client,
+            messages: expected,
+            ingest_s,
+            ingest_per_s: expected as f64 / ingest_s,
+            counted_s,
+            end_to_end_per_s: expected as f64 / counted_s,
+            ack_p50_ms: q(&outcome.latency_us, 0.5),
+            ack_p99_ms: q(&outcome.latency_us, 0.99),
+            e2e_p50_ms: (!e2e.is_empty()).then(|| q(&e2e, 0.5)),
+            e2e_p99_ms: (!e2e.is_empty()).then(|| q(&e2e, 0.99)),
+            e2e_samples: e2e.len(),
+            exact,
+            mismatches,
+            cost,
+        })
+    }
+
+    /// Waits until the manifest's counts are exact: first the clients' counts
+    /// (cheap), then the full check. Returns (exact, mismatches, seconds since
+    /// `started` at the check that found it exact).
+    async fn wait_exact(
+        &self,
+        manifest: &Manifest,
+        started: Instant,
+    ) -> Result<(bool, Vec<String>, f64), BenchError> {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        let keys: Vec<String> = manifest
+            .clients
+            .iter()
+            .filter_map(|c| ClientId::parse(c).ok())
+            .map(|c| self.inspector.keys().client_count(&c))
+            .collect();
+        let want = manifest.per_client * keys.len() as u64;
+        while Instant::now() < deadline {
+            let counts = self
+                .inspector
+                .numbers(&keys)
+                .await
+                .map_err(|e| BenchError::Check(format!("read counts: {e}")))?;
+            if counts.iter().sum::<u64>() >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let patience = verify::Patience {
+            timeout: deadline.saturating_duration_since(Instant::now()),
+            settle: Duration::from_secs(60),
+            poll: Duration::from_millis(20),
+        };
+        let (verdict, _) = verify::wait_and_check(&self.inspector, manifest, patience, |_| {})
+            .await
+            .map_err(|e| BenchError::Check(format!("verify: {e}")))?;
+        let counted_s = started.elapsed().as_secs_f64();
+        let mismatches = verdict
+            .mismatches
+            .iter()
+            .take(5)
+            .map(|m| {
+                format!(
+                    "{} {}: expected {} found {}",
+                    m.what, m.key, m.expected, m.found
+                )
+            })
+            .collect();
+        Ok((verdict.exact(), mismatches, counted_s))
+    }
+}
+
+/// Probe messages for the ACK → counted latency: sent one at a time every
+/// [`PROBE_EVERY`] while the load runs; each is looked up until its message count
+/// is 1.
+struct Probe {
+    sending: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    sender: tokio::task::JoinHandle<Result<(), String>>,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Probe {
+    fn start(addr: String, client: String, inspector: Inspector) -> Self {
+        let sending = Arc::new(AtomicBool::new(true));
+        let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        let latencies = Arc::new(Mutex::new(crate::latency_histogram()));
+        let sender = tokio::spawn(send_probes(addr, client, sending.clone(), acked.clone()));
+        let poller = tokio::spawn(poll_probes(inspector, acked.clone(), latencies.clone()));
+        Self {
+            sending,
+            acked,
+            sender,
+            latencies,
+            poller,
+        }
+    }
+
+    fn stop_sending(&self) {
+        self.sending.store(false, Ordering::Relaxed);
+    }
+
+    /// Stops; probes not counted within `grace` after this are left out (they were
+    /// counted before the point's check came out exact, so this is only the
+    /// poller catching up).
+    async fn finish(self, grace: Duration) -> Histogram<u64> {
+        self.stop_sending();
+        match self.sender.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("latency probe stopped early: {e}"),
+            Err(e) => tracing::warn!("latency probe task failed: {e}"),
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && !self.acked.lock().await.is_empty() {
+            tokio::time::sleep(PROBE_POLL).await;
+        }
+        self.poller.abort();
+        let h = self.latencies.lock().await.clone();
+        h
+    }
+}
+
+async fn send_probes(
+    addr: String,
+    client: String,
+    sending: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("probe connect: {e}"))?;
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read).lines();
+    write
+        .write_all(format!("HELLO {client}\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let welcome = read.next_line().await.map_err(|e| e.to_string())?;
+    if !welcome.is_some_and(|w| w.starts_with("WELCOME ")) {
+        return Err("probe: no WELCOME".into());
+    }
+    let mut k = 0u64;
+    while sending.load(Ordering::Relaxed) {
+        k += 1;
+        let text = format!("{client} message {k}");
+        write
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        match read.next_line().await.map_err(|e| e.to_string())? {
+            Some(reply) if reply == format!("ACK {k}") => {
+                acked.lock().await.push((text, Instant::now()));
+            }
+            other => return Err(format!("probe: expected ACK {k}, got {other:?}")),
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+    Ok(())
+}
+
+async fn poll_probes(
+    inspector: Inspector,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    latencies: Arc<Mutex<Histogram<u64>>>,
+) {
+    loop {
+        tokio::time::sleep(PROBE_POLL).await;
+        let outstanding: Vec<(String, Instant)> = acked.lock().await.clone();
+        if outstanding.is_empty() {
+            continue;
+        }
+        let keys: Vec<String> = outstanding
+            .iter()
+            .map(|(text, _)| {
+                inspector
+                    .keys()
+                    .message_count(&MessageHash::of(text.as_bytes()))
+            })
+            .collect();
+        let Ok(counts) = inspector.numbers(&keys).await else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for ((text, at), count) in outstanding.iter().zip(counts) {
+            if count > 0 {
+                let _ = latencies
+                    .lock()
+                    .await
+                    .record(now.duration_since(*at).as_micros() as u64);
+                done.push(text.clone());
+            }
+        }
+        acked.lock().await.retain(|(t, _)| !done.contains(t));
+    }
+}

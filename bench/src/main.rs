@@ -1,0 +1,347 @@
+//! `tally-bench`: run by `scripts/bench` (which starts the stack and builds the
+//! release binaries first). See the crate docs and docs/benchmarks.md.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tally_bench::e2e::Pipeline;
+use tally_bench::procstat::{stack_processes, Watched};
+use tally_bench::raw_kafka::{produce_ceiling, transactional_ceiling};
+use tally_bench::raw_redis::script_ceilings;
+use tally_bench::report;
+use tally_bench::results::{BenchConfig, BenchResults, E2ePoint, Machine, RunResult};
+use tally_common::kafka::{ensure_topics, TopicSpec};
+use tally_common::Settings;
+
+/// Raw Kafka and Redis ceilings next to tally end to end, medians over runs.
+#[derive(Debug, Parser)]
+#[command(name = "tally-bench", version)]
+struct Args {
+    /// tally configuration of the stack to measure (brokers, Redis nodes, RF).
+    #[arg(long, env = "TALLY_CONFIG")]
+    config: PathBuf,
+    /// Results folder (results.json, report.md, PNG charts, service logs).
+    #[arg(long)]
+    out: PathBuf,
+    /// The text the end-to-end clients replay (non-empty lines).
+    #[arg(long)]
+    input: PathBuf,
+    /// Runs; every figure is the median over them.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    runs: u64,
+    /// Client counts of the end-to-end points, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100, 1000])]
+    clients: Vec<usize>,
+    /// Messages each full-speed end-to-end point sends over all its clients.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    messages: u64,
+    /// Seconds each raw ceiling is driven for.
+    #[arg(long, default_value_t = 6.0)]
+    raw_seconds: f64,
+    /// Bytes of each raw Kafka record and Redis stash line.
+    #[arg(long, default_value_t = 60)]
+    record_bytes: usize,
+    /// Clients of the half-rate point (ACK latency at half the sustained rate).
+    #[arg(long, default_value_t = 100)]
+    half_rate_clients: usize,
+    /// Seconds the half-rate point sends for.
+    #[arg(long, default_value_t = 15.0)]
+    half_rate_seconds: f64,
+    /// Partitions of every benchmark topic (default: the config's `kafka.partitions`).
+    #[arg(long)]
+    partitions: Option<i32>,
+    /// `scripts/stack`'s state dir, for the brokers' and Redis nodes' pids.
+    #[arg(long, env = "TALLY_STACK_DIR")]
+    stack_dir: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        bail!("--clients needs client counts above 0");
+    }
+    if !(args.raw_seconds > 0.0 && args.half_rate_seconds > 0.0) {
+        bail!("--raw-seconds and --half-rate-seconds must be above 0");
+    }
+    if args.record_bytes < 20 {
+        bail!("--record-bytes must be at least 20");
+    }
+    let settings = Settings::load(Some(&args.config))
+        .with_context(|| format!("load {}", args.config.display()))?;
+    let novel = read_lines(&args.input)?;
+    let partitions = args.partitions.unwrap_or(settings.kafka.partitions);
+    let stack_dir = args.stack_dir.clone().unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/state/tally/stack")
+    });
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+
+    let started = Instant::now();
+    let mut results = BenchResults {
+        started_at: rfc3339_now(),
+        machine: machine(),
+        config: BenchConfig {
+            runs: args.runs as usize,
+            raw_seconds: args.raw_seconds,
+            record_bytes: args.record_bytes,
+            clients: args.clients.clone(),
+            messages_per_point: args.messages,
+            half_rate_clients: args.half_rate_clients,
+            partitions,
+        },
+        runs: Vec::new(),
+        elapsed_s: 0.0,
+    };
+    let stamp = format!("bench-{}", unix_s());
+    for run in 1..=args.runs as usize {
+        let name = format!("{stamp}-r{run}");
+        eprintln!("== run {run}/{}: {name}", args.runs);
+        let result = one_run(&args, &settings, &novel, &name, run, partitions, &stack_dir).await?;
+        results.runs.push(result);
+        results.elapsed_s = started.elapsed().as_secs_f64();
+        // Written after every run, so an interrupted benchmark keeps what it measured.
+        write_json(&args.out, &results)?;
+    }
+    results.elapsed_s = started.elapsed().as_secs_f64();
+    write_json(&args.out, &results)?;
+    let summary = report::summarize(&results);
+    let md = report::write_markdown(&results, &summary, &args.out)?;
+    let charts = report::write_charts(&results, &summary, &args.out)?;
+    println!("{}", report::summary_text(&results, &summary));
+    println!("report: {}", md.display());
+    for c in charts {
+        println!("chart:  {}", c.display());
+    }
+    println!("json:   {}", args.out.join("results.json").display());
+    let inexact = results
+        .runs
+        .iter()
+        .flat_map(|r| &r.e2e)
+        .filter(|p| !p.exact)
+        .count();
+    if inexact > 0 {
+        bail!("{inexact} end-to-end point(s) were not exact: not a result");
+    }
+    Ok(())
+}
+
+async fn one_run(
+    args: &Args,
+    settings: &Settings,
+    novel: &[String],
+    name: &str,
+    run: usize,
+    partitions: i32,
+    stack_dir: &std::path::Path,
+) -> anyhow::Result<RunResult> {
+    let raw = format!("{name}.raw");
+    let raw_out = format!("{name}.raw_out");
+    let specs: Vec<TopicSpec> = [&raw, &raw_out]
+        .into_iter()
+        .map(|t| TopicSpec {
+            name: t.clone(),
+            partitions,
+            replication_factor: settings.kafka.replication_factor,
+            min_insync_replicas: settings.kafka.min_insync_replicas,
+        })
+        .collect();
+    ensure_topics(&settings.kafka, &specs, Duration::from_secs(60)).await?;
+
+    let kafka_produce =
+        produce_ceiling(&settings.kafka, &raw, args.record_bytes, args.raw_seconds).await?;
+    eprintln!(
+        "   kafka produce ceiling: {:>9.0} records/s",
+        kafka_produce.per_s
+    );
+    let kafka_transactional = transactional_ceiling(
+        &settings.kafka,
+        &raw,
+        &raw_out,
+        &format!("{name}.passthrough"),
+        kafka_produce.items,
+        args.raw_seconds,
+    )
+    .await?;
+    eprintln!(
+        "   kafka transactional pass-through: {:>9.0} records/s",
+        kafka_transactional.per_s
+    );
+    let redis = script_ceilings(
+        &settings.redis,
+        &format!("{name}-raw"),
+        args.record_bytes,
+        args.raw_seconds / 2.0,
+    )
+    .await?;
+    for r in &redis {
+        eprintln!(
+            "   redis {:<13} {:>9.0} items/s (call p99 {:.1} ms)",
+            r.script, r.throughput.per_s, r.call_p99_ms
+        );
+    }
+
+    let port = free_port()?;
+    let mut pipeline =
+        Pipeline::start(settings, name, partitions, &args.config, &args.out, port).await?;
+    let watch = |pipeline_extra: &[Watched]| {
+        let mut w = stack_processes(stack_dir);
+        w.push(Watched {
+            name: "load (tally-bench)".into(),
+            role: "load".into(),
+            pid: std::process::id(),
+        });
+        w.extend(pipeline_extra.iter().cloned());
+        w
+    };
+    // A first small point brings the consumer groups up, off the clock.
+    let warm = pipeline
+        .point(
+            "warmup",
+            1,
+            &novel[..novel.len().min(200)],
+            1,
+            None,
+            Vec::new(),
+        )
+        .await?;
+    if !warm.exact {
+        bail!("the warm-up run was not exact: {:?}", warm.mismatches);
+    }
+
+    let mut e2e: Vec<E2ePoint> = Vec::new();
+    for &clients in &args.clients {
+        let per_client = (args.messages / clients as u64).max(1);
+        let (lines, repeat) = lines_for(novel, per_client);
+        let point = pipeline
+            .point(
+                &format!("c{clients}"),
+                clients,
+                &lines,
+                repeat,
+                None,
+                watch(&[]),
+            )
+            .await?;
+        print_point(&point);
+        e2e.push(point);
+    }
+    // ACK latency at half of this run's best sustained rate.
+    let best = e2e
+        .iter()
+        .map(|p| p.end_to_end_per_s)
+        .fold(0.0_f64, f64::max);
+    let clients = args.half_rate_clients.max(1);
+    let rate = (best / 2.0 / clients as f64).max(0.1);
+    let per_client = ((rate * args.half_rate_seconds).ceil() as u64).max(1);
+    let (lines, repeat) = lines_for(novel, per_client);
+    let point = pipeline
+        .point("half", clients, &lines, repeat, Some(rate), watch(&[]))
+        .await?;
+    print_point(&point);
+    e2e.push(point);
+
+    Ok(RunResult {
+        run,
+        kafka_produce,
+        kafka_transactional,
+        redis,
+        e2e,
+    })
+}
+
+/// `per_client` lines from the text: the first ones, or all of it repeated (the
+/// total is then rounded up to whole repeats).
+fn lines_for(novel: &[String], per_client: u64) -> (Vec<String>, u64) {
+    let n = novel.len() as u64;
+    if per_client <= n {
+        (novel[..per_client as usize].to_vec(), 1)
+    } else {
+        (novel.to_vec(), per_client.div_ceil(n))
+    }
+}
+
+fn print_point(p: &E2ePoint) {
+    let rate = p
+        .rate_per_client
+        .map_or("full speed".to_owned(), |r| format!("{r:.1} msg/s each"));
+    eprintln!(
+        "   e2e {:>4} clients ({rate}): {} msgs, ingest {:>7.0} msg/s, end to end {:>7.0} msg/s, ACK p99 {:.1} ms, e2e p99 {} ms, {}",
+        p.clients,
+        p.messages,
+        p.ingest_per_s,
+        p.end_to_end_per_s,
+        p.ack_p99_ms,
+        p.e2e_p99_ms.map_or("-".into(), |v| format!("{v:.0}")),
+        if p.exact { "exact" } else { "NOT EXACT" }
+    );
+}
+
+fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    if lines.is_empty() {
+        bail!("{} has no non-empty line", path.display());
+    }
+    Ok(lines)
+}
+
+fn write_json(dir: &std::path::Path, results: &BenchResults) -> anyhow::Result<()> {
+    let path = dir.join("results.json");
+    let text = serde_json::to_string_pretty(results)?;
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn rfc3339_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| unix_s().to_string())
+}
+
+fn machine() -> Machine {
+    let memory_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_mib: memory_kib / 1024,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,220 @@
+//! CPU time and peak memory of processes over a measured interval, from `/proc`.
+//!
+//! CPU is `utime + stime` of the whole process (all threads) at the end minus at
+//! the start; the peak RSS is the highest `VmRSS` of samples taken every
+//! [`SAMPLE_EVERY`] (the kernel's `VmHWM` would be the peak since the process
+//! started, which for a broker includes earlier runs). A process that exits
+//! during the interval keeps its last reading.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::results::ProcessCost;
+
+/// How often RSS is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`); 100 on
+/// every Linux architecture tally runs on.
+const TICKS_PER_S: f64 = 100.0;
+
+/// A process to watch.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// Shown name (`tally-producer`, `kafka-1`, ...).
+    pub name: String,
+    /// What it is part of (`tally`, `load`, `kafka`, `redis`).
+    pub role: String,
+    /// Its pid.
+    pub pid: u32,
+}
+
+/// `utime + stime` of `pid` in ticks, if it is alive.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name (field 2) may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Resident set size of `pid` in KiB, if it is alive.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[derive(Debug, Clone)]
+struct Reading {
+    start_ticks: Option<u64>,
+    last_ticks: Option<u64>,
+    peak_rss_kib: u64,
+}
+
+/// Watches processes from [`Sampler::start`] until [`Sampler::finish`].
+pub struct Sampler {
+    watched: Vec<Watched>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Vec<Reading>>,
+}
+
+impl Sampler {
+    /// Takes the start readings and samples until finished.
+    pub fn start(watched: Vec<Watched>) -> Self {
+        let mut readings: Vec<Reading> = watched
+            .iter()
+            .map(|w| {
+                let ticks = cpu_ticks(w.pid);
+                Reading {
+                    start_ticks: ticks,
+                    last_ticks: ticks,
+                    peak_rss_kib: rss_kib(w.pid).unwrap_or(0),
+                }
+            })
+            .collect();
+        let pids: Vec<u32> = watched.iter().map(|w| w.pid).collect();
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                for (reading, pid) in readings.iter_mut().zip(&pids) {
+                    if let Some(t) = cpu_ticks(*pid) {
+                        reading.last_ticks = Some(t);
+                    }
+                    if let Some(r) = rss_kib(*pid) {
+                        reading.peak_rss_kib = reading.peak_rss_kib.max(r);
+                    }
+                }
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                }
+            }
+            // One last reading at the end of the interval.
+            for (reading, pid) in readings.iter_mut().zip(&pids) {
+                if let Some(t) = cpu_ticks(*pid) {
+                    reading.last_ticks = Some(t);
+                }
+            }
+            readings
+        });
+        Self {
+            watched,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Ends the interval; `messages` turns CPU into CPU per message.
+    pub async fn finish(mut self, messages: u64) -> Vec<ProcessCost> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let readings = (&mut self.task).await.unwrap_or_default();
+        self.watched
+            .iter()
+            .zip(readings)
+            .map(|(w, r)| {
+                let ticks = match (r.start_ticks, r.last_ticks) {
+                    (Some(a), Some(b)) => b.saturating_sub(a),
+                    _ => 0,
+                };
+                let cpu_s = ticks as f64 / TICKS_PER_S;
+                ProcessCost {
+                    name: w.name.clone(),
+                    role: w.role.clone(),
+                    cpu_s,
+                    peak_rss_mib: r.peak_rss_kib as f64 / 1024.0,
+                    cpu_us_per_message: if messages == 0 {
+                        0.0
+                    } else {
+                        cpu_s * 1e6 / messages as f64
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The local stack's Kafka brokers and Redis nodes, from the pid files
+/// `scripts/stack` keeps in `<stack_dir>/<node>/pid`; nodes not running are left out.
+pub fn stack_processes(stack_dir: &std::path::Path) -> Vec<Watched> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(stack_dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let role = if name.starts_with("kafka-") {
+            "kafka"
+        } else if name.starts_with("redis-") {
+            "redis"
+        } else {
+            continue;
+        };
+        let pid = std::fs::read_to_string(entry.path().join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .filter(|pid| cpu_ticks(*pid).is_some());
+        if let Some(pid) = pid {
+            found.push(Watched {
+                name,
+                role: role.to_owned(),
+                pid,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn measures_cpu_spent_by_this_process() {
+        let me = Watched {
+            name: "self".into(),
+            role: "load".into(),
+            pid: std::process::id(),
+        };
+        let sampler = Sampler::start(vec![me]);
+        // Burn 0.3 s of CPU (not of wall time: the machine may be busy).
+        let start = cpu_ticks(std::process::id()).expect("own stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while cpu_ticks(std::process::id()).expect("own stat") < start + 30
+            && std::time::Instant::now() < deadline
+        {
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+        }
+        std::hint::black_box(x);
+        let cost = sampler.finish(1000).await;
+        assert_eq!(cost.len(), 1);
+        assert!(cost[0].cpu_s >= 0.3, "cpu {:?}", cost[0]);
+        assert!(cost[0].peak_rss_mib > 1.0, "rss {:?}", cost[0]);
+        assert!((cost[0].cpu_us_per_message - cost[0].cpu_s * 1e3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_missing_process_reads_as_nothing() {
+        assert_eq!(cpu_ticks(u32::MAX), None);
+        assert_eq!(rss_kib(u32::MAX), None);
+    }
+}

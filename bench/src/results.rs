@@ -1,0 +1,149 @@
+//! What one `scripts/bench` run measured, as written to `results.json`.
+//!
+//! Every figure is kept per run (`runs`); the report shows medians over the runs,
+//! and ratios are taken within a run (tally and raw Kafka measured minutes apart
+//! on the same machine) before their median is taken, so a noisy neighbour moves
+//! both sides of a ratio together.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole benchmark.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResults {
+    /// Start, RFC 3339 UTC.
+    pub started_at: String,
+    /// The machine it ran on.
+    pub machine: Machine,
+    /// What was asked for.
+    pub config: BenchConfig,
+    /// One entry per run (3 by default), in order.
+    pub runs: Vec<RunResult>,
+    /// Wall time of the whole benchmark, seconds.
+    pub elapsed_s: f64,
+}
+
+/// The machine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    /// Online CPUs.
+    pub cpus: usize,
+    /// Total memory, MiB.
+    pub memory_mib: u64,
+    /// `uname -r`-like kernel release, if known.
+    pub kernel: String,
+}
+
+/// The benchmark's parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchConfig {
+    /// Runs; every figure is the median over them.
+    pub runs: usize,
+    /// Seconds each raw ceiling is driven for.
+    pub raw_seconds: f64,
+    /// Bytes of each raw Kafka record's value.
+    pub record_bytes: usize,
+    /// Client counts of the end-to-end points.
+    pub clients: Vec<usize>,
+    /// Messages each end-to-end point sends (over all its clients).
+    pub messages_per_point: u64,
+    /// Client count of the half-rate latency point.
+    pub half_rate_clients: usize,
+    /// Partitions of every benchmark topic (RF 3, min ISR 2).
+    pub partitions: i32,
+}
+
+/// One run: the raw ceilings, then tally end to end at each client count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// 1-based.
+    pub run: usize,
+    /// Idempotent acks=all produce ceiling.
+    pub kafka_produce: Throughput,
+    /// Transactional consume-transform-produce pass-through at the counter's cadence.
+    pub kafka_transactional: Throughput,
+    /// The Lua scripts with tally's batch shapes and `WAIT 1`.
+    pub redis: Vec<RedisScriptResult>,
+    /// tally end to end, one per client count, then the half-rate point.
+    pub e2e: Vec<E2ePoint>,
+}
+
+/// Items moved in a time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Records (or messages) completed.
+    pub items: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+    /// `items / seconds`.
+    pub per_s: f64,
+    /// Extra detail, e.g. transactions committed or the batch shape.
+    pub detail: String,
+}
+
+/// One Lua script driven as fast as possible.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedisScriptResult {
+    /// `stash_append`, `count_client` or `count_message`.
+    pub script: String,
+    /// Items per call (lines, sns, or sightings).
+    pub batch: usize,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// Items per second (messages the script accounts for).
+    pub throughput: Throughput,
+    /// Latency of one call incl. its share of `WAIT`, ms.
+    pub call_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub call_p99_ms: f64,
+}
+
+/// tally end to end at one client count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct E2ePoint {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Per-client rate limit (messages/s), `None` = as fast as possible.
+    pub rate_per_client: Option<f64>,
+    /// Messages sent and ACKed (all of them, or the point fails).
+    pub messages: u64,
+    /// Seconds from the first line sent to the last ACK.
+    pub ingest_s: f64,
+    /// `messages / ingest_s`.
+    pub ingest_per_s: f64,
+    /// Seconds from the first line sent until every count was exact.
+    pub counted_s: f64,
+    /// `messages / counted_s`: the end-to-end (sustained) rate.
+    pub end_to_end_per_s: f64,
+    /// ACK latency percentiles over every message, ms.
+    pub ack_p50_ms: f64,
+    /// 99th percentile ACK latency, ms.
+    pub ack_p99_ms: f64,
+    /// Sampled ACK → counted-by-the-aggregator latency, ms (`None` without samples).
+    pub e2e_p50_ms: Option<f64>,
+    /// 99th percentile of the same.
+    pub e2e_p99_ms: Option<f64>,
+    /// How many probe messages the end-to-end latency is from.
+    pub e2e_samples: u64,
+    /// `tally verify` found every client and message count exact.
+    pub exact: bool,
+    /// First mismatches when not exact.
+    pub mismatches: Vec<String>,
+    /// CPU and memory of every process during the point.
+    pub cost: Vec<ProcessCost>,
+}
+
+/// One process's cost during an end-to-end point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessCost {
+    /// `tally-producer`, `tally-counter`, `tally-aggregator`, `load (tally-bench)`,
+    /// `kafka-1`, `redis-7000`, ...
+    pub name: String,
+    /// `tally`, `load`, `kafka` or `redis`: what it is part of.
+    pub role: String,
+    /// User + system CPU seconds spent during the point.
+    pub cpu_s: f64,
+    /// Highest resident set size seen during the point (sampled), MiB.
+    pub peak_rss_mib: f64,
+    /// `cpu_s` per message of the point, µs.
+    pub cpu_us_per_message: f64,
+}
