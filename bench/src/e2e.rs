@@ -33,6 +33,10 @@ use crate::BenchError;
 
 /// How often a probe message is sent for the end-to-end latency.
 pub const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// How long the last probe lines may take to be ACKed once the load ended.
+const PROBE_ACK_GRACE: Duration = Duration::from_secs(30);
+/// How long ACKed probes may take to be counted once the point's counts are exact.
+const PROBE_COUNT_GRACE: Duration = Duration::from_secs(30);
 /// How often outstanding probes are looked up.
 const PROBE_POLL: Duration = Duration::from_millis(5);
 /// Longest a point may take to come out exact after its last ACK.
@@ -48,8 +52,10 @@ struct Service {
 }
 
 impl Service {
+    /// Starts `binary` as the process called `name` (its log is `<name>.log`).
     fn start(
         bin_dir: &Path,
+        binary: &str,
         name: &str,
         config: &Path,
         env: &[(String, String)],
@@ -58,7 +64,7 @@ impl Service {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)
             .map_err(|e| BenchError::io(log.display().to_string(), e))?;
-        let mut cmd = Command::new(bin_dir.join(name));
+        let mut cmd = Command::new(bin_dir.join(binary));
         cmd.arg("--config")
             .arg(config)
             .env("TALLY__LOG__FORMAT", "plain")
@@ -69,7 +75,7 @@ impl Service {
         }
         let child = cmd
             .spawn()
-            .map_err(|e| BenchError::io(format!("start {}", bin_dir.join(name).display()), e))?;
+            .map_err(|e| BenchError::io(format!("start {}", bin_dir.join(binary).display()), e))?;
         Ok(Self {
             name: name.to_owned(),
             child,
@@ -97,7 +103,16 @@ impl Drop for Service {
     }
 }
 
-/// One producer, one counter and one aggregator on their own topics and prefix.
+/// How many of each service a pipeline runs (one producer always).
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// `tally-counter` processes (one consumer group).
+    pub counters: usize,
+    /// `tally-aggregator` processes (one consumer group).
+    pub aggregators: usize,
+}
+
+/// One producer, `Shape` counters and aggregators, on their own topics and prefix.
 pub struct Pipeline {
     /// Settings the services and the load use.
     pub settings: Settings,
@@ -118,6 +133,7 @@ impl Pipeline {
         config: &Path,
         work_dir: &Path,
         producer_port: u16,
+        shape: Shape,
     ) -> Result<Self, BenchError> {
         let mut settings = base.clone();
         settings.redis.prefix = name.to_owned();
@@ -159,7 +175,6 @@ impl Pipeline {
             ),
             ("TALLY__PRODUCER__LISTEN", producer_addr.clone()),
             ("TALLY__PRODUCER__INSTANCE_ID", format!("{name}-p")),
-            ("TALLY__COUNTER__INSTANCE_ID", format!("{name}-c")),
             ("TALLY__PRODUCER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
             ("TALLY__COUNTER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
             ("TALLY__AGGREGATOR__OBSERVE_LISTEN", "127.0.0.1:0".into()),
@@ -176,8 +191,37 @@ impl Pipeline {
         std::fs::create_dir_all(&work_dir)
             .map_err(|e| BenchError::io(work_dir.display().to_string(), e))?;
         let mut services = Vec::new();
-        for service in ["tally-producer", "tally-counter", "tally-aggregator"] {
-            services.push(Service::start(&bin_dir, service, config, &env, &work_dir)?);
+        services.push(Service::start(
+            &bin_dir,
+            "tally-producer",
+            "tally-producer",
+            config,
+            &env,
+            &work_dir,
+        )?);
+        for i in 0..shape.counters {
+            let mut env = env.clone();
+            env.push(("TALLY__COUNTER__INSTANCE_ID".into(), format!("{name}-c{i}")));
+            let label = format!("tally-counter-{i}");
+            services.push(Service::start(
+                &bin_dir,
+                "tally-counter",
+                &label,
+                config,
+                &env,
+                &work_dir,
+            )?);
+        }
+        for i in 0..shape.aggregators {
+            let label = format!("tally-aggregator-{i}");
+            services.push(Service::start(
+                &bin_dir,
+                "tally-aggregator",
+                &label,
+                config,
+                &env,
+                &work_dir,
+            )?);
         }
         let inspector = Inspector::connect(&settings)
             .await
@@ -288,7 +332,7 @@ impl Pipeline {
         }
         let (exact, mismatches, counted_s) = self.wait_exact(&outcome.manifest, started).await?;
         let cost = sampler.finish(expected).await;
-        let e2e = probe.finish(Duration::from_secs(5)).await;
+        let e2e = probe.finish(PROBE_COUNT_GRACE).await;
         for s in &mut self.services {
             s.alive()?;
         }
@@ -394,9 +438,8 @@ impl Probe {
         self.sending.store(false, Ordering::Relaxed);
     }
 
-    /// Stops; probes not counted within `grace` after this are left out (they were
-    /// counted before the point's check came out exact, so this is only the
-    /// poller catching up).
+    /// Stops sending, waits for the last ACKs, then up to `grace` for the ACKed
+    /// probes to be counted; any still uncounted then are left out, with a warning.
     async fn finish(self, grace: Duration) -> Histogram<u64> {
         self.stop_sending();
         match self.sender.await {
@@ -409,11 +452,18 @@ impl Probe {
             tokio::time::sleep(PROBE_POLL).await;
         }
         self.poller.abort();
+        let uncounted = self.acked.lock().await.len();
+        if uncounted > 0 {
+            tracing::warn!("{uncounted} latency probe(s) not counted within {grace:?}: left out");
+        }
         let h = self.latencies.lock().await.clone();
         h
     }
 }
 
+/// Sends a probe line every [`PROBE_EVERY`] without waiting for its ACK (a slow
+/// ACK must not thin out the samples), and notes when each was ACKed; ACKs are
+/// cumulative, so `ACK n` covers every probe up to sn n.
 async fn send_probes(
     addr: String,
     client: String,
@@ -430,26 +480,55 @@ async fn send_probes(
         .await
         .map_err(|e| e.to_string())?;
     let welcome = read.next_line().await.map_err(|e| e.to_string())?;
-    if !welcome.is_some_and(|w| w.starts_with("WELCOME ")) {
-        return Err("probe: no WELCOME".into());
-    }
-    let mut k = 0u64;
-    while sending.load(Ordering::Relaxed) {
-        k += 1;
-        let text = format!("{client} message {k}");
-        write
-            .write_all(format!("{text}\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        match read.next_line().await.map_err(|e| e.to_string())? {
-            Some(reply) if reply == format!("ACK {k}") => {
-                acked.lock().await.push((text, Instant::now()));
+    let last_sn: u64 = welcome
+        .as_deref()
+        .and_then(|w| w.strip_prefix("WELCOME "))
+        .and_then(|w| w.split_whitespace().nth(1))
+        .and_then(|sn| sn.parse().ok())
+        .ok_or_else(|| format!("probe: expected WELCOME, got {welcome:?}"))?;
+    let mut pending: std::collections::VecDeque<(u64, String)> = Default::default();
+    let mut next_sn = last_sn + 1;
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    let mut last_acks = None;
+    loop {
+        let send = sending.load(Ordering::Relaxed);
+        if !send {
+            if pending.is_empty() {
+                return Ok(());
             }
-            other => return Err(format!("probe: expected ACK {k}, got {other:?}")),
+            let deadline = *last_acks.get_or_insert_with(|| Instant::now() + PROBE_ACK_GRACE);
+            if Instant::now() > deadline {
+                return Err(format!("probe: {} line(s) never ACKed", pending.len()));
+            }
         }
-        tokio::time::sleep(PROBE_EVERY).await;
+        tokio::select! {
+            _ = tick.tick(), if send => {
+                let text = format!("{client} message {next_sn}");
+                write
+                    .write_all(format!("{text}\n").as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                pending.push_back((next_sn, text));
+                next_sn += 1;
+            }
+            line = read.next_line() => {
+                let line = line.map_err(|e| e.to_string())?;
+                let sn: u64 = line
+                    .as_deref()
+                    .and_then(|l| l.strip_prefix("ACK "))
+                    .and_then(|n| n.trim().parse().ok())
+                    .ok_or_else(|| format!("probe: expected ACK, got {line:?}"))?;
+                let now = Instant::now();
+                let mut done = acked.lock().await;
+                while pending.front().is_some_and(|(p, _)| *p <= sn) {
+                    if let Some((_, text)) = pending.pop_front() {
+                        done.push((text, now));
+                    }
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
-    Ok(())
 }
 
 async fn poll_probes(

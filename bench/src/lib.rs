@@ -7,6 +7,7 @@
 //! checked exact by `tally verify` (a benchmark that loses data is not a result).
 //! Figures are medians over runs; ratios are taken within a run.
 
+pub mod cleanup;
 pub mod e2e;
 pub mod procstat;
 pub mod raw_kafka;

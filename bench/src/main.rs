@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use tally_bench::e2e::Pipeline;
+use tally_bench::cleanup;
+use tally_bench::e2e::{Pipeline, Shape};
 use tally_bench::procstat::{stack_processes, Watched};
-use tally_bench::raw_kafka::{produce_ceiling, transactional_ceiling};
+use tally_bench::raw_kafka::{produce_ceiling, transactional_ceiling, TxnBatch};
 use tally_bench::raw_redis::script_ceilings;
 use tally_bench::report;
 use tally_bench::results::{BenchConfig, BenchResults, E2ePoint, Machine, RunResult};
@@ -49,9 +50,19 @@ struct Args {
     /// Seconds the half-rate point sends for.
     #[arg(long, default_value_t = 15.0)]
     half_rate_seconds: f64,
+    /// `tally-counter` processes of the end-to-end pipeline.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=12))]
+    counters: u64,
+    /// `tally-aggregator` processes of the end-to-end pipeline.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=12))]
+    aggregators: u64,
     /// Partitions of every benchmark topic (default: the config's `kafka.partitions`).
     #[arg(long)]
     partitions: Option<i32>,
+    /// Keep each run's topics and Redis keys (by default they are removed once the
+    /// run's figures are taken: leftover partitions slow the brokers down).
+    #[arg(long)]
+    keep_data: bool,
     /// `scripts/stack`'s state dir, for the brokers' and Redis nodes' pids.
     #[arg(long, env = "TALLY_STACK_DIR")]
     stack_dir: Option<PathBuf>,
@@ -97,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
             messages_per_point: args.messages,
             half_rate_clients: args.half_rate_clients,
             partitions,
+            counters: args.counters as usize,
+            aggregators: args.aggregators as usize,
         },
         runs: Vec::new(),
         elapsed_s: 0.0,
@@ -169,6 +182,10 @@ async fn one_run(
         &format!("{name}.passthrough"),
         kafka_produce.items,
         args.raw_seconds,
+        TxnBatch {
+            records: settings.counter.batch_max_records,
+            ms: settings.counter.batch_max_ms,
+        },
     )
     .await?;
     eprintln!(
@@ -190,8 +207,19 @@ async fn one_run(
     }
 
     let port = free_port()?;
-    let mut pipeline =
-        Pipeline::start(settings, name, partitions, &args.config, &args.out, port).await?;
+    let mut pipeline = Pipeline::start(
+        settings,
+        name,
+        partitions,
+        &args.config,
+        &args.out,
+        port,
+        Shape {
+            counters: args.counters as usize,
+            aggregators: args.aggregators as usize,
+        },
+    )
+    .await?;
     let watch = |pipeline_extra: &[Watched]| {
         let mut w = stack_processes(stack_dir);
         w.push(Watched {
@@ -248,6 +276,23 @@ async fn one_run(
         .await?;
     print_point(&point);
     e2e.push(point);
+    let kafka = &pipeline.settings.kafka;
+    let topics = vec![
+        raw,
+        raw_out,
+        kafka.client_message_topic.clone(),
+        kafka.message_aggregation_topic.clone(),
+        kafka.dlq_topic.clone(),
+    ];
+    drop(pipeline);
+
+    if !args.keep_data {
+        let prefixes = vec![name.to_owned(), format!("{name}-raw")];
+        match cleanup::remove(settings, &topics, &prefixes).await {
+            Ok(keys) => eprintln!("   removed the run's 5 topics and {keys} Redis keys"),
+            Err(e) => eprintln!("   warning: cleaning up after the run failed: {e}"),
+        }
+    }
 
     Ok(RunResult {
         run,

@@ -7,7 +7,8 @@
 //!   delivery was confirmed count.
 //! - [`transactional_ceiling`]: a read-committed consumer and a transactional
 //!   producer copying those records to a second topic, one transaction per batch
-//!   of the counter's default shape (1,000 records or 100 ms), offsets sent to the
+//!   of the counter's configured shape (`counter.batch_max_records` records or
+//!   `counter.batch_max_ms`), offsets sent to the
 //!   transaction — the counter's loop without Redis.
 //!
 //! Both run on blocking threads: they are the only thing the process does then.
@@ -147,10 +148,14 @@ fn produce_blocking(
     })
 }
 
-/// The counter's default batch: 1,000 records or 100 ms, whichever comes first.
-pub const TXN_BATCH_RECORDS: usize = 1_000;
-/// See [`TXN_BATCH_RECORDS`].
-pub const TXN_BATCH_MS: u64 = 100;
+/// The shape of a transaction: the counter's `batch_max_records` and `batch_max_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct TxnBatch {
+    /// Most records per transaction.
+    pub records: usize,
+    /// Longest a batch collects, ms.
+    pub ms: u64,
+}
 
 /// Copies records from `from` to `to` in transactions of the counter's batch
 /// shape for `seconds` (or until `from` is drained of `available` records).
@@ -161,11 +166,12 @@ pub async fn transactional_ceiling(
     group: &str,
     available: u64,
     seconds: f64,
+    batch: TxnBatch,
 ) -> Result<Throughput, BenchError> {
     let kafka = kafka.clone();
     let (from, to, group) = (from.to_owned(), to.to_owned(), group.to_owned());
     tokio::task::spawn_blocking(move || {
-        transactional_blocking(&kafka, &from, &to, &group, available, seconds)
+        transactional_blocking(&kafka, &from, &to, &group, available, seconds, batch)
     })
     .await
     .map_err(|e| BenchError::Task(e.to_string()))?
@@ -178,6 +184,7 @@ fn transactional_blocking(
     group: &str,
     available: u64,
     seconds: f64,
+    shape: TxnBatch,
 ) -> Result<Throughput, BenchError> {
     let call = Duration::from_secs(30);
     let consumer: BaseConsumer = read_committed_consumer_config(kafka, group)
@@ -211,11 +218,11 @@ fn transactional_blocking(
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(seconds);
     let (mut copied, mut transactions) = (0u64, 0u64);
-    let mut batch = Vec::with_capacity(TXN_BATCH_RECORDS);
+    let mut batch = Vec::with_capacity(shape.records);
     batch.extend(first);
     while Instant::now() < stop && copied < available {
-        let batch_end = Instant::now() + Duration::from_millis(TXN_BATCH_MS);
-        while batch.len() < TXN_BATCH_RECORDS {
+        let batch_end = Instant::now() + Duration::from_millis(shape.ms);
+        while batch.len() < shape.records {
             let now = Instant::now();
             if now >= batch_end {
                 break;
@@ -269,7 +276,8 @@ fn transactional_blocking(
         seconds: elapsed,
         per_s: copied as f64 / elapsed,
         detail: format!(
-            "{transactions} transactions of ≤ {TXN_BATCH_RECORDS} records / {TXN_BATCH_MS} ms, offsets in the transaction"
+            "{transactions} transactions of ≤ {} records / {} ms, offsets in the transaction",
+            shape.records, shape.ms
         ),
     })
 }

@@ -809,14 +809,17 @@ fn markdown(results: &BenchResults, s: &Summary) -> String {
         md,
         "Configuration: {} runs; raw ceilings driven {} s each with {}-byte Kafka records; \
          end-to-end points at {} clients, {} messages each; half-rate latency point at {} \
-         clients; {} partitions per topic (RF 3, min ISR 2).\n",
+         clients; {} partitions per topic (RF 3, min ISR 2); pipeline: 1 producer, {} \
+         counter(s), {} aggregator(s).\n",
         c.runs,
         c.raw_seconds,
         c.record_bytes,
         clients.join(", "),
         thousands(c.messages_per_point as f64),
         c.half_rate_clients,
-        c.partitions
+        c.partitions,
+        c.counters,
+        c.aggregators
     );
     let _ = write!(md, "{}", method_line(s.runs));
     if s.runs != c.runs {
@@ -1669,6 +1672,8 @@ mod tests {
                 messages_per_point: 1_000_000,
                 half_rate_clients: 100,
                 partitions: 12,
+                counters: 1,
+                aggregators: 1,
             },
             runs,
             elapsed_s: 1234.5,

