@@ -152,36 +152,15 @@ impl Pipeline {
         ensure_topics(&settings.kafka, &specs, Duration::from_secs(60)).await?;
 
         let producer_addr = format!("127.0.0.1:{producer_port}");
-        let env: Vec<(String, String)> = vec![
-            ("TALLY__REDIS__PREFIX", settings.redis.prefix.clone()),
-            (
-                "TALLY__KAFKA__CLIENT_MESSAGE_TOPIC",
-                settings.kafka.client_message_topic.clone(),
-            ),
-            (
-                "TALLY__KAFKA__MESSAGE_AGGREGATION_TOPIC",
-                settings.kafka.message_aggregation_topic.clone(),
-            ),
-            ("TALLY__KAFKA__DLQ_TOPIC", settings.kafka.dlq_topic.clone()),
-            ("TALLY__KAFKA__BROKERS", settings.kafka.brokers.clone()),
-            ("TALLY__REDIS__NODES", settings.redis.nodes.join(",")),
-            (
-                "TALLY__COUNTER__GROUP_ID",
-                settings.counter.group_id.clone(),
-            ),
-            (
-                "TALLY__AGGREGATOR__GROUP_ID",
-                settings.aggregator.group_id.clone(),
-            ),
+        let mut env = settings.pipeline_env();
+        env.extend([
             ("TALLY__PRODUCER__LISTEN", producer_addr.clone()),
             ("TALLY__PRODUCER__INSTANCE_ID", format!("{name}-p")),
             ("TALLY__PRODUCER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
             ("TALLY__COUNTER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
             ("TALLY__AGGREGATOR__OBSERVE_LISTEN", "127.0.0.1:0".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        ]);
+        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let bin_dir = std::env::current_exe()
             .map_err(|e| BenchError::io("locate tally-bench", e))?
             .parent()
@@ -407,9 +386,9 @@ impl Pipeline {
     }
 }
 
-/// Probe messages for the ACK → counted latency: sent one at a time every
-/// [`PROBE_EVERY`] while the load runs; each is looked up until its message count
-/// is 1.
+/// Probe messages for the ACK → counted latency: one sent every [`PROBE_EVERY`]
+/// while the load runs (pipelined, see [`send_probes`]); each ACKed one is looked
+/// up every [`PROBE_POLL`] until its message count is 1.
 struct Probe {
     sending: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(String, Instant)>>>,

@@ -118,7 +118,12 @@ async fn main() -> anyhow::Result<()> {
     for run in 1..=args.runs as usize {
         let name = format!("{stamp}-r{run}");
         eprintln!("== run {run}/{}: {name}", args.runs);
-        let result = one_run(&args, &settings, &novel, &name, run, partitions, &stack_dir).await?;
+        // On SIGINT or SIGTERM the run's future is dropped, and with it the pipeline,
+        // whose services are killed: nothing is left running.
+        let result = tokio::select! {
+            result = one_run(&args, &settings, &novel, &name, run, partitions, &stack_dir) => result?,
+            signal = interrupted() => bail!("{signal}: stopped; runs finished so far are in {}", args.out.display()),
+        };
         results.runs.push(result);
         results.elapsed_s = started.elapsed().as_secs_f64();
         // Written after every run, so an interrupted benchmark keeps what it measured.
@@ -301,6 +306,19 @@ async fn one_run(
         redis,
         e2e,
     })
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 /// `per_client` lines from the text: the first ones, or all of it repeated (the

@@ -75,6 +75,24 @@ fn key(n: u64) -> String {
     format!("bench-client-{}", n % 1000)
 }
 
+/// Enqueues `record`, waiting while librdkafka's queue is full (that is the
+/// ceiling pushing back, not an error).
+fn send<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
 /// Sends `bytes`-byte records to `topic` for `seconds`, then waits for every
 /// delivery report. Rate = confirmed records / time until the last confirmation.
 pub async fn produce_ceiling(
@@ -106,18 +124,13 @@ fn produce_blocking(
     while Instant::now() < stop {
         let payload = value(bytes, n);
         let k = key(n);
-        let mut record = BaseRecord::to(topic).key(&k).payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    // librdkafka's queue is full: that is the ceiling pushing back.
-                    record = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-                Err((e, _)) => return Err(BenchError::kafka("produce", e)),
-            }
-        }
+        send(
+            &producer,
+            BaseRecord::to(topic)
+                .key(k.as_bytes())
+                .payload(&payload[..]),
+        )
+        .map_err(|e| BenchError::kafka("produce", e))?;
         n += 1;
     }
     producer
@@ -240,19 +253,11 @@ fn transactional_blocking(
             .begin_transaction()
             .map_err(|e| BenchError::kafka("begin_transaction", e))?;
         for m in &batch {
-            let mut record = BaseRecord::to(to)
+            let record = BaseRecord::to(to)
                 .key(m.key().unwrap_or_default())
                 .payload(m.payload().unwrap_or_default());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    Err((e, _)) => return Err(BenchError::kafka("produce in a transaction", e)),
-                }
-            }
+            send(&producer, record)
+                .map_err(|e| BenchError::kafka("produce in a transaction", e))?;
         }
         let positions = consumer
             .position()

@@ -470,6 +470,31 @@ fn join_issues(issues: &[ConfigIssue]) -> String {
 }
 
 impl Settings {
+    /// The `TALLY__SECTION__KEY` overrides that point another tally process at the
+    /// same brokers, Redis nodes, key prefix, topics and consumer groups as these
+    /// settings: for tools and tests that start the services as processes.
+    pub fn pipeline_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("TALLY__REDIS__PREFIX", self.redis.prefix.clone()),
+            ("TALLY__REDIS__NODES", self.redis.nodes.join(",")),
+            ("TALLY__KAFKA__BROKERS", self.kafka.brokers.clone()),
+            (
+                "TALLY__KAFKA__CLIENT_MESSAGE_TOPIC",
+                self.kafka.client_message_topic.clone(),
+            ),
+            (
+                "TALLY__KAFKA__MESSAGE_AGGREGATION_TOPIC",
+                self.kafka.message_aggregation_topic.clone(),
+            ),
+            ("TALLY__KAFKA__DLQ_TOPIC", self.kafka.dlq_topic.clone()),
+            ("TALLY__COUNTER__GROUP_ID", self.counter.group_id.clone()),
+            (
+                "TALLY__AGGREGATOR__GROUP_ID",
+                self.aggregator.group_id.clone(),
+            ),
+        ]
+    }
+
     /// Loads settings from the process environment: the file is `path`, else
     /// `$TALLY_CONFIG`, else none; then `TALLY__SECTION__KEY` overrides.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {

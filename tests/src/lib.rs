@@ -261,22 +261,10 @@ impl ServiceProcess {
         Self { child, log }
     }
 
-    /// The environment overrides that point a service at `settings`' prefix and topics.
+    /// The environment overrides that point a service at `settings`' brokers,
+    /// Redis nodes, prefix, topics and groups ([`Settings::pipeline_env`]).
     pub fn env_for(settings: &Settings) -> Vec<(&'static str, String)> {
-        vec![
-            ("TALLY__REDIS__PREFIX", settings.redis.prefix.clone()),
-            (
-                "TALLY__KAFKA__CLIENT_MESSAGE_TOPIC",
-                settings.kafka.client_message_topic.clone(),
-            ),
-            (
-                "TALLY__KAFKA__MESSAGE_AGGREGATION_TOPIC",
-                settings.kafka.message_aggregation_topic.clone(),
-            ),
-            ("TALLY__KAFKA__DLQ_TOPIC", settings.kafka.dlq_topic.clone()),
-            ("TALLY__KAFKA__BROKERS", settings.kafka.brokers.clone()),
-            ("TALLY__REDIS__NODES", settings.redis.nodes.join(",")),
-        ]
+        settings.pipeline_env()
     }
 
     /// Process id.

@@ -147,14 +147,6 @@ pub fn service_env(
 ) -> Vec<(&'static str, String)> {
     let mut env = ServiceProcess::env_for(settings);
     env.push((
-        "TALLY__COUNTER__GROUP_ID",
-        settings.counter.group_id.clone(),
-    ));
-    env.push((
-        "TALLY__AGGREGATOR__GROUP_ID",
-        settings.aggregator.group_id.clone(),
-    ));
-    env.push((
         "TALLY__KAFKA__TRANSACTION_TIMEOUT_MS",
         settings.kafka.transaction_timeout_ms.to_string(),
     ));
