@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use rdkafka::consumer::Consumer;
 use tally_bench::cleanup;
 use tally_bench::e2e::{Pipeline, Shape};
 use tally_bench::procstat::{stack_processes, Watched};
@@ -97,9 +98,11 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
 
     let started = Instant::now();
+    let mut machine = machine();
+    machine.kafka_partitions = kafka_partitions(&settings).await;
     let mut results = BenchResults {
         started_at: rfc3339_now(),
-        machine: machine(),
+        machine,
         config: BenchConfig {
             runs: args.runs as usize,
             raw_seconds: args.raw_seconds,
@@ -406,5 +409,20 @@ fn machine() -> Machine {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
+        kafka_partitions: None,
     }
+}
+
+/// Partitions over every topic of the cluster (internal ones included).
+async fn kafka_partitions(settings: &Settings) -> Option<usize> {
+    let kafka = settings.kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer =
+            tally_common::kafka::admin_config(&kafka).create().ok()?;
+        let metadata = client.fetch_metadata(None, Duration::from_secs(10)).ok()?;
+        Some(metadata.topics().iter().map(|t| t.partitions().len()).sum())
+    })
+    .await
+    .ok()
+    .flatten()
 }

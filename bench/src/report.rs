@@ -799,10 +799,13 @@ fn markdown(results: &BenchResults, s: &Summary) -> String {
     );
     let _ = writeln!(
         md,
-        "Machine: {} CPUs, {} MiB memory, kernel {}.\n",
+        "Machine: {} CPUs, {} MiB memory, kernel {}; the Kafka cluster held {} partitions \
+         at the start.\n",
         m.cpus,
         thousands(m.memory_mib as f64),
-        cell(&m.kernel)
+        cell(&m.kernel),
+        m.kafka_partitions
+            .map_or("an unknown number of".to_owned(), |n| thousands(n as f64))
     );
     let clients: Vec<String> = c.clients.iter().map(|n| n.to_string()).collect();
     let _ = writeln!(
@@ -1663,6 +1666,7 @@ mod tests {
                 cpus: 2,
                 memory_mib: 7_953,
                 kernel: "6.1.0".to_owned(),
+                kafka_partitions: Some(420),
             },
             config: BenchConfig {
                 runs: 3,

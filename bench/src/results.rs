@@ -31,6 +31,10 @@ pub struct Machine {
     pub memory_mib: u64,
     /// `uname -r`-like kernel release, if known.
     pub kernel: String,
+    /// Partitions the Kafka cluster held when the benchmark started (a broker's
+    /// CPU per message grows with the partitions it hosts), if it could be read.
+    #[serde(default)]
+    pub kafka_partitions: Option<usize>,
 }
 
 /// The benchmark's parameters.
