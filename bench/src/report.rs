@@ -48,37 +48,10 @@ pub const TARGET_PRODUCER_CLIENTS: usize = 1000;
 /// Target 4: peak RSS of each counter and each aggregator, MiB.
 pub const TARGET_WORKER_RSS_MIB: f64 = 100.0;
 
-/// Errors writing the report and charts.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// A file or directory could not be created or written.
-    #[error("cannot write {}: {source}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The PNG encoder failed (an IO failure included).
-    #[error("cannot write PNG {}: {source}", path.display())]
-    Png {
-        /// The chart file.
-        path: PathBuf,
-        /// Why.
-        source: png::EncodingError,
-    },
-    /// plotters could not draw the chart.
-    #[error("cannot draw chart {}: {message}", path.display())]
-    Draw {
-        /// The chart file.
-        path: PathBuf,
-        /// plotters' error, as text (its error type borrows the backend).
-        message: String,
-    },
-    /// The bundled chart font could not be registered.
-    #[error("the bundled chart font (DejaVu Sans) cannot be loaded")]
-    Font,
-}
+/// Errors writing the report and charts: the fault suite's report error (the same
+/// files, PNG encoder, plotters and bundled font); its scenario-name variants do
+/// not occur here.
+pub use tally_tests::report::ReportError;
 
 /// The median of the finite values; `None` if there is none. An even count
 /// gives the mean of the two middle values.
