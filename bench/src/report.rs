@@ -856,12 +856,25 @@ fn markdown(results: &BenchResults, s: &Summary) -> String {
     md
 }
 
-fn run_header(md: &mut String, first: &str, results: &BenchResults) {
-    let _ = write!(md, "| {first} | median |");
+/// A table header: `first`, `median` (if `with_median`), then one column per run.
+fn run_header(
+    md: &mut String,
+    first: &str,
+    first_rule: &str,
+    with_median: bool,
+    results: &BenchResults,
+) {
+    let _ = write!(md, "| {first} |");
+    if with_median {
+        let _ = write!(md, " median |");
+    }
     for r in &results.runs {
         let _ = write!(md, " run {} |", r.run);
     }
-    let _ = write!(md, "\n|---|---:|");
+    let _ = write!(md, "\n|{first_rule}|");
+    if with_median {
+        let _ = write!(md, "---:|");
+    }
     for _ in &results.runs {
         let _ = write!(md, "---:|");
     }
@@ -870,7 +883,7 @@ fn run_header(md: &mut String, first: &str, results: &BenchResults) {
 
 fn raw_tables(md: &mut String, results: &BenchResults, s: &Summary) {
     let _ = writeln!(md, "\n## Raw ceilings (msg/s)\n");
-    run_header(md, "ceiling", results);
+    run_header(md, "ceiling", "---", true, results);
     let first = results.runs.first();
     let detail = |d: Option<&String>| match d {
         Some(d) if !d.is_empty() => format!(" ({})", cell(d)),
@@ -967,15 +980,7 @@ fn e2e_tables(md: &mut String, results: &BenchResults, s: &Summary) {
         md,
         "\nEach run's end-to-end msg/s at full speed (ratio to that run's Kafka produce):\n"
     );
-    let _ = write!(md, "| clients |");
-    for r in &results.runs {
-        let _ = write!(md, " run {} |", r.run);
-    }
-    let _ = write!(md, "\n|---:|");
-    for _ in &results.runs {
-        let _ = write!(md, "---:|");
-    }
-    md.push('\n');
+    run_header(md, "clients", "---:", false, results);
     for p in &full {
         let _ = write!(md, "| {} |", p.clients);
         for r in &results.runs {
@@ -1380,21 +1385,7 @@ fn write_png(plot: &Plot, path: &Path) -> Result<(), ReportError> {
         path: path.to_path_buf(),
         message,
     })?;
-    let file = File::create(path).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let png_error = |source| ReportError::Png {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut encoder = png::Encoder::new(BufWriter::new(file), w, h);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(png_error)?;
-    writer.write_image_data(&pixels).map_err(png_error)?;
-    writer.finish().map_err(png_error)?;
-    Ok(())
+    tally_tests::report::write_rgb_png(&pixels, (w, h), path)
 }
 
 /// plotters' errors as text (its error type borrows the backend).

@@ -364,6 +364,12 @@ pub fn write_chart(report: &ScenarioReport, path: &Path) -> Result<(), ReportErr
     };
     draw_chart(report, &mut pixels, (w, h)).map_err(|e| draw_error(&e))?;
 
+    write_rgb_png(&pixels, (w, h), path)
+}
+
+/// Writes an 8-bit RGB buffer of `size` as a PNG file: the one encoder of the
+/// fault suite's charts and `tally-bench`'s.
+pub fn write_rgb_png(pixels: &[u8], size: (u32, u32), path: &Path) -> Result<(), ReportError> {
     let file = File::create(path).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
         source,
@@ -372,11 +378,11 @@ pub fn write_chart(report: &ScenarioReport, path: &Path) -> Result<(), ReportErr
         path: path.to_path_buf(),
         source,
     };
-    let mut encoder = png::Encoder::new(BufWriter::new(file), w, h);
+    let mut encoder = png::Encoder::new(BufWriter::new(file), size.0, size.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().map_err(png_error)?;
-    writer.write_image_data(&pixels).map_err(png_error)?;
+    writer.write_image_data(pixels).map_err(png_error)?;
     writer.finish().map_err(png_error)?;
     Ok(())
 }
