@@ -16,42 +16,32 @@
 //!
 //! The Redis writes are idempotent (high-water marks, never expiring), so a replay
 //! of any uncommitted part — after a crash, a failed commit, or a rebalance — counts
-//! nothing twice; that is why plain offset commits suffice here. On revocation,
-//! records collected for the revoked partitions are dropped uncommitted (a replay
-//! is harmless); nothing is applied while the consumer is polled, so a rebalance
-//! never splits a batch. A failed commit rewinds to the committed offsets.
+//! nothing twice; that is why plain offset commits suffice here
+//! (`Sink::Plain` of the consume engine, `tally_consume`, which also owns batching,
+//! rebalances and rewinds; this crate is the [`Processor`]).
 //!
 //! The aggregator's DLQ is at-least-once: a process that dies between a
 //! dead-letter write and the offset commit writes that record again on replay
 //! (the counter's DLQ, written inside its transaction, is exactly-once).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use tally_common::backoff::Backoff;
 use tally_common::counting::CountStore;
-use tally_common::failpoint;
-use tally_common::observe::{self, Readiness};
+use tally_common::observe::{self, names, Readiness};
 use tally_common::records::MessageAggregation;
 use tally_common::redis::{connect, Replication};
 use tally_common::{Keys, MessageHash, Settings};
-use tally_counter::consume::{self, Collected, GroupConsumer, Polled, Shutdown};
-use tally_counter::plan::dead_letter;
-use tokio::time::Instant;
-use tracing::{debug, info, info_span, warn, Instrument};
-
-/// How long an idle consumer waits for records before looping.
-const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// First and longest pause between retries.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+use tally_consume::{
+    dead_letter, BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership,
+    OutRecord, Polled, Processed, Processor, Sink, Unsure, BACKOFF_MAX, BACKOFF_MIN,
+};
+use tracing::{debug, info, warn};
 
 /// Why the aggregator could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -62,9 +52,9 @@ pub enum AggregatorError {
     /// The Redis write path could not be set up.
     #[error("redis: {0}")]
     RedisOp(#[from] tally_common::redis::RedisOpError),
-    /// The consumer failed for good, or the DLQ producer could not be created.
+    /// The consumer failed for good.
     #[error(transparent)]
-    Consume(#[from] consume::ConsumeError),
+    Consume(#[from] ConsumeError),
     /// The DLQ producer could not be created.
     #[error("kafka producer: {0}")]
     Kafka(#[from] KafkaError),
@@ -99,46 +89,54 @@ pub async fn run_with_readiness(
         Replication::from_settings(&settings.redis),
     )
     .await?;
-    let dlq: FutureProducer =
-        tally_common::kafka::idempotent_producer_config(&settings.kafka).create()?;
     let topic = settings.kafka.message_aggregation_topic.clone();
-    let consumer = consume::subscribe(
+    let a = &settings.aggregator;
+    let config = EngineConfig {
+        service: "aggregator",
+        group: a.group_id.clone(),
+        topic: topic.clone(),
+        max_records: a.batch_max_records,
+        max_wait: Duration::from_millis(a.batch_max_ms),
+        rewind_timeout: Duration::from_millis(settings.kafka.session_timeout_ms),
+        metrics: EngineMetrics {
+            batch_seconds: names::AGGREGATOR_BATCH_SECONDS,
+            commits: names::AGGREGATOR_COMMITS,
+            commit_failures: names::AGGREGATOR_COMMIT_ERRORS,
+            rewinds: names::AGGREGATOR_REWINDS,
+            rejoins: names::AGGREGATOR_REJOINS,
+        },
+    };
+    let engine = Engine::start(
         &settings.kafka,
-        &settings.aggregator.group_id,
-        &topic,
-        "aggregator",
+        config,
+        Sink::plain(&settings.kafka)?,
         partitions_ready,
     )?;
-    let _kafka_probe =
-        observe::kafka_probe(consumer.clone(), |c| c.client(), topic.clone(), kafka_ready);
+    let _kafka_probe = observe::kafka_probe(
+        engine.consumer().clone(),
+        |c| c.client(),
+        topic.clone(),
+        kafka_ready,
+    );
     info!(group = %settings.aggregator.group_id, topic = %topic, "tally-aggregator started");
     let mut aggregator = Aggregator {
-        settings,
-        consumer,
-        dlq,
+        dlq: settings.kafka.dlq_topic.clone(),
+        apply_concurrency: settings.aggregator.apply_concurrency,
         store,
         topic,
     };
-    let mut shutdown = Shutdown::new(shutdown);
-    let result = aggregator.run(&mut shutdown).await;
-    aggregator.close().await;
-    result
+    engine.run(&mut aggregator, shutdown).await?;
+    Ok(())
 }
 
+/// The aggregator's part of the batch loop.
 struct Aggregator {
-    settings: Settings,
-    consumer: Arc<GroupConsumer>,
-    dlq: FutureProducer,
     store: CountStore,
+    /// The source topic.
     topic: String,
-}
-
-/// Why a batch was not committed.
-enum Failed {
-    /// Shutdown was requested before the batch was applied.
-    Shutdown,
-    /// The offset commit failed.
-    Commit(KafkaError),
+    /// The dead-letter topic.
+    dlq: String,
+    apply_concurrency: usize,
 }
 
 /// A message's sightings in one batch, in arrival order.
@@ -147,178 +145,122 @@ struct Sightings {
     pairs: Vec<(String, u64)>,
 }
 
-impl Aggregator {
-    async fn run<F: Future<Output = ()>>(
-        &mut self,
-        shutdown: &mut Shutdown<F>,
-    ) -> Result<(), AggregatorError> {
-        let a = &self.settings.aggregator;
-        let (max_records, max_wait) = (a.batch_max_records, Duration::from_millis(a.batch_max_ms));
-        loop {
-            let mut batch = Vec::new();
-            let mut revoked = Vec::new();
-            let collected = consume::collect(
-                &self.consumer,
-                &mut batch,
-                &mut revoked,
-                max_records,
-                max_wait,
-                IDLE_WAIT,
-                shutdown,
-            )
-            .await?;
-            match collected {
-                Collected::Shutdown => return Ok(()),
-                Collected::Idle => continue,
-                Collected::Ready if batch.is_empty() => continue,
-                Collected::Ready => {}
-            }
-            let span = info_span!("batch", records = batch.len());
-            let started = Instant::now();
-            let outcome = self.process(batch, shutdown).instrument(span).await;
-            metrics::histogram!(tally_common::observe::names::AGGREGATOR_BATCH_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-            match outcome {
-                Ok(()) => {}
-                Err(Failed::Shutdown) => {
-                    info!("shutdown while applying: the batch stays uncommitted and is replayed");
-                    return Ok(());
-                }
-                Err(Failed::Commit(e)) => {
-                    // Typically a rebalance in progress: the partitions' next owner
-                    // replays the batch, which counts nothing twice.
-                    warn!("offset commit failed ({e}); rewinding to the committed offsets");
-                    metrics::counter!(tally_common::observe::names::AGGREGATOR_COMMIT_ERRORS)
-                        .increment(1);
-                    self.rewind(shutdown).await;
-                }
-            }
-            if shutdown.requested() {
-                info!("shutdown: last batch finished");
-                return Ok(());
-            }
-        }
-    }
+/// What a committed batch reports.
+struct Summary {
+    total: u64,
+    counted: u64,
+    dead_lettered: u64,
+    messages: usize,
+}
 
-    async fn process<F: Future<Output = ()>>(
+impl Processor for Aggregator {
+    type Summary = Summary;
+
+    /// Parses, groups by message hash, applies one count script per message, and
+    /// commits every record of the batch (invalid ones go to the DLQ with it).
+    async fn process(
         &mut self,
         records: Vec<Polled>,
-        shutdown: &mut Shutdown<F>,
-    ) -> Result<(), Failed> {
-        let mut offsets: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
-        let mut by_hash: HashMap<MessageHash, Sightings> = HashMap::new();
-        let mut invalid = Vec::new();
+        _guard: Membership,
+    ) -> Result<Processed<Summary>, Unsure> {
+        // No guard check before the writes: they are idempotent and order-guarded
+        // per (message, client), so a zombie's late write counts nothing twice.
         let total = records.len() as u64;
-        for r in records {
-            let next = offsets.entry(r.partition).or_insert(r.offset + 1);
-            *next = (*next).max(r.offset + 1);
-            let parsed = MessageAggregation::parse(r.key.as_deref(), r.payload.as_deref())
-                .and_then(|m| Ok((m.hash.parse::<MessageHash>()?, m)));
-            match parsed {
-                Ok((hash, m)) => {
-                    by_hash
-                        .entry(hash)
-                        .or_insert_with(|| Sightings {
-                            text: m.msg,
-                            pairs: Vec::new(),
-                        })
-                        .pairs
-                        .push((m.client, m.sn));
-                }
-                Err(e) => {
-                    debug!(
-                        partition = r.partition,
-                        offset = r.offset,
-                        "invalid record: {e}"
-                    );
-                    invalid.push(dead_letter(
-                        &self.topic,
-                        &self.settings.kafka.dlq_topic,
-                        r,
-                        &e,
-                    ));
-                }
-            }
-        }
-        let dead_lettered = invalid.len() as u64;
+        let Plan {
+            offsets,
+            by_hash,
+            out,
+        } = plan(&self.topic, &self.dlq, records);
+        let dead_lettered = out.len() as u64;
         let messages = by_hash.len();
+        let counted = self.apply(by_hash).await;
+        Ok(Processed {
+            out,
+            offsets,
+            carry: Vec::new(),
+            summary: Summary {
+                total,
+                counted,
+                dead_lettered,
+                messages,
+            },
+        })
+    }
 
-        let apply_started = Instant::now();
-        let counted = tokio::select! {
-            counted = async {
-                // Dead-letter first: the batch's offsets are committed only after
-                // these records are safely in the DLQ.
-                self.dead_letter(invalid).await;
-                self.apply(by_hash).await
-            } => counted,
-            () = shutdown.wait() => return Err(Failed::Shutdown),
-        };
-        failpoint::hit("aggregator.after_apply");
-
-        let mut tpl = TopicPartitionList::new();
-        for (partition, next) in offsets {
-            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))
-                .map_err(Failed::Commit)?;
-        }
-        let apply_ms = apply_started.elapsed().as_millis() as u64;
-        let commit_started = Instant::now();
-        failpoint::hit("aggregator.before_commit");
-        let consumer = self.consumer.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-                .await
-                .map_err(|e| Failed::Commit(KafkaError::ClientCreation(e.to_string())))?;
-        committed.map_err(Failed::Commit)?;
-
+    fn committed(&mut self, summary: Summary, batch: &BatchReport) {
+        let Summary {
+            total,
+            counted,
+            dead_lettered,
+            messages,
+        } = summary;
         for (outcome, n) in [
             ("applied", counted),
             ("duplicate", total - dead_lettered - counted),
             ("dlq", dead_lettered),
         ] {
-            metrics::counter!(tally_common::observe::names::AGGREGATOR_RECORDS, "outcome" => outcome)
-                .increment(n);
+            metrics::counter!(names::AGGREGATOR_RECORDS, "outcome" => outcome).increment(n);
         }
         debug!(
             total,
             messages,
             counted,
             dead_lettered,
-            apply_ms,
-            commit_ms = commit_started.elapsed().as_millis() as u64,
+            apply_ms = batch.process_ms,
+            commit_ms = batch.commit_ms,
             "batch committed"
         );
-        Ok(())
     }
+}
 
-    /// Writes invalid records to the DLQ and waits until Kafka confirmed each;
-    /// retries failed deliveries until they succeed.
-    async fn dead_letter(&self, records: Vec<tally_counter::txn::OutRecord>) {
-        for r in records {
-            let mut backoff = BACKOFF_MIN;
-            loop {
-                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-                for (key, value) in &r.headers {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value),
-                    });
-                }
-                let record = FutureRecord::to(&r.topic)
-                    .key(&r.key)
-                    .payload(&r.payload)
-                    .headers(headers);
-                match self.dlq.send(record, Duration::from_secs(5)).await {
-                    Ok(_) => break,
-                    Err((e, _)) => {
-                        warn!("dead-lettering failed: {e}; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
+/// One batch, grouped for the count scripts.
+struct Plan {
+    /// Per partition, the offset after its last record: every record commits.
+    offsets: BTreeMap<i32, i64>,
+    /// The valid records' sightings per message, in offset order per message.
+    by_hash: HashMap<MessageHash, Sightings>,
+    /// The invalid records' dead letters, in batch order.
+    out: Vec<OutRecord>,
+}
+
+/// Parses `records` (of `topic`) and groups the valid ones by message hash; an
+/// invalid one becomes a dead letter to `dlq`.
+fn plan(topic: &str, dlq: &str, records: Vec<Polled>) -> Plan {
+    let mut plan = Plan {
+        offsets: BTreeMap::new(),
+        by_hash: HashMap::new(),
+        out: Vec::new(),
+    };
+    for r in records {
+        let next = plan.offsets.entry(r.partition).or_insert(r.offset + 1);
+        *next = (*next).max(r.offset + 1);
+        let parsed = MessageAggregation::parse(r.key.as_deref(), r.payload.as_deref())
+            .and_then(|m| Ok((m.hash.parse::<MessageHash>()?, m)));
+        match parsed {
+            Ok((hash, m)) => {
+                plan.by_hash
+                    .entry(hash)
+                    .or_insert_with(|| Sightings {
+                        text: m.msg,
+                        pairs: Vec::new(),
+                    })
+                    .pairs
+                    .push((m.client, m.sn));
+            }
+            Err(e) => {
+                debug!(
+                    partition = r.partition,
+                    offset = r.offset,
+                    "invalid record: {e}"
+                );
+                plan.out.push(dead_letter(topic, dlq, r, &e));
             }
         }
     }
+    plan
+}
 
+impl Aggregator {
     /// One count script per message hash, at most `aggregator.apply_concurrency` at
     /// once; Redis errors back off and retry. Returns how many sightings counted.
     async fn apply(&self, by_hash: HashMap<MessageHash, Sightings>) -> u64 {
@@ -328,7 +270,7 @@ impl Aggregator {
                 .iter()
                 .map(|(client, sn)| (client.as_str(), *sn))
                 .collect();
-            let mut backoff = BACKOFF_MIN;
+            let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
             loop {
                 match self
                     .store
@@ -337,43 +279,94 @@ impl Aggregator {
                 {
                     Ok(counted) => return counted,
                     Err(e) => {
-                        metrics::counter!(tally_common::observe::names::AGGREGATOR_REDIS_ERRORS)
-                            .increment(1);
+                        metrics::counter!(names::AGGREGATOR_REDIS_ERRORS).increment(1);
                         warn!(hash = %hash, "count script failed: {e}; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        backoff.wait().await;
                     }
                 }
             }
         });
         stream::iter(calls)
-            .buffer_unordered(self.settings.aggregator.apply_concurrency)
+            .buffer_unordered(self.apply_concurrency)
             .fold(0u64, |sum, n| async move { sum + n })
             .await
     }
+}
 
-    async fn rewind<F: Future<Output = ()>>(&mut self, shutdown: &mut Shutdown<F>) {
-        let timeout = Duration::from_millis(self.settings.kafka.session_timeout_ms);
-        let mut backoff = BACKOFF_MIN;
-        while let Err(e) = consume::rewind(&self.consumer, timeout).await {
-            warn!("rewind failed: {e}; retrying");
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.wait() => return,
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_common::records::{ClientMessage, DLQ_REASON_HEADER};
+
+    fn forward(client: &str, sn: u64, msg: &str) -> MessageAggregation {
+        MessageAggregation::from_client_message(&ClientMessage {
+            client: client.into(),
+            sn,
+            msg: msg.into(),
+            ts: 0,
+        })
+    }
+
+    fn record(partition: i32, offset: i64, m: &MessageAggregation) -> Polled {
+        Polled {
+            partition,
+            offset,
+            key: Some(m.key().as_bytes().to_vec()),
+            payload: Some(m.to_json()),
         }
     }
 
-    /// Leaves the group (the consumer's close blocks, so off the runtime).
-    async fn close(self) {
-        let Aggregator { consumer, dlq, .. } = self;
-        consumer.unsubscribe();
-        let _ = tokio::task::spawn_blocking(move || {
-            drop(consumer);
-            drop(dlq);
-        })
-        .await;
-        info!("left the consumer group; stopped");
+    #[test]
+    fn sightings_group_by_message_in_order_and_every_record_commits() {
+        let (a1, b1, a2) = (
+            forward("a", 1, "hi"),
+            forward("b", 1, "hi"),
+            forward("a", 2, "yo"),
+        );
+        let a3 = forward("a", 3, "hi");
+        let records = vec![
+            record(0, 10, &a1),
+            record(1, 4, &b1),
+            record(0, 11, &a2),
+            record(0, 12, &a3),
+        ];
+        let p = plan("agg", "dlq", records);
+        assert_eq!(p.offsets, BTreeMap::from([(0, 13), (1, 5)]));
+        assert!(p.out.is_empty());
+        let hi: MessageHash = a1.hash.parse().expect("hash");
+        let sightings = &p.by_hash[&hi];
+        assert_eq!(sightings.text, "hi");
+        assert_eq!(
+            sightings.pairs,
+            vec![
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 1),
+                ("a".to_owned(), 3)
+            ]
+        );
+        assert_eq!(p.by_hash.len(), 2);
+    }
+
+    #[test]
+    fn an_invalid_record_is_dead_lettered_and_still_committed() {
+        let good = forward("a", 1, "hi");
+        let mut tampered = record(2, 7, &forward("a", 2, "hi"));
+        // The value claims another text than its hash: never counted.
+        tampered.payload = Some(
+            String::from_utf8_lossy(tampered.payload.as_deref().unwrap_or_default())
+                .replace("\"msg\":\"hi\"", "\"msg\":\"ho\"")
+                .into_bytes(),
+        );
+        let p = plan("agg", "dlq", vec![record(2, 6, &good), tampered]);
+        assert_eq!(p.offsets, BTreeMap::from([(2, 8)]));
+        assert_eq!(p.by_hash.len(), 1);
+        assert_eq!(p.out.len(), 1);
+        assert_eq!(p.out[0].topic, "dlq");
+        let reason = p.out[0]
+            .headers
+            .iter()
+            .find(|(k, _)| *k == DLQ_REASON_HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(reason.as_deref(), Some("hash_mismatch"));
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use hdrhistogram::Histogram;
+use tally_common::backoff::Backoff;
 use tally_common::ClientId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -307,7 +308,7 @@ pub async fn run<S: LineSource>(
         started: false,
     };
     let mut last_error = String::from("none");
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     for attempt in 0usize.. {
         let deadline = options.deadline;
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -331,8 +332,7 @@ pub async fn run<S: LineSource>(
             if let Some(p) = progress {
                 p.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff.wait().await;
         }
         let addr = &addrs[attempt % addrs.len()];
         let acked_before = session.window().acked;
@@ -352,7 +352,7 @@ pub async fn run<S: LineSource>(
             Attempt::Retry(why) => last_error = why,
         }
         if session.window().acked > acked_before {
-            backoff = Duration::from_millis(50);
+            backoff.reset();
         }
     }
     unreachable!("the loop only ends by returning")

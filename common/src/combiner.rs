@@ -33,6 +33,7 @@ use redis::{FromRedisValue, RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use crate::backoff::Backoff;
 use crate::redis::{
     classify, cluster_slots, connect_node, Node, RedisOpError, ReplicatedScript, Replication,
     ScriptCall,
@@ -112,7 +113,7 @@ impl WriteCombiner {
             RedisOpError::Result("a replicated script needs at least one key".into())
         })?;
         let slot = crate::keys::slot(key.as_bytes());
-        let mut backoff = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         for _ in 0..ATTEMPTS {
             let node = match self.node_for(slot) {
                 Some(node) => node,
@@ -165,8 +166,7 @@ impl WriteCombiner {
                 Outcome::Retry(Retry::NoScript) => {}
                 Outcome::Retry(Retry::Moved) => self.refresh_slots().await?,
                 Outcome::Retry(Retry::Later) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                    backoff.wait().await;
                     self.refresh_slots().await?;
                 }
             }

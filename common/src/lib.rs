@@ -5,6 +5,7 @@
 //! exactly-once depends on is defined here and nowhere else, so the producer, the
 //! counter, the aggregator and the CLI cannot disagree about it.
 
+pub mod backoff;
 pub mod combiner;
 pub mod counting;
 pub mod failpoint;
@@ -15,6 +16,7 @@ pub mod protocol;
 pub mod records;
 pub mod redis;
 pub mod ring;
+pub mod service;
 pub mod settings;
 pub mod stash;
 pub mod telemetry;

@@ -1,55 +1,15 @@
 //! `tally-counter`: per-client counts applied exactly once inside Kafka
-//! transactions. Logic lives in the library; this file parses arguments, starts
-//! logging and the metrics/health endpoint, and turns signals into a shutdown.
+//! transactions.
+//! Logic lives in the library; the shared service skeleton
+//! (`tally_common::service`) parses arguments, loads settings, starts logging and
+//! the observe endpoint, and turns signals into the shutdown.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use tally_common::service::{self, Role};
 
-#[derive(Parser)]
-#[command(name = "tally-counter", version, about = "tally counter service")]
-struct Args {
-    /// Configuration file (TOML); defaults to $TALLY_CONFIG.
-    #[arg(long, env = "TALLY_CONFIG")]
-    config: Option<PathBuf>,
-    /// Load and validate the configuration, then exit.
-    #[arg(long)]
-    check_config: bool,
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    let settings = match tally_common::telemetry::bootstrap(args.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("tally-counter: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.check_config {
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
-    }
-    let observer =
-        match tally_common::observe::Observer::start(&settings.counter.observe_listen, "counter")
-            .await
-        {
-            Ok(observer) => observer,
-            Err(e) => {
-                eprintln!("tally-counter: {e}");
-                return ExitCode::from(1);
-            }
-        };
-    let shutdown = observer.until_shutdown(tally_common::telemetry::shutdown_signal());
-    match tally_counter::run_with_readiness(settings, shutdown, observer.readiness()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let e = anyhow::Error::from(e);
-            tracing::error!("{e:#}");
-            eprintln!("tally-counter: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+fn main() -> ExitCode {
+    service::main(Role::Counter, |settings, started| {
+        tally_counter::run_with_readiness(settings, started.shutdown, started.readiness)
+    })
 }

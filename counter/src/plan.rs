@@ -16,13 +16,8 @@
 use std::collections::BTreeMap;
 
 use tally_common::counting::Outcome;
-use tally_common::records::{
-    ClientMessage, MessageAggregation, RecordError, DLQ_DETAIL_HEADER, DLQ_REASON_HEADER,
-    DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
-};
-
-use crate::consume::Polled;
-use crate::txn::OutRecord;
+use tally_common::records::{ClientMessage, MessageAggregation, RecordError};
+use tally_consume::{dead_letter, OutRecord, Polled};
 
 /// What happened to one record of a batch.
 #[derive(Debug)]
@@ -137,37 +132,13 @@ pub fn plan(topics: &Topics, records: Vec<Polled>, statuses: Vec<Status>) -> Pla
     plan
 }
 
-/// The DLQ record for an invalid source record: its key and value unchanged, and
-/// headers naming why and where it came from.
-pub fn dead_letter(
-    source_topic: &str,
-    dlq: &str,
-    record: Polled,
-    error: &RecordError,
-) -> OutRecord {
-    OutRecord {
-        topic: dlq.to_owned(),
-        key: record.key.unwrap_or_default(),
-        payload: record.payload.unwrap_or_default(),
-        headers: vec![
-            (DLQ_REASON_HEADER, error.reason().as_bytes().to_vec()),
-            (DLQ_DETAIL_HEADER, error.to_string().into_bytes()),
-            (DLQ_SOURCE_TOPIC_HEADER, source_topic.as_bytes().to_vec()),
-            (
-                DLQ_SOURCE_PARTITION_HEADER,
-                record.partition.to_string().into_bytes(),
-            ),
-            (
-                DLQ_SOURCE_OFFSET_HEADER,
-                record.offset.to_string().into_bytes(),
-            ),
-        ],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_common::records::{
+        DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER,
+        DLQ_SOURCE_TOPIC_HEADER,
+    };
     use Outcome::{Applied as A, Duplicate as D, Gap as G};
 
     fn topics() -> Topics {

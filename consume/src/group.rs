@@ -1,5 +1,4 @@
-//! Consuming a topic in batches as a member of a consumer group; shared by the
-//! counter and the aggregator.
+//! Consuming a topic in batches as a member of a consumer group.
 //!
 //! Invariant: a batch only ever holds records of partitions this member owns at the
 //! moment the batch is handed over. Rebalance callbacks run inside the consumer's
@@ -9,12 +8,9 @@
 //! committed offset and sees them again. Nothing is applied or committed while a
 //! poll runs, so a rebalance can never split a batch.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
@@ -22,6 +18,8 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tally_common::observe::{names, Condition};
 use tally_common::settings::KafkaSettings;
 use tracing::{debug, info, warn};
+
+use tokio_util::sync::CancellationToken;
 
 /// How often librdkafka reports statistics (consumer lag), in milliseconds.
 const STATS_INTERVAL_MS: &str = "5000";
@@ -194,42 +192,8 @@ pub enum Collected {
     Ready,
     /// Nothing arrived within the idle wait.
     Idle,
-    /// The shutdown future completed.
+    /// Shutdown was requested.
     Shutdown,
-}
-
-/// The service's shutdown future, which can be waited on repeatedly (in every
-/// `select!`) and asked whether it completed.
-pub struct Shutdown<F> {
-    future: Pin<Box<F>>,
-    done: bool,
-}
-
-impl<F: Future<Output = ()>> Shutdown<F> {
-    /// Wraps the future given to the service's `run`.
-    pub fn new(future: F) -> Self {
-        Self {
-            future: Box::pin(future),
-            done: false,
-        }
-    }
-
-    /// Completes when shutdown was requested (at once if it was before).
-    /// Cancellation-safe.
-    pub async fn wait(&mut self) {
-        if !self.done {
-            self.future.as_mut().await;
-            self.done = true;
-        }
-    }
-
-    /// Whether shutdown was requested, without waiting.
-    pub fn requested(&mut self) -> bool {
-        if !self.done {
-            let _ = self.wait().now_or_never();
-        }
-        self.done
-    }
 }
 
 /// Polls records into `batch` (which may already hold records carried over from
@@ -239,14 +203,14 @@ impl<F: Future<Output = ()>> Shutdown<F> {
 /// from `batch` (a record the poll itself returned is kept: it comes from the
 /// assignment in force after the poll), and the partitions are added to `revoked`.
 #[allow(clippy::too_many_arguments)]
-pub async fn collect<F: Future<Output = ()>>(
+pub async fn collect(
     consumer: &GroupConsumer,
     batch: &mut Vec<Polled>,
     revoked: &mut Vec<i32>,
     max_records: usize,
     max_wait: Duration,
     idle_wait: Duration,
-    shutdown: &mut Shutdown<F>,
+    stop: &CancellationToken,
 ) -> Result<Collected, ConsumeError> {
     let idle_deadline = tokio::time::Instant::now() + idle_wait;
     let mut deadline = (!batch.is_empty()).then(|| tokio::time::Instant::now() + max_wait);
@@ -274,7 +238,7 @@ pub async fn collect<F: Future<Output = ()>>(
                     None => Collected::Ready,
                 });
             }
-            () = shutdown.wait() => return Ok(Collected::Shutdown),
+            () = stop.cancelled() => return Ok(Collected::Shutdown),
         };
         // The poll that returned just now may have run a revocation *and* a
         // re-assignment of the same partitions (a lost session rejoining): the

@@ -1,8 +1,8 @@
-//! The counter's transactional producer: every blocking Kafka transaction call runs
-//! off the async runtime under a watchdog, and its errors are sorted into what the
-//! caller must do about them.
+//! The transactional producer behind [`crate::Sink::Transactional`]: every blocking
+//! Kafka transaction call runs off the async runtime under a watchdog, and its
+//! errors are sorted into what the caller must do about them.
 //!
-//! Invariant 7: no transactional call can hang the counter. Each runs in
+//! Invariant 7: no transactional call can hang the service. Each runs in
 //! `spawn_blocking` with librdkafka's own timeout and, as a backstop, a watchdog a
 //! little longer; a call the watchdog gives up on is treated like a fatal error: the
 //! producer is recreated, and the new one's `init_transactions` (same
@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::TopicPartitionList;
 use tally_common::settings::KafkaSettings;
 use tracing::{info, warn};
+
+use crate::sink::OutRecord;
 
 /// Extra time the watchdog grants over librdkafka's own timeout.
 const WATCHDOG_MARGIN: Duration = Duration::from_secs(5);
@@ -91,23 +92,12 @@ fn classify(e: KafkaError) -> TxnError {
     }
 }
 
-/// One record to write in a transaction.
-#[derive(Debug, Clone)]
-pub struct OutRecord {
-    /// Destination topic.
-    pub topic: String,
-    /// Record key.
-    pub key: Vec<u8>,
-    /// Record value.
-    pub payload: Vec<u8>,
-    /// Headers, in order.
-    pub headers: Vec<(&'static str, Vec<u8>)>,
-}
-
 /// A transactional producer with a stable `transactional.id`.
 pub struct Transactions {
     kafka: KafkaSettings,
     id: String,
+    /// The counter metric of recreated producers.
+    recreations_metric: &'static str,
     producer: Arc<TxnProducer>,
     /// librdkafka's timeout for each call.
     call_timeout: Duration,
@@ -116,12 +106,18 @@ pub struct Transactions {
 impl Transactions {
     /// Creates the producer and initialises transactions, which fences any earlier
     /// producer with the same `transactional.id` and aborts its open transaction.
-    pub async fn start(kafka: &KafkaSettings, id: &str) -> Result<Self, TxnError> {
+    /// Each recreation increments `recreations_metric`.
+    pub async fn start(
+        kafka: &KafkaSettings,
+        id: &str,
+        recreations_metric: &'static str,
+    ) -> Result<Self, TxnError> {
         let call_timeout = Duration::from_millis(kafka.transaction_timeout_ms);
         let producer = Self::init(kafka, id, call_timeout).await?;
         Ok(Self {
             kafka: kafka.clone(),
             id: id.to_owned(),
+            recreations_metric,
             producer,
             call_timeout,
         })
@@ -160,7 +156,7 @@ impl Transactions {
     /// timeout). The old one is dropped once any call still blocked on it returns;
     /// the new one's `init_transactions` has fenced it by then.
     pub async fn recreate(&mut self) -> Result<(), TxnError> {
-        metrics::counter!(tally_common::observe::names::COUNTER_PRODUCER_RECREATIONS).increment(1);
+        metrics::counter!(self.recreations_metric).increment(1);
         info!(transactional_id = %self.id, "recreating the transactional producer");
         self.producer = Self::init(&self.kafka, &self.id, self.call_timeout).await?;
         Ok(())
@@ -184,17 +180,10 @@ impl Transactions {
         blocking(&self.producer, "produce", timeout, move |p| {
             let deadline = std::time::Instant::now() + timeout;
             for r in &records {
-                let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-                for (key, value) in &r.headers {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value),
-                    });
-                }
                 let mut record = BaseRecord::to(&r.topic)
                     .key(&r.key)
                     .payload(&r.payload)
-                    .headers(headers);
+                    .headers(r.kafka_headers());
                 loop {
                     match p.send(record) {
                         Ok(()) => break,

@@ -1,0 +1,197 @@
+//! The skeleton every service binary shares (`tally-producer`, `tally-counter`,
+//! `tally-aggregator`): arguments, settings, logging, the observe endpoint, and the
+//! signals that start a graceful shutdown.
+//!
+//! Invariants: a service's `main.rs` holds no logic, only its [`Role`] and the
+//! call of its library's `run`. A configuration error exits with code 2 before
+//! anything is bound or connected; `--check-config` validates and exits. A running
+//! service gets one shutdown future, which completes on SIGTERM or SIGINT after
+//! `/ready` turned false (so a load balancer stops sending work while it drains).
+//! Any error that ends the service exits with code 1 and its whole cause chain, on
+//! stderr and in the log.
+
+use std::error::Error;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::observe::{Observer, Readiness};
+use crate::Settings;
+
+/// The three services; what distinguishes one binary from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `tally-producer`: TCP line ingest.
+    Producer,
+    /// `tally-counter`: per-client counts.
+    Counter,
+    /// `tally-aggregator`: per-message counts.
+    Aggregator,
+}
+
+impl Role {
+    /// The `service` label of every metric, and the settings section.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Producer => "producer",
+            Self::Counter => "counter",
+            Self::Aggregator => "aggregator",
+        }
+    }
+
+    /// The binary's name, in `--help` and error messages.
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Producer => "tally-producer",
+            Self::Counter => "tally-counter",
+            Self::Aggregator => "tally-aggregator",
+        }
+    }
+
+    fn about(self) -> &'static str {
+        match self {
+            Self::Producer => "tally producer: TCP line ingest",
+            Self::Counter => "tally counter service",
+            Self::Aggregator => "tally aggregator service",
+        }
+    }
+
+    /// Where its observe endpoint listens.
+    pub fn observe_listen(self, settings: &Settings) -> &str {
+        match self {
+            Self::Producer => &settings.producer.observe_listen,
+            Self::Counter => &settings.counter.observe_listen,
+            Self::Aggregator => &settings.aggregator.observe_listen,
+        }
+    }
+}
+
+/// The shutdown future a service runs until.
+pub type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a started service is handed besides its settings.
+pub struct Started {
+    /// The readiness conditions `/ready` reports.
+    pub readiness: Readiness,
+    /// Completes when the service must shut down gracefully.
+    pub shutdown: ShutdownSignal,
+}
+
+#[derive(Parser)]
+struct Args {
+    /// Configuration file (TOML); defaults to $TALLY_CONFIG.
+    #[arg(long, env = "TALLY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Load and validate the configuration, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Runs a service binary: parses the arguments, loads the settings and starts
+/// logging, starts the observe endpoint, and runs `run` on a multi-threaded runtime
+/// until it returns. Returns the process's exit code.
+pub fn main<F, Fut, E>(role: Role, run: F) -> ExitCode
+where
+    F: FnOnce(Settings, Started) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn Error + Send + Sync>>,
+{
+    let matches = Args::command()
+        .name(role.binary())
+        .about(role.about())
+        .version(env!("CARGO_PKG_VERSION"))
+        .get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    let settings = match crate::telemetry::bootstrap(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("{}: {e}", role.binary());
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("{}: cannot start the async runtime: {e}", role.binary());
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listen = role.observe_listen(&settings).to_owned();
+        let observer = match Observer::start(&listen, role.name()).await {
+            Ok(observer) => observer,
+            Err(e) => {
+                eprintln!("{}: {e}", role.binary());
+                return ExitCode::from(1);
+            }
+        };
+        let started = Started {
+            readiness: observer.readiness(),
+            shutdown: Box::pin(observer.until_shutdown(crate::telemetry::shutdown_signal())),
+        };
+        match run(settings, started).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let message = cause_chain(e.into().as_ref());
+                tracing::error!("{message}");
+                eprintln!("{}: {message}", role.binary());
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// An error and its sources, `outer: inner: …`, leaving out a source whose text
+/// the message already holds (errors that print their source themselves).
+pub fn cause_chain(error: &(dyn Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("redis: {0}")]
+        Prints(#[source] std::io::Error),
+        #[error("cannot start")]
+        Hides(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let io = || std::io::Error::other("connection refused");
+        assert_eq!(
+            cause_chain(&Outer::Prints(io())),
+            "redis: connection refused"
+        );
+        assert_eq!(
+            cause_chain(&Outer::Hides(io())),
+            "cannot start: connection refused"
+        );
+    }
+}

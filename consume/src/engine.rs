@@ -1,0 +1,399 @@
+//! The batch loop: collect → process → commit, or rewind / rejoin; one batch at a
+//! time. The invariants it keeps are stated in the crate doc (`lib.rs`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+use tally_common::backoff::Backoff;
+use tally_common::failpoint;
+use tally_common::observe::Condition;
+use tally_common::settings::KafkaSettings;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::group::{self, Collected, ConsumeError, GroupConsumer, Polled};
+use crate::sink::{CommitError, CommitFailpoints, OutRecord, Sink};
+use crate::zombie::{Membership, StallDetector, Unsure};
+use crate::{BACKOFF_MAX, BACKOFF_MIN};
+
+/// How long an idle consumer waits for records before doing housekeeping.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// What a service's batches are made of and how the engine reports them.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The service (`counter`, `aggregator`): logs, and the failpoints
+    /// `<service>.after_apply`, `.after_produce`, `.before_commit`, `.after_commit`.
+    pub service: &'static str,
+    /// The consumer group.
+    pub group: String,
+    /// The topic consumed.
+    pub topic: String,
+    /// A batch is handed over at this many records…
+    pub max_records: usize,
+    /// …or this long after its first record.
+    pub max_wait: Duration,
+    /// librdkafka timeout of a rewind's committed-offset fetch and seek.
+    pub rewind_timeout: Duration,
+    /// The service's metric names.
+    pub metrics: EngineMetrics,
+}
+
+/// The metrics the engine records, named per service.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineMetrics {
+    /// Histogram: process and commit of one batch.
+    pub batch_seconds: &'static str,
+    /// Counter: committed batches.
+    pub commits: &'static str,
+    /// Counter: batches whose commit failed (aborted, or the offset commit failed).
+    pub commit_failures: &'static str,
+    /// Counter: rewinds to the committed offsets.
+    pub rewinds: &'static str,
+    /// Counter: batches dropped and the group rejoined by the zombie guard.
+    pub rejoins: &'static str,
+}
+
+/// What processing a batch produced: what to write, where each partition's
+/// committed offset moves to, and what to process again.
+#[derive(Debug)]
+pub struct Processed<S> {
+    /// Records to write with the commit, in order.
+    pub out: Vec<OutRecord>,
+    /// Per partition, the offset to commit (the next record to read). Every
+    /// partition of the batch must be present and advance by at least one record.
+    pub offsets: BTreeMap<i32, i64>,
+    /// Records at or after a partition's committed offset, to process again at the
+    /// start of the next batch (in offset order). Dropped on a rewind or rejoin.
+    pub carry: Vec<Polled>,
+    /// What the service reports once the batch committed.
+    pub summary: S,
+}
+
+/// A service's part of the loop: apply a batch's effects durably (replicated, and
+/// safe to apply again), and say what to commit.
+pub trait Processor: Send {
+    /// What a committed batch reports.
+    type Summary: Send;
+
+    /// Applies `batch` and returns what to commit. `guard` must be checked before
+    /// every Redis write; its failure drops the batch and rejoins the group. The
+    /// engine may drop this future at any await (shutdown): nothing is committed
+    /// then, and the batch is replayed.
+    fn process(
+        &mut self,
+        batch: Vec<Polled>,
+        guard: Membership,
+    ) -> impl Future<Output = Result<Processed<Self::Summary>, Unsure>> + Send;
+
+    /// The batch whose summary this is committed (`batch`: the engine's side of
+    /// it); the service records its metrics and logs the batch.
+    fn committed(&mut self, summary: Self::Summary, batch: &BatchReport);
+
+    /// These partitions were revoked or lost: forget what is kept about them.
+    fn revoked(&mut self, _partitions: &[i32]) {}
+
+    /// Called after every collection (also when idle): periodic housekeeping.
+    fn tick(&mut self) {}
+}
+
+/// The engine's figures of a committed batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchReport {
+    /// Records the batch held.
+    pub records: usize,
+    /// Records carried over into the next batch.
+    pub carried: usize,
+    /// Time spent in [`Processor::process`].
+    pub process_ms: u64,
+    /// Time to write the output and commit.
+    pub commit_ms: u64,
+}
+
+/// Why a batch did not commit.
+enum Failed {
+    /// Shutdown was requested before the batch was committed.
+    Shutdown,
+    /// The zombie guard failed.
+    Unsure(Unsure),
+    /// The commit failed; the sink was recovered.
+    Commit(CommitError),
+}
+
+/// Names of the failpoints the engine passes, per service.
+struct Failpoints {
+    after_apply: String,
+    after_produce: String,
+    before_commit: String,
+    after_commit: String,
+}
+
+impl Failpoints {
+    fn of(service: &str) -> Self {
+        Self {
+            after_apply: format!("{service}.after_apply"),
+            after_produce: format!("{service}.after_produce"),
+            before_commit: format!("{service}.before_commit"),
+            after_commit: format!("{service}.after_commit"),
+        }
+    }
+}
+
+/// A consumer-group member running the batch loop for one [`Processor`].
+pub struct Engine {
+    config: EngineConfig,
+    consumer: Arc<GroupConsumer>,
+    sink: Sink,
+    stall: StallDetector,
+    /// Since when this member's view of its partitions is known good: the last
+    /// commit, rewind or rejoin. A stall after it may have made it a zombie.
+    valid_since: Instant,
+    /// Longest a batch may go on without a poll: half of `max.poll.interval.ms`.
+    poll_deadline: Duration,
+    /// Records to process again at the start of the next batch.
+    carry: Vec<Polled>,
+    failpoints: Failpoints,
+}
+
+impl Engine {
+    /// Joins `config.group` on `config.topic` (read_committed); `assigned` follows
+    /// whether this member holds any partition. A transactional `sink` must have
+    /// been started before, so that it fenced an earlier run with its id.
+    pub fn start(
+        kafka: &KafkaSettings,
+        config: EngineConfig,
+        sink: Sink,
+        assigned: Condition,
+    ) -> Result<Self, ConsumeError> {
+        let consumer = group::subscribe(
+            kafka,
+            &config.group,
+            &config.topic,
+            config.service,
+            assigned,
+        )?;
+        // Dropped from the group after session.timeout.ms without heartbeats; a
+        // pause of half that is already suspicious.
+        let stall_threshold = Duration::from_millis((kafka.session_timeout_ms / 2).max(500));
+        Ok(Self {
+            failpoints: Failpoints::of(config.service),
+            config,
+            consumer,
+            sink,
+            stall: StallDetector::start(stall_threshold),
+            valid_since: Instant::now(),
+            poll_deadline: group::max_poll_interval(kafka) / 2,
+            carry: Vec::new(),
+        })
+    }
+
+    /// The group member's consumer (for readiness probes).
+    pub fn consumer(&self) -> &Arc<GroupConsumer> {
+        &self.consumer
+    }
+
+    /// Runs batches through `processor` until `shutdown` completes, then leaves the
+    /// group. The batch in hand at shutdown is committed if its commit had begun,
+    /// and otherwise dropped uncommitted (it is replayed).
+    pub async fn run<P: Processor>(
+        mut self,
+        processor: &mut P,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ConsumeError> {
+        let stop = CancellationToken::new();
+        let result = tokio::select! {
+            result = self.batches(processor, &stop) => result,
+            () = async {
+                shutdown.await;
+                stop.cancel();
+                std::future::pending::<()>().await
+            } => unreachable!("pending never completes"),
+        };
+        self.close().await;
+        result
+    }
+
+    async fn batches<P: Processor>(
+        &mut self,
+        processor: &mut P,
+        stop: &CancellationToken,
+    ) -> Result<(), ConsumeError> {
+        let (max_records, max_wait) = (self.config.max_records, self.config.max_wait);
+        loop {
+            let mut batch = std::mem::take(&mut self.carry);
+            let mut revoked = Vec::new();
+            let collected = group::collect(
+                &self.consumer,
+                &mut batch,
+                &mut revoked,
+                max_records,
+                max_wait,
+                IDLE_WAIT,
+                stop,
+            )
+            .await?;
+            if !revoked.is_empty() {
+                processor.revoked(&revoked);
+            }
+            processor.tick();
+            match collected {
+                Collected::Shutdown => {
+                    info!(
+                        dropped = batch.len(),
+                        "shutdown: the batch in hand was not applied yet; dropping it"
+                    );
+                    return Ok(());
+                }
+                Collected::Idle => continue,
+                Collected::Ready if batch.is_empty() => continue,
+                Collected::Ready => {}
+            }
+            let span = info_span!("batch", records = batch.len());
+            let started = Instant::now();
+            let outcome = self.batch(processor, batch, stop).instrument(span).await;
+            metrics::histogram!(self.config.metrics.batch_seconds)
+                .record(started.elapsed().as_secs_f64());
+            match outcome {
+                Ok(()) => {}
+                Err(Failed::Shutdown) => {
+                    info!("shutdown while applying: the batch stays uncommitted and is replayed");
+                    return Ok(());
+                }
+                Err(Failed::Unsure(why)) => {
+                    warn!(
+                        "{why}: this member may have left the group; dropping the batch \
+                         and rejoining before touching Redis again"
+                    );
+                    metrics::counter!(self.config.metrics.rejoins).increment(1);
+                    self.rejoin()?;
+                }
+                Err(Failed::Commit(e)) => {
+                    warn!("batch not committed ({e}); rewinding to the committed offsets");
+                    self.rewind(stop).await;
+                }
+            }
+            if stop.is_cancelled() {
+                info!("shutdown: last batch finished");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Processes and commits one batch.
+    async fn batch<P: Processor>(
+        &mut self,
+        processor: &mut P,
+        records: Vec<Polled>,
+        stop: &CancellationToken,
+    ) -> Result<(), Failed> {
+        let guard = Membership::new(
+            self.stall.clone(),
+            self.valid_since,
+            Instant::now(),
+            self.poll_deadline,
+        );
+        guard.check().map_err(Failed::Unsure)?;
+        let records_in = records.len();
+        let process_started = Instant::now();
+        let processed = tokio::select! {
+            processed = processor.process(records, guard) => processed.map_err(Failed::Unsure)?,
+            () = stop.cancelled() => return Err(Failed::Shutdown),
+        };
+        failpoint::hit(&self.failpoints.after_apply);
+        let process_ms = process_started.elapsed().as_millis() as u64;
+
+        let Processed {
+            out,
+            offsets,
+            carry,
+            summary,
+        } = processed;
+        let commit_started = Instant::now();
+        let result = match self.offsets(&offsets) {
+            Ok(tpl) => {
+                let failpoints = CommitFailpoints {
+                    after_produce: &self.failpoints.after_produce,
+                    before_commit: &self.failpoints.before_commit,
+                };
+                self.sink
+                    .commit(&self.consumer, out, tpl, failpoints, stop)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.carry = carry;
+                self.valid_since = Instant::now();
+                failpoint::hit(&self.failpoints.after_commit);
+                metrics::counter!(self.config.metrics.commits).increment(1);
+                let report = BatchReport {
+                    records: records_in,
+                    carried: self.carry.len(),
+                    process_ms,
+                    commit_ms: commit_started.elapsed().as_millis() as u64,
+                };
+                processor.committed(summary, &report);
+                Ok(())
+            }
+            Err(CommitError::Shutdown) => Err(Failed::Shutdown),
+            Err(e) => {
+                metrics::counter!(self.config.metrics.commit_failures).increment(1);
+                self.sink.recover(&e, stop).await;
+                Err(Failed::Commit(e))
+            }
+        }
+    }
+
+    fn offsets(&self, offsets: &BTreeMap<i32, i64>) -> Result<TopicPartitionList, CommitError> {
+        let mut tpl = TopicPartitionList::new();
+        for (partition, next) in offsets {
+            tpl.add_partition_offset(&self.config.topic, *partition, Offset::Offset(*next))
+                .map_err(CommitError::Offsets)?;
+        }
+        Ok(tpl)
+    }
+
+    /// Moves every assigned partition back to its committed offset, retrying until
+    /// it works (or shutdown), and forgets the carried records.
+    async fn rewind(&mut self, stop: &CancellationToken) {
+        self.carry.clear();
+        metrics::counter!(self.config.metrics.rewinds).increment(1);
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        while let Err(e) = group::rewind(&self.consumer, self.config.rewind_timeout).await {
+            warn!("rewind failed: {e}; retrying");
+            tokio::select! {
+                () = backoff.wait() => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        self.valid_since = Instant::now();
+    }
+
+    /// Leaves and rejoins the group: every partition is revoked, and whatever is
+    /// assigned next starts at the offsets committed by then.
+    fn rejoin(&mut self) -> Result<(), ConsumeError> {
+        self.carry.clear();
+        self.consumer.unsubscribe();
+        self.consumer.subscribe(&[&self.config.topic])?;
+        self.valid_since = Instant::now();
+        Ok(())
+    }
+
+    /// Leaves the group (the consumer's close blocks, so off the runtime).
+    async fn close(self) {
+        let Engine { consumer, sink, .. } = self;
+        consumer.unsubscribe();
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(consumer);
+            drop(sink);
+        })
+        .await;
+        info!("left the consumer group; stopped");
+    }
+}
