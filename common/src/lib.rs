@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod records;
 pub mod redis;
 pub mod ring;
+pub mod schema;
 pub mod settings;
 pub mod stash;
 pub mod telemetry;

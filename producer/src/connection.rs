@@ -349,7 +349,7 @@ impl Connection {
             Err(e) => {
                 shared.memory.add_permits(permits as usize);
                 match e {
-                    RedisOpError::Refused { ref code, .. } if code == "TALLY_FENCED" => {
+                    RedisOpError::Fenced { .. } => {
                         info!(client = %identity.id, "fenced: {e}");
                         replies.push_str(&protocol::superseded(
                             "another connection owns this client id",

@@ -602,7 +602,7 @@ impl Flusher {
                 }
                 match result {
                     Ok(stored) => client.committed = client.committed.max(stored),
-                    Err(RedisOpError::Refused { code, detail }) if code == "TALLY_FENCED" => {
+                    Err(RedisOpError::Fenced { detail }) => {
                         info!(client = %id, "fenced while flushing ({detail}); another owner continues");
                         if let Some(old) = self.clients.remove(&id) {
                             self.drop_memory(&old);
