@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use tally_common::kafka::{group_positions, PartitionPosition};
 use tally_common::redis::{masters, to_node, RedisOpError};
+use tally_common::stash::{MetaReadError, StashMeta};
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 
 /// Concurrent reads in flight on the cluster connection.
@@ -172,22 +173,21 @@ impl Inspector {
         let numbers = self
             .numbers(&[self.keys.client_count(id), self.keys.client_last_sn(id)])
             .await?;
-        let meta_key = self.keys.client_meta(id);
-        let (sn, flushed, owner): (Option<String>, Option<String>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(&meta_key)
-                .arg("sn")
-                .arg("flushed")
-                .arg("owner")
-                .query_async(&mut self.conn.clone())
-                .await?;
+        let meta = StashMeta::read(&mut self.conn.clone(), &self.keys, id)
+            .await
+            .map_err(|e| match e {
+                MetaReadError::Redis(e) => InspectError::Redis(e),
+                MetaReadError::NotANumber { key, value, .. } => {
+                    InspectError::NotACount { key, value }
+                }
+            })?;
         Ok(ClientView {
             client: id.as_str().to_string(),
             count: numbers[0],
             last_sn: numbers[1],
-            stored_sn: parse_count(&meta_key, sn)?,
-            flushed_sn: parse_count(&meta_key, flushed)?,
-            owner: owner.filter(|o| !o.is_empty()),
+            stored_sn: meta.sn,
+            flushed_sn: meta.flushed,
+            owner: Some(meta.owner).filter(|o| !o.is_empty()),
         })
     }
 

@@ -150,7 +150,9 @@ impl WriteCombiner {
                         Err(e) => {
                             if !matches!(
                                 e,
-                                RedisOpError::Refused { .. } | RedisOpError::NotReplicated { .. }
+                                RedisOpError::Fenced { .. }
+                                    | RedisOpError::Refused { .. }
+                                    | RedisOpError::NotReplicated { .. }
                             ) {
                                 // The master may have failed over: route the caller's
                                 // next attempt by a fresh slot table.

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod records;
 pub mod redis;
 pub mod ring;
+pub mod schema;
 pub mod service;
 pub mod settings;
 pub mod stash;

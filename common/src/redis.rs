@@ -18,11 +18,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{FromRedisValue, RedisError, ServerError, ToRedisArgs, Value};
 
+use crate::schema::refusal;
 use crate::settings::RedisSettings;
-
-/// Prefix of the error codes tally's Lua scripts raise with `redis.error_reply`
-/// (for example `TALLY_FENCED`); other errors come from Redis itself.
-pub const SCRIPT_ERROR_PREFIX: &str = "TALLY_";
 
 /// A Redis operation that did not complete as asked.
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +27,15 @@ pub enum RedisOpError {
     /// The cluster or connection failed; whether the write happened is unknown.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
-    /// A tally script refused on purpose (its code starts with `TALLY_`); nothing
-    /// was written.
+    /// A stash script refused because the caller is no longer the client's owner
+    /// at its epoch (`TALLY_FENCED`): another claim came since. Nothing was written.
+    #[error("fenced: {detail}")]
+    Fenced {
+        /// The script's message (who owns the client at which epoch).
+        detail: String,
+    },
+    /// A tally script refused on purpose for another reason (its code starts with
+    /// `TALLY_`, see [`crate::schema::refusal`]); nothing was written.
     #[error("script refused: {code} {detail}")]
     Refused {
         /// The script's code, e.g. `TALLY_FENCED`.
@@ -332,14 +336,52 @@ async fn run_pipeline(
     Ok((result, values.next()))
 }
 
-/// Separates a tally script's deliberate refusal from a Redis failure.
+/// Separates a tally script's deliberate refusal from a Redis failure: the one
+/// place a script's error code is read (every reply of a tally script passes here).
 pub(crate) fn classify(e: ServerError) -> RedisOpError {
-    if e.code().starts_with(SCRIPT_ERROR_PREFIX) {
-        RedisOpError::Refused {
-            code: e.code().to_owned(),
-            detail: e.details().unwrap_or_default().to_owned(),
+    let detail = || e.details().unwrap_or_default().to_owned();
+    match e.code() {
+        refusal::FENCED => RedisOpError::Fenced { detail: detail() },
+        code if code.starts_with(refusal::PREFIX) => RedisOpError::Refused {
+            code: code.to_owned(),
+            detail: detail(),
+        },
+        _ => RedisOpError::Redis(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    /// A server error as it comes off the wire.
+    fn server_error(reply: &str) -> ServerError {
+        match redis::parse_redis_value(format!("-{reply}\r\n").as_bytes()) {
+            Ok(Value::ServerError(e)) => e,
+            other => panic!("not a server error: {other:?}"),
         }
-    } else {
-        RedisOpError::Redis(e.into())
+    }
+
+    #[test]
+    fn refusals_are_classified_by_their_marker() {
+        match classify(server_error("TALLY_FENCED owner is p-2 at epoch 7")) {
+            RedisOpError::Fenced { detail } => assert_eq!(detail, "owner is p-2 at epoch 7"),
+            other => panic!("expected Fenced, got {other:?}"),
+        }
+        match classify(server_error(
+            "TALLY_SN_MISMATCH stored sn 3, caller expected 2",
+        )) {
+            RedisOpError::Refused { code, detail } => {
+                assert_eq!(code, refusal::SN_MISMATCH);
+                assert_eq!(detail, "stored sn 3, caller expected 2");
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        assert!(matches!(
+            classify(server_error("ERR something else")),
+            RedisOpError::Redis(_)
+        ));
     }
 }

@@ -13,6 +13,7 @@ use redis::AsyncCommands;
 use crate::combiner::WriteCombiner;
 use crate::keys::{ClientId, Keys};
 use crate::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
+use crate::schema::{claim_mode, meta, stash_entry};
 
 /// Ownership and progress of one client's stash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,73 @@ pub struct StashMeta {
     pub sn: u64,
     /// Highest sn confirmed in Kafka without gaps.
     pub flushed: u64,
+}
+
+/// Why a client's meta could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaReadError {
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] RedisOpError),
+    /// A numeric field holds something tally never writes there.
+    #[error("{key} field {field} holds {value:?}, not a number")]
+    NotANumber {
+        /// The meta key.
+        key: String,
+        /// The field.
+        field: &'static str,
+        /// What it holds.
+        value: String,
+    },
+}
+
+impl From<MetaReadError> for RedisOpError {
+    fn from(e: MetaReadError) -> Self {
+        match e {
+            MetaReadError::Redis(e) => e,
+            junk @ MetaReadError::NotANumber { .. } => RedisOpError::Result(junk.to_string()),
+        }
+    }
+}
+
+impl StashMeta {
+    /// Reads a client's meta fields (all zero / empty for an unknown client). The
+    /// one reader of the meta hash: the producer and the CLI both come here.
+    pub async fn read(
+        conn: &mut ClusterConnection,
+        keys: &Keys,
+        client: &ClientId,
+    ) -> Result<Self, MetaReadError> {
+        let key = keys.client_meta(client);
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&meta::ALL)
+            .query_async(conn)
+            .await
+            .map_err(RedisOpError::from)?;
+        Self::decode(&key, values)
+    }
+
+    /// Decodes an `HMGET` reply in [`meta::ALL`] order.
+    fn decode(key: &str, values: Vec<Option<String>>) -> Result<Self, MetaReadError> {
+        let field = |at: usize| values.get(at).cloned().flatten();
+        let number = |at: usize| -> Result<u64, MetaReadError> {
+            match field(at) {
+                None => Ok(0),
+                Some(value) => value.parse().map_err(|_| MetaReadError::NotANumber {
+                    key: key.to_owned(),
+                    field: meta::ALL[at],
+                    value,
+                }),
+            }
+        };
+        Ok(Self {
+            owner: field(0).unwrap_or_default(),
+            epoch: number(1)?,
+            sn: number(2)?,
+            flushed: number(3)?,
+        })
+    }
 }
 
 /// Typed access to the producer's keys. Replicated writes go through a
@@ -116,7 +184,7 @@ impl StashStore {
         let mut call = ScriptCall::new();
         call.key(self.keys.client_meta(client))
             .arg(instance)
-            .arg("take");
+            .arg(claim_mode::TAKE);
         let values: Vec<u64> = self.writes.invoke(&self.claim, call).await?;
         parse_claim(&values)
     }
@@ -136,7 +204,7 @@ impl StashStore {
         let mut call = ScriptCall::new();
         call.key(self.keys.client_meta(client))
             .arg(instance)
-            .arg("adopt")
+            .arg(claim_mode::ADOPT)
             .arg(from)
             .arg(meta.epoch);
         let values: Vec<redis::Value> = self.writes.invoke(&self.claim, call).await?;
@@ -159,7 +227,7 @@ impl StashStore {
     }
 
     /// Appends a batch, numbering it from `last_sn + 1`; returns the first sn.
-    /// Fails with `Refused { code: "TALLY_FENCED" }` when another claim came since.
+    /// Fails with [`RedisOpError::Fenced`] when another claim came since.
     pub async fn append(
         &self,
         client: &ClientId,
@@ -247,10 +315,13 @@ impl StashStore {
                     .split_once('-')
                     .and_then(|(sn, _)| sn.parse().ok())
                     .ok_or_else(|| RedisOpError::Result(format!("stash entry id {}", entry.id)))?;
-                let msg: String = entry
-                    .get("m")
-                    .ok_or_else(|| RedisOpError::Result(format!("stash entry {sn} has no m")))?;
-                let ts: i64 = entry.get("t").unwrap_or_default();
+                let msg: String = entry.get(stash_entry::MESSAGE).ok_or_else(|| {
+                    RedisOpError::Result(format!(
+                        "stash entry {sn} has no {}",
+                        stash_entry::MESSAGE
+                    ))
+                })?;
+                let ts: i64 = entry.get(stash_entry::TIMESTAMP).unwrap_or_default();
                 Ok(StashedMessage { sn, msg, ts })
             })
             .collect()
@@ -258,18 +329,7 @@ impl StashStore {
 
     /// The stash's meta fields (all zero / empty for an unknown client).
     pub async fn meta(&self, client: &ClientId) -> Result<StashMeta, RedisOpError> {
-        let (owner, epoch, sn, flushed): (Option<String>, Option<u64>, Option<u64>, Option<u64>) =
-            redis::cmd("HMGET")
-                .arg(self.keys.client_meta(client))
-                .arg(&["owner", "epoch", "sn", "flushed"])
-                .query_async(&mut self.conn.clone())
-                .await?;
-        Ok(StashMeta {
-            owner: owner.unwrap_or_default(),
-            epoch: epoch.unwrap_or_default(),
-            sn: sn.unwrap_or_default(),
-            flushed: flushed.unwrap_or_default(),
-        })
+        Ok(StashMeta::read(&mut self.conn.clone(), &self.keys, client).await?)
     }
 
     /// Records `instance` as alive at `now_ms`.
@@ -331,5 +391,36 @@ impl StashStore {
             .clone()
             .smembers(self.keys.producer_clients(instance))
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_decodes_missing_fields_as_zero_and_rejects_junk() {
+        let key = "tally:c:{c}:meta";
+        assert_eq!(
+            StashMeta::decode(key, vec![None, None, None, None]).expect("empty"),
+            StashMeta::default()
+        );
+        let some = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            StashMeta::decode(key, vec![some("p-1"), some("3"), some("10"), some("7")])
+                .expect("full"),
+            StashMeta {
+                owner: "p-1".into(),
+                epoch: 3,
+                sn: 10,
+                flushed: 7
+            }
+        );
+        match StashMeta::decode(key, vec![None, some("1"), some("x"), None]) {
+            Err(MetaReadError::NotANumber { field, value, .. }) => {
+                assert_eq!((field, value.as_str()), (meta::SN, "x"));
+            }
+            other => panic!("expected NotANumber, got {other:?}"),
+        }
     }
 }

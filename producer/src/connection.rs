@@ -21,7 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::flusher::FlushCommand;
 use crate::protocol::{self, LineReader, ProtocolError, Request};
 use crate::registry::ClientSlot;
-use crate::{now_ms, Shared};
+use crate::shared::{now_ms, Shared};
 
 /// Longest a claim (ownership lock, ownership set, claim script + `WAIT`) may take.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -200,30 +200,22 @@ impl Connection {
         tracing::Span::current().record("client", id.as_str());
         let shared = self.shared.clone();
         let slot = shared
-            .registry
+            .ownership
             .attach(&id, self.conn_id, self.superseded.clone());
         // Bounded: a Redis call stuck in a failover must become `ERR unavailable`
         // (the client retries), never a connection that silently stops answering.
-        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, async {
-            let _order = slot.ownership.lock().await;
-            // Listed before claimed: a crash between the two leaves a harmless stale
-            // entry, never an owned client that survivors cannot find.
-            match shared.store.add_owned(&shared.instance, &id).await {
-                Ok(()) => shared.store.take(&id, &shared.instance).await,
-                Err(e) => Err(e),
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(RedisOpError::Result(format!(
-                "claim not confirmed within {CLAIM_TIMEOUT:?}"
-            )))
-        });
+        let claimed = tokio::time::timeout(CLAIM_TIMEOUT, shared.ownership.claim(&slot))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RedisOpError::Result(format!(
+                    "claim not confirmed within {CLAIM_TIMEOUT:?}"
+                )))
+            });
         let claim = match claimed {
             Ok(claim) => claim,
             Err(e) => {
                 warn!(client = %id, "claim failed: {e}");
-                shared.registry.detach(&slot, self.conn_id);
+                shared.ownership.detach(&slot, self.conn_id);
                 replies.push_str(&protocol::unavailable(&e.to_string()));
                 return Ok(false);
             }
@@ -270,11 +262,12 @@ impl Connection {
         // Backpressure: wait (not reading the socket) until the backlog has room.
         let limits = &shared.settings.producer;
         let mut progress = identity.slot.progress.subscribe();
+        let mut freed = identity.slot.memory.subscribe();
         let count = batch.len() as u64;
         loop {
             let flushed = identity.slot.progress.flushed();
             let backlog = identity.last_sn.saturating_sub(flushed);
-            let memory = identity.slot.progress.memory_bytes();
+            let memory = identity.slot.memory.bytes();
             if backlog + count <= limits.client_backlog_messages
                 && memory + bytes <= limits.client_backlog_bytes
             {
@@ -284,6 +277,7 @@ impl Connection {
                 .increment(1);
             tokio::select! {
                 changed = progress.changed() => { if changed.is_err() { return Ok(false); } }
+                changed = freed.changed() => { if changed.is_err() { return Ok(false); } }
                 () = self.superseded.cancelled() => {
                     replies.push_str(&protocol::superseded("the same client id connected again"));
                     return Ok(false);
@@ -291,11 +285,10 @@ impl Connection {
                 () = self.shutdown.cancelled() => return Ok(false),
             }
         }
-        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
-        match shared.memory.clone().acquire_many_owned(permits).await {
-            Ok(permit) => permit.forget(),
-            Err(_) => return Ok(false),
-        }
+        // Held until the flusher lets go of the messages (or this batch fails).
+        let Ok(mut memory) = shared.memory.reserve(bytes).await else {
+            return Ok(false);
+        };
 
         let started = Instant::now();
         let ts = now_ms();
@@ -321,7 +314,7 @@ impl Connection {
                 metrics::counter!(tally_common::observe::names::PRODUCER_MESSAGES_ACKED)
                     .increment(count);
                 replies.push_str(&protocol::ack(last));
-                identity.slot.progress.add_bytes(bytes);
+                memory.charge_to(&identity.slot.memory);
                 // ACK first: it depends only on the replicated stash, not on how
                 // quickly the flusher takes the batch.
                 let (id, slot, epoch) =
@@ -339,6 +332,7 @@ impl Connection {
                         first_sn,
                         ts,
                         messages: batch,
+                        memory,
                     })
                     .await;
                 // The batch is in the stash: if the flusher is gone (shutdown), the
@@ -347,9 +341,9 @@ impl Connection {
                 Ok(handed.is_ok())
             }
             Err(e) => {
-                shared.memory.add_permits(permits as usize);
+                drop(memory);
                 match e {
-                    RedisOpError::Refused { ref code, .. } if code == "TALLY_FENCED" => {
+                    RedisOpError::Fenced { .. } => {
                         info!(client = %identity.id, "fenced: {e}");
                         replies.push_str(&protocol::superseded(
                             "another connection owns this client id",
@@ -369,7 +363,7 @@ impl Connection {
 
     async fn detach(&mut self) {
         if let Some(identity) = self.identity.take() {
-            self.shared.registry.detach(&identity.slot, self.conn_id);
+            self.shared.ownership.detach(&identity.slot, self.conn_id);
             let _ = self
                 .shared
                 .flusher

@@ -1,20 +1,14 @@
-//! Flushes every owned client's stash to `client_message`, in sn order, with the
-//! idempotent `acks=all` producer.
+//! The flusher task: flushes every owned client's stash to `client_message`, in
+//! sn order, with the idempotent `acks=all` producer.
 //!
-//! Invariants (3 in the architecture doc):
-//! - `flushed` advances only over a contiguous run of sns confirmed by Kafka in the
-//!   current send generation; the stash is trimmed only up to `flushed`.
-//! - A failed or timed-out delivery rewinds sending to `flushed + 1` and resends
-//!   everything after it (go-back-N): the counter must see the sns after a gap
-//!   again, after the gap is filled. Confirmations of an older generation are
-//!   ignored for the same reason.
-//! - Messages in memory are exactly the stash's entries from `flushed + 1` on
-//!   (handed over after their stash was replicated, or read back from the stash);
-//!   anything not contiguous is dropped from memory and read from the stash later.
-//! - A client is released only when it is disconnected and everything stored is
-//!   flushed and recorded.
+//! This module is the task's I/O: it sends to Kafka, reads and records stashes,
+//! and releases clients, as each client's [`FlushState`] asks (the go-back-N and
+//! release rules live there, invariant 3). What it adds: only what a client's
+//! state asked for is done, and a background result is applied only to the state
+//! that asked for it (matched by a state id unique for the flusher's life), so a
+//! result for a client that was dropped and claimed again is ignored.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,15 +17,18 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tally_common::records::ClientMessage;
 use tally_common::redis::RedisOpError;
-use tally_common::stash::StashedMessage;
+use tally_common::stash::{Claim, StashedMessage};
 use tally_common::ClientId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::budget::Reservation;
+use crate::flush_state::{Appended, FlushState, Generations, Loaded};
+use crate::ownership::Release;
 use crate::registry::ClientSlot;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Messages read from a stash per Redis call when catching up.
 const LOAD_CHUNK: usize = 1_000;
@@ -63,6 +60,8 @@ pub enum FlushCommand {
         ts: i64,
         /// The messages, in sn order.
         messages: Vec<String>,
+        /// The memory the messages hold (their bytes, charged to the client).
+        memory: Reservation,
     },
     /// The connection serving the client closed.
     Disconnected {
@@ -73,41 +72,12 @@ pub enum FlushCommand {
     },
 }
 
-struct Entry {
-    sn: u64,
-    msg: Arc<str>,
-    ts: i64,
-    /// Bytes of the global memory budget this entry holds.
-    permits: usize,
-}
-
+/// A client this instance flushes.
 struct ClientFlush {
     slot: Arc<ClientSlot>,
     /// Unique per state (not per epoch): matches background task results to it.
     state_id: u64,
-    epoch: u64,
-    /// Highest sn known to be in the stash.
-    stored_sn: u64,
-    flushed: u64,
-    /// `flushed` as last written to Redis.
-    committed: u64,
-    /// Entries `flushed+1 ..= flushed+len`.
-    pending: VecDeque<Entry>,
-    next_send: u64,
-    /// Confirmed sns above `flushed` (this generation).
-    confirmed: BTreeSet<u64>,
-    generation: u64,
-    connected: bool,
-    loading: bool,
-    committing: bool,
-    releasing: bool,
-    last_progress: Instant,
-}
-
-impl ClientFlush {
-    fn loaded_upto(&self) -> u64 {
-        self.flushed + self.pending.len() as u64
-    }
+    state: FlushState,
 }
 
 /// (client, sn, send generation, outcome).
@@ -130,10 +100,7 @@ enum TaskDone {
         id: ClientId,
         state_id: u64,
         epoch: u64,
-        released: bool,
-        /// `meta.sn` when the release was refused: more may be stored than this
-        /// flusher knows of.
-        stored_sn: Option<u64>,
+        release: Release,
     },
 }
 
@@ -150,7 +117,7 @@ pub struct Flusher {
     /// Clients not yet released, for the graceful shutdown to wait on.
     remaining: watch::Sender<usize>,
     /// Source of state ids and send generations, unique for the flusher's life.
-    next_id: u64,
+    generations: Generations,
 }
 
 impl Flusher {
@@ -170,7 +137,7 @@ impl Flusher {
             deliveries: FuturesUnordered::new(),
             tasks: JoinSet::new(),
             remaining,
-            next_id: 0,
+            generations: Generations::default(),
         }
     }
 
@@ -210,48 +177,32 @@ impl Flusher {
                 connected,
             } => {
                 let id = slot.id.clone();
+                let claim = Claim { epoch, sn, flushed };
                 if let Some(client) = self.clients.get_mut(&id) {
-                    // Claimed again by this instance (a reconnect): memory still mirrors
-                    // the stash, and sends in flight still count. Keep both.
-                    if !Arc::ptr_eq(&client.slot, &slot) {
-                        // The registry made a new slot (the old one was released):
-                        // move the memory accounting to the slot the connection watches.
-                        let bytes: usize = client.pending.iter().map(|e| e.msg.len()).sum();
-                        client.slot.progress.sub_bytes(bytes);
-                        slot.progress.add_bytes(bytes);
-                        client.slot = slot;
-                    }
-                    client.epoch = epoch;
-                    client.connected = connected;
-                    client.stored_sn = client.stored_sn.max(sn);
-                    client.committed = client.committed.max(flushed);
-                    if flushed > client.flushed {
-                        Self::advance_to(&self.shared, client, flushed);
-                    }
-                    client.slot.progress.set_flushed(client.flushed);
+                    // Claimed again by this instance (a reconnect): the state keeps
+                    // memory and sends in flight. The registry may have made a new
+                    // slot (the old one was released): follow it.
+                    client.state.reclaim(claim, connected, &slot.memory);
+                    client.slot = slot;
+                    client.slot.progress.set_flushed(client.state.flushed());
                     self.send(&id);
                     return;
                 }
                 slot.progress.set_flushed(flushed);
-                self.next_id += 1;
+                let state_id = self.generations.next();
+                let state = FlushState::new(
+                    claim,
+                    connected,
+                    slot.memory.clone(),
+                    state_id,
+                    Instant::now(),
+                );
                 self.clients.insert(
                     id,
                     ClientFlush {
                         slot,
-                        state_id: self.next_id,
-                        epoch,
-                        stored_sn: sn,
-                        flushed,
-                        committed: flushed,
-                        pending: VecDeque::new(),
-                        next_send: flushed + 1,
-                        confirmed: BTreeSet::new(),
-                        generation: self.next_id,
-                        connected,
-                        loading: false,
-                        committing: false,
-                        releasing: false,
-                        last_progress: Instant::now(),
+                        state_id,
+                        state,
                     },
                 );
                 self.publish_remaining();
@@ -262,39 +213,22 @@ impl Flusher {
                 first_sn,
                 ts,
                 messages,
+                memory,
             } => {
                 let id = slot.id.clone();
-                let Some(client) = self.clients.get_mut(&id).filter(|c| c.epoch == epoch) else {
-                    // Superseded meanwhile: the bytes were counted, give them back.
-                    let bytes: usize = messages.iter().map(String::len).sum();
-                    self.shared.memory.add_permits(bytes);
-                    slot.progress.sub_bytes(bytes);
-                    return;
+                let Some(client) = self.clients.get_mut(&id) else {
+                    return; // released meanwhile; dropping `memory` gives it back
                 };
-                let last = first_sn + messages.len() as u64 - 1;
-                client.stored_sn = client.stored_sn.max(last);
-                if first_sn == client.loaded_upto() + 1 {
-                    for (i, msg) in messages.into_iter().enumerate() {
-                        let permits = msg.len();
-                        client.pending.push_back(Entry {
-                            sn: first_sn + i as u64,
-                            msg: msg.into(),
-                            ts,
-                            permits,
-                        });
-                    }
-                } else {
-                    // Not contiguous with memory (catching up from the stash): the
-                    // messages are in the stash and will be read from there.
-                    let bytes: usize = messages.iter().map(String::len).sum();
-                    self.shared.memory.add_permits(bytes);
-                    client.slot.progress.sub_bytes(bytes);
+                match client.state.append(epoch, first_sn, ts, messages, memory) {
+                    // Superseded: its memory went back. Dropped: in the stash, and
+                    // read from there once memory reaches it.
+                    Appended::Superseded => {}
+                    Appended::Held | Appended::Dropped => self.send(&id),
                 }
-                self.send(&id);
             }
             FlushCommand::Disconnected { id, epoch } => {
-                if let Some(client) = self.clients.get_mut(&id).filter(|c| c.epoch == epoch) {
-                    client.connected = false;
+                if let Some(client) = self.clients.get_mut(&id) {
+                    client.state.disconnect(epoch);
                 }
             }
         }
@@ -305,25 +239,22 @@ impl Flusher {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
-        while client.next_send <= client.loaded_upto() {
-            let index = (client.next_send - client.flushed - 1) as usize;
-            let Some(entry) = client.pending.get(index) else {
-                break;
-            };
+        while let Some(entry) = client.state.next_to_send() {
+            let (sn, ts) = (entry.sn, entry.ts);
             let value = ClientMessage {
                 client: id.as_str().to_owned(),
-                sn: entry.sn,
+                sn,
                 msg: entry.msg.to_string(),
-                ts: entry.ts,
+                ts,
             }
             .to_json();
             let record = FutureRecord::to(&self.topic)
                 .key(id.as_str())
                 .payload(&value)
-                .timestamp(entry.ts);
+                .timestamp(ts);
             match self.producer.send_result(record) {
                 Ok(delivery) => {
-                    let (id, sn, generation) = (id.clone(), entry.sn, client.generation);
+                    let (id, generation) = (id.clone(), client.state.generation());
                     self.deliveries.push(Box::pin(async move {
                         let result = match delivery.await {
                             Ok(Ok(_)) => Ok(()),
@@ -332,7 +263,7 @@ impl Flusher {
                         };
                         (id, sn, generation, result)
                     }));
-                    client.next_send += 1;
+                    client.state.sent();
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.blocked.insert(id.clone());
@@ -354,70 +285,36 @@ impl Flusher {
         let Some(client) = self.clients.get_mut(&id) else {
             return;
         };
-        if generation != client.generation || sn <= client.flushed {
-            return;
-        }
+        let now = Instant::now();
         match result {
             Ok(()) => {
-                let before = client.flushed;
-                client.confirmed.insert(sn);
-                let mut freed = 0usize;
-                let mut freed_permits = 0usize;
-                while client.confirmed.remove(&(client.flushed + 1)) {
-                    client.flushed += 1;
-                    if let Some(entry) = client.pending.pop_front() {
-                        debug_assert_eq!(entry.sn, client.flushed);
-                        freed += entry.msg.len();
-                        freed_permits += entry.permits;
-                    }
-                }
-                if freed > 0 || freed_permits > 0 {
-                    self.shared.memory.add_permits(freed_permits);
-                    client.slot.progress.sub_bytes(freed);
-                }
-                client.slot.progress.set_flushed(client.flushed);
-                client.last_progress = Instant::now();
+                let Some(advanced) = client.state.confirm(sn, generation, now) else {
+                    return;
+                };
+                client.slot.progress.set_flushed(client.state.flushed());
                 metrics::counter!(tally_common::observe::names::PRODUCER_MESSAGES_FLUSHED)
-                    .increment(client.flushed - before);
+                    .increment(advanced);
             }
             Err(e) => {
-                warn!(client = %id, sn, "delivery failed, resending from {}: {e}", client.flushed + 1);
+                let from = client.state.flushed() + 1;
+                if !client
+                    .state
+                    .fail(sn, generation, &mut self.generations, now)
+                {
+                    return;
+                }
+                warn!(client = %id, sn, "delivery failed, resending from {from}: {e}");
                 metrics::counter!(tally_common::observe::names::PRODUCER_DELIVERY_ERRORS)
                     .increment(1);
-                self.next_id += 1;
-                Self::rewind(client, self.next_id);
+                metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
                 self.send(&id);
             }
         }
     }
 
-    /// Moves `flushed` up to `to` (confirmed elsewhere), letting go of the entries.
-    fn advance_to(shared: &Shared, client: &mut ClientFlush, to: u64) {
-        let (mut bytes, mut permits) = (0, 0);
-        while client.flushed < to {
-            client.flushed += 1;
-            if let Some(entry) = client.pending.pop_front() {
-                bytes += entry.msg.len();
-                permits += entry.permits;
-            }
-        }
-        shared.memory.add_permits(permits);
-        client.slot.progress.sub_bytes(bytes);
-        client.confirmed.retain(|&sn| sn > to);
-        client.next_send = client.next_send.max(to + 1);
-    }
-
-    /// Go-back-N: resend everything after `flushed`, in order, as a new generation.
-    fn rewind(client: &mut ClientFlush, generation: u64) {
-        metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
-        client.generation = generation;
-        client.next_send = client.flushed + 1;
-        client.confirmed.clear();
-        client.last_progress = Instant::now();
-    }
-
     fn on_tick(&mut self) {
         let shared = self.shared.clone();
+        let now = Instant::now();
         let delivery_timeout =
             Duration::from_millis(shared.settings.kafka.delivery_timeout_ms + 5_000);
         if let Some(e) = self.producer.client().fatal_error() {
@@ -427,8 +324,9 @@ impl Flusher {
                 Ok(producer) => {
                     self.producer = producer;
                     for client in self.clients.values_mut() {
-                        self.next_id += 1;
-                        Self::rewind(client, self.next_id);
+                        client.state.rewind(&mut self.generations, now);
+                        metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS)
+                            .increment(1);
                     }
                     self.blocked.extend(self.clients.keys().cloned());
                 }
@@ -437,39 +335,21 @@ impl Flusher {
         }
 
         // Every client's un-flushed messages, summed: O(owned clients) per tick.
-        let lag: u64 = self
-            .clients
-            .values()
-            .map(|c| c.stored_sn.saturating_sub(c.flushed))
-            .sum();
+        let lag: u64 = self.clients.values().map(|c| c.state.lag()).sum();
         metrics::gauge!(tally_common::observe::names::PRODUCER_FLUSH_LAG).set(lag as f64);
 
-        let ids: Vec<ClientId> = self.clients.keys().cloned().collect();
-        for id in ids {
-            let Some(client) = self.clients.get_mut(&id) else {
-                continue;
-            };
+        for (id, client) in &mut self.clients {
+            let state = &mut client.state;
             // Loss check: in flight without progress past the delivery timeout.
-            if client.next_send > client.flushed + 1
-                && client.last_progress.elapsed() > delivery_timeout
-            {
-                warn!(client = %id, "no delivery progress for {delivery_timeout:?}; resending from {}", client.flushed + 1);
-                self.next_id += 1;
-                Self::rewind(client, self.next_id);
+            if state.stalled(now, delivery_timeout) {
+                warn!(client = %id, "no delivery progress for {delivery_timeout:?}; resending from {}", state.flushed() + 1);
+                state.rewind(&mut self.generations, now);
+                metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
                 self.blocked.insert(id.clone());
             }
             // Catch up from the stash.
-            if !client.loading
-                && client.loaded_upto() < client.stored_sn
-                && client.pending.len() < LOAD_CHUNK
-            {
-                client.loading = true;
-                let (store, id, state_id, after) = (
-                    shared.store.clone(),
-                    id.clone(),
-                    client.state_id,
-                    client.loaded_upto(),
-                );
+            if let Some(after) = state.start_load(LOAD_CHUNK) {
+                let (store, id, state_id) = (shared.store.clone(), id.clone(), client.state_id);
                 self.tasks.spawn(async move {
                     let result = store.read(&id, after, LOAD_CHUNK).await;
                     TaskDone::Loaded {
@@ -481,15 +361,12 @@ impl Flusher {
                 });
             }
             // Record progress in the stash and trim it.
-            if !client.committing && client.flushed > client.committed {
-                client.committing = true;
-                let (store, instance, id, state_id, epoch, flushed) = (
+            if let Some((epoch, flushed)) = state.start_commit() {
+                let (store, instance, id, state_id) = (
                     shared.store.clone(),
                     shared.instance.clone(),
                     id.clone(),
                     client.state_id,
-                    client.epoch,
-                    client.flushed,
                 );
                 self.tasks.spawn(async move {
                     let result = store.commit_flushed(&id, &instance, epoch, flushed).await;
@@ -502,23 +379,16 @@ impl Flusher {
                 });
             }
             // Release a disconnected client once everything is flushed and recorded.
-            let drained = client.flushed == client.stored_sn && client.committed == client.flushed;
-            if !client.connected && drained && !client.releasing && !client.committing {
-                client.releasing = true;
-                let (shared, slot, state_id, epoch) = (
-                    shared.clone(),
-                    client.slot.clone(),
-                    client.state_id,
-                    client.epoch,
-                );
+            if let Some(epoch) = state.start_release() {
+                let (shared, slot, state_id) =
+                    (shared.clone(), client.slot.clone(), client.state_id);
                 self.tasks.spawn(async move {
-                    let (released, stored_sn) = release(&shared, &slot, epoch).await;
+                    let release = shared.ownership.release(&slot, epoch).await;
                     TaskDone::Released {
                         id: slot.id.clone(),
                         state_id,
                         epoch,
-                        released,
-                        stored_sn,
+                        release,
                     }
                 });
             }
@@ -529,6 +399,11 @@ impl Flusher {
         }
     }
 
+    /// The client whose state asked for a background result, if it still exists.
+    fn asker(&mut self, id: &ClientId, state_id: u64) -> Option<&mut ClientFlush> {
+        self.clients.get_mut(id).filter(|c| c.state_id == state_id)
+    }
+
     fn on_task(&mut self, done: TaskDone) {
         match done {
             TaskDone::Loaded {
@@ -537,54 +412,26 @@ impl Flusher {
                 after,
                 result,
             } => {
-                let Some(client) = self.clients.get_mut(&id).filter(|c| c.state_id == state_id)
-                else {
+                let memory = self.shared.memory.clone();
+                let Some(client) = self.asker(&id, state_id) else {
                     return;
                 };
-                client.loading = false;
                 let entries = match result {
                     Ok(entries) => entries,
                     Err(e) => {
+                        client.state.load_failed();
                         warn!(client = %id, "cannot read stash: {e}");
                         return;
                     }
                 };
-                if after != client.loaded_upto() {
-                    return; // memory moved on meanwhile; the next tick reads again
-                }
-                let bytes: usize = entries.iter().map(|e| e.msg.len()).sum();
-                let Ok(permit) = self
-                    .shared
-                    .memory
-                    .clone()
-                    .try_acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
-                else {
-                    return; // memory budget exhausted; retry on a later tick
-                };
-                permit.forget();
-                for (expected, entry) in (after + 1..).zip(entries) {
-                    if entry.sn != expected {
-                        // Trimmed or missing entries: never invent; stop here.
-                        warn!(client = %id, "stash has sn {} where {expected} was expected", entry.sn);
-                        break;
+                // Stale: memory moved on, the next tick reads again. NoRoom: the
+                // memory budget is exhausted; a later tick retries.
+                if let Loaded::Held { gap, .. } = client.state.loaded(after, entries, &memory) {
+                    if let Some((found, expected)) = gap {
+                        warn!(client = %id, "stash has sn {found} where {expected} was expected");
                     }
-                    client.slot.progress.add_bytes(entry.msg.len());
-                    client.pending.push_back(Entry {
-                        sn: entry.sn,
-                        permits: entry.msg.len(),
-                        msg: entry.msg.into(),
-                        ts: entry.ts,
-                    });
+                    self.send(&id);
                 }
-                // Give back the budget of entries not kept.
-                let kept: usize = client
-                    .pending
-                    .iter()
-                    .filter(|e| e.sn > after)
-                    .map(|e| e.permits)
-                    .sum();
-                self.shared.memory.add_permits(bytes.saturating_sub(kept));
-                self.send(&id);
             }
             TaskDone::Committed {
                 id,
@@ -592,24 +439,21 @@ impl Flusher {
                 epoch,
                 result,
             } => {
-                let Some(client) = self.clients.get_mut(&id).filter(|c| c.state_id == state_id)
-                else {
+                let Some(client) = self.asker(&id, state_id) else {
                     return;
                 };
-                client.committing = false;
-                if epoch != client.epoch {
+                if !client.state.commit_finished(epoch) {
                     return; // written under an epoch this instance replaced itself
                 }
                 match result {
-                    Ok(stored) => client.committed = client.committed.max(stored),
-                    Err(RedisOpError::Refused { code, detail }) if code == "TALLY_FENCED" => {
+                    Ok(stored) => client.state.committed(stored),
+                    Err(RedisOpError::Fenced { detail }) => {
                         info!(client = %id, "fenced while flushing ({detail}); another owner continues");
-                        if let Some(old) = self.clients.remove(&id) {
-                            self.drop_memory(&old);
+                        // Dropping the state gives its memory back at once.
+                        if let Some(ClientFlush { slot, state, .. }) = self.clients.remove(&id) {
+                            drop(state);
                             let shared = self.shared.clone();
-                            tokio::spawn(
-                                async move { forget_if_not_owner(&shared, &old.slot).await },
-                            );
+                            tokio::spawn(async move { shared.ownership.fenced(&slot).await });
                         }
                         self.publish_remaining();
                     }
@@ -620,23 +464,22 @@ impl Flusher {
                 id,
                 state_id,
                 epoch,
-                released,
-                stored_sn,
+                release,
             } => {
-                let Some(client) = self.clients.get_mut(&id).filter(|c| c.state_id == state_id)
-                else {
+                let Some(client) = self.asker(&id, state_id) else {
                     return;
                 };
-                client.releasing = false;
-                if let Some(sn) = stored_sn.filter(|&sn| sn > client.stored_sn) {
+                let (released, unflushed_sn) = match release {
+                    Release::Released => (true, None),
+                    Release::Kept { unflushed_sn } => (false, unflushed_sn),
+                };
+                let finished = client.state.release_finished(epoch, released, unflushed_sn);
+                if let Some((known, stored)) = finished.caught_up {
                     // The stash holds more than was handed over: read it from there.
-                    warn!(client = %id, known = client.stored_sn, stored = sn, "stash holds more than the flusher knew; catching up");
-                    client.stored_sn = sn;
+                    warn!(client = %id, known, stored, "stash holds more than the flusher knew; catching up");
                 }
-                if released && epoch == client.epoch {
-                    if let Some(old) = self.clients.remove(&id) {
-                        self.drop_memory(&old);
-                    }
+                if finished.released {
+                    self.clients.remove(&id);
                     debug!(client = %id, "released");
                     self.publish_remaining();
                 }
@@ -644,62 +487,9 @@ impl Flusher {
         }
     }
 
-    fn drop_memory(&self, client: &ClientFlush) {
-        let permits: usize = client.pending.iter().map(|e| e.permits).sum();
-        let bytes: usize = client.pending.iter().map(|e| e.msg.len()).sum();
-        self.shared.memory.add_permits(permits);
-        client.slot.progress.sub_bytes(bytes);
-    }
-
     fn publish_remaining(&self) {
         self.remaining.send_replace(self.clients.len());
         metrics::gauge!(tally_common::observe::names::PRODUCER_OWNED_CLIENTS)
             .set(self.clients.len() as f64);
-    }
-}
-
-/// Releases a drained client and drops it from this instance's ownership set,
-/// unless a connection attached meanwhile.
-/// Returns whether it was released and, when the stash still held unflushed
-/// messages, the stored `sn`.
-async fn release(shared: &Shared, slot: &Arc<ClientSlot>, epoch: u64) -> (bool, Option<u64>) {
-    let _order = slot.ownership.lock().await;
-    if slot.is_connected() {
-        return (false, None);
-    }
-    match shared
-        .store
-        .release(&slot.id, &shared.instance, epoch)
-        .await
-    {
-        Ok(true) => {
-            if let Err(e) = shared.store.remove_owned(&shared.instance, &slot.id).await {
-                debug!(client = %slot.id, "cannot update ownership set: {e}");
-            }
-            shared.registry.remove_if_idle(slot);
-            (true, None)
-        }
-        Ok(false) => {
-            let meta = shared.store.meta(&slot.id).await.ok();
-            let unflushed = meta.filter(|m| m.owner == shared.instance && m.sn > m.flushed);
-            (false, unflushed.map(|m| m.sn))
-        }
-        Err(e) => {
-            debug!(client = %slot.id, "cannot release yet: {e}");
-            (false, None)
-        }
-    }
-}
-
-/// Drops a client this instance lost from its ownership set, if it really is owned
-/// elsewhere now.
-pub async fn forget_if_not_owner(shared: &Shared, slot: &Arc<ClientSlot>) {
-    let _order = slot.ownership.lock().await;
-    match shared.store.meta(&slot.id).await {
-        Ok(meta) if meta.owner != shared.instance => {
-            let _ = shared.store.remove_owned(&shared.instance, &slot.id).await;
-            shared.registry.remove_if_idle(slot);
-        }
-        _ => {}
     }
 }

@@ -9,6 +9,13 @@
 //!
 //! The library's entry point is [`run`]: it serves a bound listener until the
 //! shutdown future completes, then drains. `main.rs` only parses arguments.
+//!
+//! Each rule has one module: `connection` (read, stash, ACK, hand over),
+//! `flush_state` (one client's go-back-N flush state, pure), `flusher` (the task
+//! that does the flush state's I/O), `ownership` (claim, adopt, release, fence),
+//! `takeover` (heartbeats and when to adopt whom), `budget` (memory reservations),
+//! `registry` (client slots), `shared` (what the tasks share). This file only
+//! wires them together; no module imports it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,11 +34,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::budget::MemoryBudget;
+use crate::ownership::Ownership;
+use crate::shared::{now_ms, Shared};
+
+mod budget;
 mod connection;
+mod flush_state;
 mod flusher;
 mod ownership;
 pub use tally_common::protocol;
 mod registry;
+mod shared;
+mod takeover;
 
 /// Capacity of the queue from connections to the flusher, in batches.
 const FLUSH_QUEUE: usize = 1_024;
@@ -51,28 +66,6 @@ pub enum ProducerError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// What every task of the producer shares.
-pub struct Shared {
-    /// This instance's id: the owner name in stashes.
-    pub instance: String,
-    /// All settings.
-    pub settings: Settings,
-    /// The stash and registry operations.
-    pub store: StashStore,
-    registry: registry::Registry,
-    flusher: mpsc::Sender<flusher::FlushCommand>,
-    /// The global memory budget for un-flushed messages, in bytes.
-    memory: Arc<Semaphore>,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// The configured instance id, or a generated one (`p-<pid>-<random>`).
@@ -125,10 +118,10 @@ pub async fn run_with_readiness(
     let (flush_tx, flush_rx) = mpsc::channel(FLUSH_QUEUE);
     let shared = Arc::new(Shared {
         instance: instance.clone(),
-        memory: Arc::new(Semaphore::new(settings.producer.global_backlog_bytes)),
+        memory: MemoryBudget::new(settings.producer.global_backlog_bytes),
+        ownership: Ownership::new(instance.clone(), store.clone()),
         settings,
         store,
-        registry: registry::Registry::default(),
         flusher: flush_tx,
     });
     info!(instance = %instance, listen = %listener.local_addr()?, "tally-producer starting");
@@ -141,7 +134,7 @@ pub async fn run_with_readiness(
     );
 
     shared.store.heartbeat(&instance, now_ms()).await?;
-    let readopted = ownership::adopt_from(&shared, &instance, None).await;
+    let readopted = takeover::adopt_from(&shared, &instance, None).await;
     if readopted > 0 {
         info!(
             readopted,
@@ -149,7 +142,7 @@ pub async fn run_with_readiness(
         );
     }
     let stop_ownership = CancellationToken::new();
-    let ownership_task = tokio::spawn(ownership::run(shared.clone(), stop_ownership.clone()));
+    let ownership_task = tokio::spawn(takeover::run(shared.clone(), stop_ownership.clone()));
 
     // Accept until shutdown.
     let stop_connections = CancellationToken::new();

@@ -1,137 +1,163 @@
-//! Heartbeats, and adoption of the clients of dead instances (invariant 6).
+//! Which clients this instance owns: claim, adopt, release and fence, each one
+//! step of the ownership protocol (invariant 6) over the client's lock, this
+//! instance's ownership set `tally:p:{instance}:clients` and a stash script.
 //!
-//! Every interval this instance records its heartbeat in the producer registry.
-//! An instance whose heartbeat is 3 intervals old is dead: each survivor adopts
-//! the dead instance's clients that the consistent-hash ring over the live
-//! instances assigns to it, by compare-and-set on the stash's owner and epoch, and
-//! flushes them to the end. At start an instance re-adopts the clients recorded
-//! under its own id at once (a restart with a stable `instance_id`).
+//! Invariant: the ownership set never loses a client this instance owns, because
+//! survivors find a dead instance's clients only through it. So for one client,
+//! "add to the set, then claim" ([`Ownership::claim`], [`Ownership::adopt`]) and
+//! "release or learn it is owned elsewhere, then remove from the set"
+//! ([`Ownership::release`], [`Ownership::fenced`]) each run under the client's
+//! ownership lock and never interleave on this instance. A client is listed before
+//! it is claimed: a crash in between leaves a harmless stale entry, never an owned
+//! client nobody can find. Claims raise the epoch, which fences every write of the
+//! previous owner (the scripts refuse them with `TALLY_FENCED`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tally_common::ring::{Ring, DEFAULT_VNODES};
-use tally_common::stash::Adoption;
+use tally_common::redis::RedisOpError;
+use tally_common::stash::{Adoption, Claim, StashStore};
 use tally_common::ClientId;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use crate::flusher::FlushCommand;
-use crate::{now_ms, Shared};
+use crate::registry::{ClientSlot, Registry};
 
-/// Heartbeats missed before an instance counts as dead.
-pub const MISSED_HEARTBEATS: i64 = 3;
-
-/// Adopts every client recorded under `from` that `shared` should take: all of them
-/// when `from` is this instance's own id, else the ring's share.
-pub async fn adopt_from(shared: &Arc<Shared>, from: &str, ring: Option<&Ring>) -> usize {
-    let owned = match shared.store.owned(from).await {
-        Ok(owned) => owned,
-        Err(e) => {
-            warn!(from, "cannot list clients: {e}");
-            return 0;
-        }
-    };
-    let mut adopted = 0;
-    for name in owned {
-        let Ok(id) = ClientId::from_record(&name) else {
-            continue;
-        };
-        if let Some(ring) = ring {
-            if ring.owner(id.as_str()) != Some(shared.instance.as_str()) {
-                continue;
-            }
-        }
-        let slot = shared.registry.slot(&id);
-        let outcome = {
-            let _order = slot.ownership.lock().await;
-            match shared.store.add_owned(&shared.instance, &id).await {
-                Ok(()) => shared.store.adopt(&id, &shared.instance, from).await,
-                Err(e) => Err(e),
-            }
-        };
-        match outcome {
-            Ok(Adoption::Adopted(claim)) => {
-                info!(client = %id, from, epoch = claim.epoch, sn = claim.sn, flushed = claim.flushed, "adopted client");
-                metrics::counter!(tally_common::observe::names::PRODUCER_TAKEOVERS).increment(1);
-                adopted += 1;
-                let _ = shared
-                    .flusher
-                    .send(FlushCommand::Claimed {
-                        slot,
-                        epoch: claim.epoch,
-                        sn: claim.sn,
-                        flushed: claim.flushed,
-                        connected: false,
-                    })
-                    .await;
-                if from != shared.instance {
-                    let _ = shared.store.remove_owned(from, &id).await;
-                }
-            }
-            Ok(Adoption::OwnedElsewhere { owner }) => {
-                // Reconnected elsewhere, released, or another survivor was faster:
-                // the entry under `from` is stale.
-                debug!(client = %id, from, owner, "not adopted: owned elsewhere");
-                if owner != from {
-                    let _ = shared.store.remove_owned(from, &id).await;
-                }
-                if owner != shared.instance {
-                    crate::flusher::forget_if_not_owner(shared, &slot).await;
-                }
-            }
-            Err(e) => warn!(client = %id, from, "adoption failed: {e}"),
-        }
-    }
-    adopted
+/// The outcome of [`Ownership::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Released and removed from the ownership set.
+    Released,
+    /// Still owned here: a connection attached, Redis failed, or the stash is not
+    /// fully flushed.
+    Kept {
+        /// `meta.sn` when the stash still holds unflushed messages of this owner:
+        /// more may be stored than the flusher knows of.
+        unflushed_sn: Option<u64>,
+    },
 }
 
-/// Heartbeats and adopts until `stop` is cancelled.
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let interval = Duration::from_millis(shared.settings.producer.heartbeat_interval_ms);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
+/// This instance's side of the ownership protocol, and its client slots.
+pub struct Ownership {
+    instance: String,
+    store: StashStore,
+    registry: Registry,
+}
+
+impl Ownership {
+    /// Ownership for `instance` over `store`.
+    pub fn new(instance: String, store: StashStore) -> Self {
+        Self {
+            instance,
+            store,
+            registry: Registry::default(),
         }
-        let now = now_ms();
-        if let Err(e) = shared.store.heartbeat(&shared.instance, now).await {
-            warn!("heartbeat failed: {e}");
-            continue;
-        }
-        let producers = match shared.store.producers().await {
-            Ok(p) => p,
-            Err(e) => {
-                warn!("cannot read the producer registry: {e}");
-                continue;
-            }
+    }
+
+    /// Attaches connection `conn_id` to the client's slot, cancelling the
+    /// connection attached before, if any (see [`Registry::attach`]).
+    pub fn attach(
+        &self,
+        id: &ClientId,
+        conn_id: u64,
+        cancel: CancellationToken,
+    ) -> Arc<ClientSlot> {
+        self.registry.attach(id, conn_id, cancel)
+    }
+
+    /// Detaches connection `conn_id` if it is still the attached one.
+    pub fn detach(&self, slot: &ClientSlot, conn_id: u64) {
+        self.registry.detach(slot, conn_id);
+    }
+
+    /// The slot of a client, created if needed (for adoption).
+    pub fn slot(&self, id: &ClientId) -> Arc<ClientSlot> {
+        self.registry.slot(id)
+    }
+
+    /// Claims a client that connected here: lists it in the ownership set, then
+    /// takes it (`take`: always wins, fencing any previous owner).
+    pub async fn claim(&self, slot: &ClientSlot) -> Result<Claim, RedisOpError> {
+        let _order = slot.ownership.lock().await;
+        self.store.add_owned(&self.instance, &slot.id).await?;
+        self.store.take(&slot.id, &self.instance).await
+    }
+
+    /// Adopts a client listed under `from` (a dead instance, or this instance's
+    /// previous run): lists it here, then takes it over by compare-and-set on the
+    /// owner and epoch. Afterwards drops the entry under `from` when it is stale,
+    /// and this instance's own entry when the client turned out to be owned
+    /// elsewhere.
+    pub async fn adopt(
+        &self,
+        slot: &Arc<ClientSlot>,
+        from: &str,
+    ) -> Result<Adoption, RedisOpError> {
+        let outcome = {
+            let _order = slot.ownership.lock().await;
+            self.store.add_owned(&self.instance, &slot.id).await?;
+            self.store.adopt(&slot.id, &self.instance, from).await?
         };
-        let cutoff = now - MISSED_HEARTBEATS * interval.as_millis() as i64;
-        let (live, dead): (Vec<_>, Vec<_>) = producers
-            .into_iter()
-            .filter(|(name, _)| name != &shared.instance)
-            .partition(|(_, beat)| *beat >= cutoff);
-        if dead.is_empty() {
-            continue;
-        }
-        let ring = Ring::new(
-            live.iter()
-                .map(|(n, _)| n.clone())
-                .chain([shared.instance.clone()]),
-            DEFAULT_VNODES,
-        );
-        for (name, beat) in dead {
-            info!(dead = %name, silent_ms = now - beat, "producer instance is dead; adopting its share of clients");
-            adopt_from(&shared, &name, Some(&ring)).await;
-            match shared.store.owned(&name).await {
-                Ok(rest) if rest.is_empty() => {
-                    let _ = shared.store.forget_producer(&name).await;
-                    info!(dead = %name, "all clients of the dead instance adopted");
+        match &outcome {
+            Adoption::Adopted(_) => {
+                if from != self.instance {
+                    let _ = self.store.remove_owned(from, &slot.id).await;
                 }
-                _ => {}
             }
+            Adoption::OwnedElsewhere { owner } => {
+                // Reconnected elsewhere, released, or another survivor was faster:
+                // the entry under `from` is stale.
+                if owner != from {
+                    let _ = self.store.remove_owned(from, &slot.id).await;
+                }
+                if owner != &self.instance {
+                    self.fenced(slot).await;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Gives up a drained client (flushed and recorded to the end) at `epoch`,
+    /// unless a connection attached meanwhile, and removes it from the ownership
+    /// set and the registry.
+    pub async fn release(&self, slot: &Arc<ClientSlot>, epoch: u64) -> Release {
+        let _order = slot.ownership.lock().await;
+        if slot.is_connected() {
+            return Release::Kept { unflushed_sn: None };
+        }
+        match self.store.release(&slot.id, &self.instance, epoch).await {
+            Ok(true) => {
+                if let Err(e) = self.store.remove_owned(&self.instance, &slot.id).await {
+                    debug!(client = %slot.id, "cannot update ownership set: {e}");
+                }
+                self.registry.remove_if_idle(slot);
+                Release::Released
+            }
+            Ok(false) => {
+                let meta = self.store.meta(&slot.id).await.ok();
+                let unflushed = meta.filter(|m| m.owner == self.instance && m.sn > m.flushed);
+                Release::Kept {
+                    unflushed_sn: unflushed.map(|m| m.sn),
+                }
+            }
+            Err(e) => {
+                debug!(client = %slot.id, "cannot release yet: {e}");
+                Release::Kept { unflushed_sn: None }
+            }
+        }
+    }
+
+    /// This instance was fenced off a client (a write came back `TALLY_FENCED`, or
+    /// an adoption found another owner): drops it from the ownership set and the
+    /// registry, if it really is owned elsewhere now.
+    pub async fn fenced(&self, slot: &Arc<ClientSlot>) {
+        let _order = slot.ownership.lock().await;
+        match self.store.meta(&slot.id).await {
+            Ok(meta) if meta.owner != self.instance => {
+                let _ = self.store.remove_owned(&self.instance, &slot.id).await;
+                self.registry.remove_if_idle(slot);
+            }
+            _ => {}
         }
     }
 }

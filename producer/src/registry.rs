@@ -1,32 +1,30 @@
-//! The clients this instance serves or flushes, with the lock that orders claims
-//! and releases of each.
+//! The clients this instance serves or flushes: one slot per client, holding its
+//! attached connection, its flush progress, its memory account and the lock that
+//! orders its ownership changes.
 //!
-//! Invariant: for one client, "add to the ownership set, then claim" and "release,
-//! then remove from the ownership set" never interleave on this instance, so the
-//! ownership set can never lose a client this instance owns (survivors find a dead
-//! instance's clients only through that set). At most one connection per client is
-//! attached; attaching a newer one cancels the older ("newer connection wins").
+//! Invariant: at most one connection per client is attached; attaching a newer one
+//! cancels the older ("newer connection wins"). The ownership lock is taken only by
+//! [`crate::ownership::Ownership`], which states what it orders.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tally_common::ClientId;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::ClientMemory;
+
 /// Flush progress of a client, shared by its connection (which waits for room in
 /// its backlog) and the flusher (which makes room).
 pub struct Progress {
     flushed: watch::Sender<u64>,
-    memory_bytes: AtomicUsize,
 }
 
 impl Progress {
     fn new() -> Self {
         Self {
             flushed: watch::Sender::new(0),
-            memory_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -35,30 +33,9 @@ impl Progress {
         *self.flushed.borrow()
     }
 
-    /// Un-flushed message bytes of this client held in memory.
-    pub fn memory_bytes(&self) -> usize {
-        self.memory_bytes.load(Ordering::Relaxed)
-    }
-
     /// Sets `flushed` and wakes the waiting connection.
     pub fn set_flushed(&self, flushed: u64) {
         self.flushed.send_replace(flushed);
-    }
-
-    /// Adds bytes handed to the flusher.
-    pub fn add_bytes(&self, bytes: usize) {
-        self.memory_bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// Removes bytes the flusher let go of, and wakes the waiting connection.
-    pub fn sub_bytes(&self, bytes: usize) {
-        // Saturating: bytes of a batch handed over after a reset are never added.
-        let _ = self
-            .memory_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(bytes))
-            });
-        self.flushed.send_modify(|_| {});
     }
 
     /// A receiver that wakes on every change.
@@ -75,6 +52,8 @@ pub struct ClientSlot {
     pub ownership: tokio::sync::Mutex<()>,
     /// Flush progress.
     pub progress: Progress,
+    /// Un-flushed bytes of this client in memory (see [`crate::budget`]).
+    pub memory: Arc<ClientMemory>,
     connection: Mutex<Option<(u64, CancellationToken)>>,
 }
 
@@ -112,6 +91,7 @@ impl Registry {
                     id: id.clone(),
                     ownership: tokio::sync::Mutex::new(()),
                     progress: Progress::new(),
+                    memory: Arc::new(ClientMemory::default()),
                     connection: Mutex::new(None),
                 })
             })

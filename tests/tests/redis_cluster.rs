@@ -165,9 +165,24 @@ async fn too_few_replicas_and_script_refusals_are_reported_as_such() {
         )
         .await
     {
-        Err(RedisOpError::Refused { code, detail }) => {
-            assert_eq!(code, "TALLY_FENCED");
+        Err(RedisOpError::Fenced { detail }) => {
             assert_eq!(detail, "epoch 7 is stale");
+        }
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let refusing =
+        ReplicatedScript::new("return redis.error_reply('TALLY_SN_MISMATCH stored sn 3')");
+    match refusing
+        .invoke::<i64>(
+            &mut conn,
+            ScriptCall::new().key(key.as_str()),
+            Replication::from_settings(&s.redis),
+        )
+        .await
+    {
+        Err(RedisOpError::Refused { code, detail }) => {
+            assert_eq!(code, "TALLY_SN_MISMATCH");
+            assert_eq!(detail, "stored sn 3");
         }
         other => panic!("expected Refused, got {other:?}"),
     }
