@@ -29,27 +29,23 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use tally_common::backoff::Backoff;
 use tally_common::counting::CountStore;
-use tally_common::observe::{self, names, Readiness};
+use tally_common::observe::{names, Readiness};
 use tally_common::records::MessageAggregation;
-use tally_common::redis::{connect, Replication};
-use tally_common::{Keys, MessageHash, Settings};
+use tally_common::{MessageHash, Settings};
 use tally_consume::{
     dead_letter, BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership,
-    OutRecord, Polled, Processed, Processor, Sink, Unsure, BACKOFF_MAX, BACKOFF_MIN,
+    OutRecord, Polled, Processed, Processor, ServiceReadiness, Sink, Unsure, BACKOFF_MAX,
+    BACKOFF_MIN,
 };
 use tracing::{debug, info, warn};
 
 /// Why the aggregator could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AggregatorError {
-    /// Redis Cluster could not be reached at start-up.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// The Redis write path could not be set up.
+    /// Redis Cluster could not be reached, or the write path set up, at start-up.
     #[error("redis: {0}")]
     RedisOp(#[from] tally_common::redis::RedisOpError),
     /// The consumer failed for good.
@@ -76,19 +72,8 @@ pub async fn run_with_readiness(
     shutdown: impl Future<Output = ()>,
     readiness: Readiness,
 ) -> Result<(), AggregatorError> {
-    let (redis_ready, kafka_ready, partitions_ready) = (
-        readiness.condition("redis"),
-        readiness.condition("kafka"),
-        readiness.condition("partitions"),
-    );
-    let conn = connect(&settings.redis).await?;
-    let _redis_probe = observe::redis_probe(conn.clone(), redis_ready);
-    let store = CountStore::new(
-        conn,
-        Keys::new(&settings.redis.prefix),
-        Replication::from_settings(&settings.redis),
-    )
-    .await?;
+    let ready = ServiceReadiness::register(&readiness);
+    let (store, _redis_probe) = CountStore::connect(&settings.redis, ready.redis.clone()).await?;
     let topic = settings.kafka.message_aggregation_topic.clone();
     let a = &settings.aggregator;
     let config = EngineConfig {
@@ -110,14 +95,8 @@ pub async fn run_with_readiness(
         &settings.kafka,
         config,
         Sink::plain(&settings.kafka)?,
-        partitions_ready,
+        &ready,
     )?;
-    let _kafka_probe = observe::kafka_probe(
-        engine.consumer().clone(),
-        |c| c.client(),
-        topic.clone(),
-        kafka_ready,
-    );
     info!(group = %settings.aggregator.group_id, topic = %topic, "tally-aggregator started");
     let mut aggregator = Aggregator {
         dlq: settings.kafka.dlq_topic.clone(),

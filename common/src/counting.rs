@@ -22,7 +22,9 @@ use crate::combiner::WriteCombiner;
 /// themselves have no such switch.
 pub const BROKEN_DEDUP: &str = "counter.broken_dedup";
 use crate::keys::{ClientId, Keys, MessageHash};
+use crate::observe::{Condition, Probe};
 use crate::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
+use crate::settings::RedisSettings;
 
 /// What happened to one client record in [`CountStore::apply_client`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,6 +65,24 @@ pub struct CountStore {
 }
 
 impl CountStore {
+    /// Connects to the cluster `settings` name, keys under its prefix, confirmed
+    /// with its replication settings. `ready` follows "a master answers `PING`"
+    /// for as long as the returned probe lives.
+    pub async fn connect(
+        settings: &RedisSettings,
+        ready: Condition,
+    ) -> Result<(Self, Probe), RedisOpError> {
+        let conn = crate::redis::connect(settings).await?;
+        let probe = crate::observe::redis_probe(conn.clone(), ready);
+        let store = Self::new(
+            conn,
+            Keys::new(&settings.prefix),
+            Replication::from_settings(settings),
+        )
+        .await?;
+        Ok((store, probe))
+    }
+
     /// Operations over `conn`, on keys from `keys`, confirmed with `replication`.
     pub async fn new(
         conn: ClusterConnection,

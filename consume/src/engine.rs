@@ -10,7 +10,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use tally_common::backoff::Backoff;
 use tally_common::failpoint;
-use tally_common::observe::Condition;
+use tally_common::observe::{kafka_probe, Condition, Probe, Readiness};
 use tally_common::settings::KafkaSettings;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -144,6 +144,29 @@ impl Failpoints {
     }
 }
 
+/// The readiness conditions of a consuming service, registered together when it
+/// starts, so `/ready` is never green before each of them was checked.
+#[derive(Clone)]
+pub struct ServiceReadiness {
+    /// A Redis master answers `PING` (the service's store sets it).
+    pub redis: Condition,
+    /// The consumed topic's metadata is fetched (the engine's probe sets it).
+    kafka: Condition,
+    /// At least one partition is assigned (the engine's rebalances set it).
+    partitions: Condition,
+}
+
+impl ServiceReadiness {
+    /// Registers `redis`, `kafka` and `partitions`, all unmet.
+    pub fn register(readiness: &Readiness) -> Self {
+        Self {
+            redis: readiness.condition("redis"),
+            kafka: readiness.condition("kafka"),
+            partitions: readiness.condition("partitions"),
+        }
+    }
+}
+
 /// A consumer-group member running the batch loop for one [`Processor`].
 pub struct Engine {
     config: EngineConfig,
@@ -158,25 +181,34 @@ pub struct Engine {
     /// Records to process again at the start of the next batch.
     carry: Vec<Polled>,
     failpoints: Failpoints,
+    /// Keeps the `kafka` readiness condition up to date while the engine lives.
+    _kafka_probe: Probe,
 }
 
 impl Engine {
-    /// Joins `config.group` on `config.topic` (read_committed); `assigned` follows
-    /// whether this member holds any partition. A transactional `sink` must have
-    /// been started before, so that it fenced an earlier run with its id.
+    /// Joins `config.group` on `config.topic` (read_committed) and keeps the
+    /// `kafka` and `partitions` conditions of `ready` up to date. A transactional
+    /// `sink` must have been started before, so that it fenced an earlier run with
+    /// its id.
     pub fn start(
         kafka: &KafkaSettings,
         config: EngineConfig,
         sink: Sink,
-        assigned: Condition,
+        ready: &ServiceReadiness,
     ) -> Result<Self, ConsumeError> {
         let consumer = group::subscribe(
             kafka,
             &config.group,
             &config.topic,
             config.service,
-            assigned,
+            ready.partitions.clone(),
         )?;
+        let probe = kafka_probe(
+            consumer.clone(),
+            |c| c.client(),
+            config.topic.clone(),
+            ready.kafka.clone(),
+        );
         // Dropped from the group after session.timeout.ms without heartbeats; a
         // pause of half that is already suspicious.
         let stall_threshold = Duration::from_millis((kafka.session_timeout_ms / 2).max(500));
@@ -189,12 +221,8 @@ impl Engine {
             valid_since: Instant::now(),
             poll_deadline: group::max_poll_interval(kafka) / 2,
             carry: Vec::new(),
+            _kafka_probe: probe,
         })
-    }
-
-    /// The group member's consumer (for readiness probes).
-    pub fn consumer(&self) -> &Arc<GroupConsumer> {
-        &self.consumer
     }
 
     /// Runs batches through `processor` until `shutdown` completes, then leaves the
@@ -387,6 +415,7 @@ impl Engine {
 
     /// Leaves the group (the consumer's close blocks, so off the runtime).
     async fn close(self) {
+        // The probe (in `..`) is dropped with the rest of `self`.
         let Engine { consumer, sink, .. } = self;
         consumer.unsubscribe();
         let _ = tokio::task::spawn_blocking(move || {

@@ -50,7 +50,9 @@ pub mod sink;
 pub mod txn;
 pub mod zombie;
 
-pub use engine::{BatchReport, Engine, EngineConfig, EngineMetrics, Processed, Processor};
+pub use engine::{
+    BatchReport, Engine, EngineConfig, EngineMetrics, Processed, Processor, ServiceReadiness,
+};
 pub use group::{ConsumeError, Polled};
 pub use sink::{dead_letter, CommitError, OutRecord, Sink};
 pub use txn::{Transactions, TxnError};

@@ -38,16 +38,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use rdkafka::consumer::Consumer;
 use tally_common::backoff::Backoff;
 use tally_common::counting::{CountStore, Outcome};
-use tally_common::observe::{self, names, Readiness};
+use tally_common::observe::{names, Readiness};
 use tally_common::records::{ClientMessage, RecordError};
-use tally_common::redis::{connect, RedisOpError, Replication};
-use tally_common::{ClientId, Keys, Settings};
+use tally_common::redis::RedisOpError;
+use tally_common::{ClientId, Settings};
 use tally_consume::{
     BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership, Polled, Processed,
-    Processor, Sink, Transactions, TxnError, Unsure, BACKOFF_MAX, BACKOFF_MIN,
+    Processor, ServiceReadiness, Sink, Transactions, TxnError, Unsure, BACKOFF_MAX, BACKOFF_MIN,
 };
 use tracing::{debug, error, info, warn};
 
@@ -59,10 +58,7 @@ use plan::{Status, Tally, Topics};
 /// Why the counter could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
-    /// Redis Cluster could not be reached at start-up.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// The Redis write path could not be set up.
+    /// Redis Cluster could not be reached, or the write path set up, at start-up.
     #[error("redis: {0}")]
     RedisOp(#[from] RedisOpError),
     /// The consumer failed for good.
@@ -108,11 +104,7 @@ pub async fn run_with_readiness(
     shutdown: impl Future<Output = ()>,
     readiness: Readiness,
 ) -> Result<(), CounterError> {
-    let (redis_ready, kafka_ready, partitions_ready) = (
-        readiness.condition("redis"),
-        readiness.condition("kafka"),
-        readiness.condition("partitions"),
-    );
+    let ready = ServiceReadiness::register(&readiness);
     let instance = instance_id(&settings);
     if settings.counter.instance_id.is_none() {
         info!(
@@ -121,14 +113,7 @@ pub async fn run_with_readiness(
              fence this run's open transaction and waits for it to time out"
         );
     }
-    let conn = connect(&settings.redis).await?;
-    let _redis_probe = observe::redis_probe(conn.clone(), redis_ready);
-    let store = CountStore::new(
-        conn,
-        Keys::new(&settings.redis.prefix),
-        Replication::from_settings(&settings.redis),
-    )
-    .await?;
+    let (store, _redis_probe) = CountStore::connect(&settings.redis, ready.redis.clone()).await?;
     // Before joining the group: fences an earlier run with the same id, so its
     // open transaction is aborted and the committed offsets are stable.
     let txn = Transactions::start(
@@ -159,18 +144,7 @@ pub async fn run_with_readiness(
             rejoins: names::COUNTER_REJOINS,
         },
     };
-    let engine = Engine::start(
-        &settings.kafka,
-        config,
-        Sink::transactional(txn),
-        partitions_ready,
-    )?;
-    let _kafka_probe = observe::kafka_probe(
-        engine.consumer().clone(),
-        |c| c.client(),
-        topics.source.clone(),
-        kafka_ready,
-    );
+    let engine = Engine::start(&settings.kafka, config, Sink::transactional(txn), &ready)?;
     info!(
         instance = %instance,
         transactional_id = %transactional_id,
