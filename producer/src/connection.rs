@@ -344,7 +344,7 @@ impl Connection {
                 drop(memory);
                 match e {
                     RedisOpError::Fenced { .. } => {
-                        info!(client = %identity.id, "fenced: {e}");
+                        info!(client = %identity.id, "{e}");
                         replies.push_str(&protocol::superseded(
                             "another connection owns this client id",
                         ));

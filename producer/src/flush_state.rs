@@ -178,7 +178,14 @@ impl FlushState {
     /// still in memory): memory still mirrors the stash, and sends in flight still
     /// count, so both are kept. `account` is the client's account now (the
     /// registry may have made a new slot); held entries move to it.
-    pub fn reclaim(&mut self, claim: Claim, connected: bool, account: &Arc<ClientMemory>) {
+    ///
+    /// A claim older than the state's epoch is ignored and `false` returned: an
+    /// adoption whose news was overtaken by a reconnect's newer claim must not take
+    /// the state back to the fenced epoch (its batches would all be superseded).
+    pub fn reclaim(&mut self, claim: Claim, connected: bool, account: &Arc<ClientMemory>) -> bool {
+        if claim.epoch < self.epoch {
+            return false;
+        }
         if !Arc::ptr_eq(&self.account, account) {
             for entry in &mut self.pending {
                 entry.memory.charge_to(account);
@@ -192,6 +199,7 @@ impl FlushState {
         if claim.flushed > self.flushed {
             self.advance_to(claim.flushed);
         }
+        true
     }
 
     /// The connection serving the client at `epoch` closed.
@@ -625,7 +633,7 @@ mod tests {
         let g = s.generation();
         assert_eq!(s.confirm(3, g, f.now), Some(0));
         let other = Arc::new(ClientMemory::default());
-        s.reclaim(
+        assert!(s.reclaim(
             Claim {
                 epoch: 2,
                 sn: 5,
@@ -633,7 +641,7 @@ mod tests {
             },
             true,
             &other,
-        );
+        ));
         assert_eq!((s.epoch(), s.flushed(), s.stored_sn()), (2, 2, 5));
         // Entries 1 and 2 are let go of; 3 stays, charged to the new account, and
         // the generation goes on (sends in flight still count).
@@ -642,6 +650,24 @@ mod tests {
         assert_eq!((s.generation(), s.loaded_upto()), (g, 3));
         drop(s);
         assert_eq!((BUDGET - f.budget.available(), other.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn an_older_claim_arriving_late_is_ignored() {
+        // A reconnect claimed epoch 3 while the news of an adoption at epoch 2 was
+        // still on its way to the flusher.
+        let mut f = Fixture::new();
+        let mut s = f.state(3, 0, 0);
+        f.append(&mut s, 1, &["a"]);
+        let other = Arc::new(ClientMemory::default());
+        let late = Claim {
+            epoch: 2,
+            sn: 0,
+            flushed: 0,
+        };
+        assert!(!s.reclaim(late, false, &other));
+        assert_eq!((s.epoch(), s.stored_sn()), (3, 1));
+        assert_eq!((f.account.bytes(), other.bytes()), (1, 0), "account kept");
     }
 
     #[test]

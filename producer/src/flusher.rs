@@ -182,7 +182,10 @@ impl Flusher {
                     // Claimed again by this instance (a reconnect): the state keeps
                     // memory and sends in flight. The registry may have made a new
                     // slot (the old one was released): follow it.
-                    client.state.reclaim(claim, connected, &slot.memory);
+                    if !client.state.reclaim(claim, connected, &slot.memory) {
+                        debug!(client = %id, epoch, "ignored an older claim");
+                        return;
+                    }
                     client.slot = slot;
                     client.slot.progress.set_flushed(client.state.flushed());
                     self.send(&id);

@@ -84,9 +84,11 @@ impl Ownership {
 
     /// Adopts a client listed under `from` (a dead instance, or this instance's
     /// previous run): lists it here, then takes it over by compare-and-set on the
-    /// owner and epoch. Afterwards drops the entry under `from` when it is stale,
-    /// and this instance's own entry when the client turned out to be owned
-    /// elsewhere.
+    /// owner and epoch. When the client turned out to be owned elsewhere, drops the
+    /// stale entry under `from` and this instance's own. After a successful
+    /// adoption the caller tells the flusher first and then calls
+    /// [`Ownership::unlist`]: the flusher must not wait on a Redis round trip to
+    /// another slot.
     pub async fn adopt(
         &self,
         slot: &Arc<ClientSlot>,
@@ -98,11 +100,7 @@ impl Ownership {
             self.store.adopt(&slot.id, &self.instance, from).await?
         };
         match &outcome {
-            Adoption::Adopted(_) => {
-                if from != self.instance {
-                    let _ = self.store.remove_owned(from, &slot.id).await;
-                }
-            }
+            Adoption::Adopted(_) => {}
             Adoption::OwnedElsewhere { owner } => {
                 // Reconnected elsewhere, released, or another survivor was faster:
                 // the entry under `from` is stale.
@@ -115,6 +113,15 @@ impl Ownership {
             }
         }
         Ok(outcome)
+    }
+
+    /// Drops an adopted client's stale entry under `from` (nothing when `from` is
+    /// this instance). Best effort: a leftover entry only makes a later takeover
+    /// find the client owned elsewhere.
+    pub async fn unlist(&self, from: &str, slot: &ClientSlot) {
+        if from != self.instance {
+            let _ = self.store.remove_owned(from, &slot.id).await;
+        }
     }
 
     /// Gives up a drained client (flushed and recorded to the end) at `epoch`,

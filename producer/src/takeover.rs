@@ -52,13 +52,14 @@ pub async fn adopt_from(shared: &Arc<Shared>, from: &str, ring: Option<&Ring>) -
                 let _ = shared
                     .flusher
                     .send(FlushCommand::Claimed {
-                        slot,
+                        slot: slot.clone(),
                         epoch: claim.epoch,
                         sn: claim.sn,
                         flushed: claim.flushed,
                         connected: false,
                     })
                     .await;
+                shared.ownership.unlist(from, &slot).await;
             }
             Ok(Adoption::OwnedElsewhere { owner }) => {
                 debug!(client = %id, from, owner, "not adopted: owned elsewhere");
