@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::events::{BatchAbandoned, CommitFailed};
 use crate::group::{self, Collected, ConsumeError, GroupConsumer, Polled};
 use crate::sink::{CommitError, CommitFailpoints, OutRecord, Sink};
 use crate::zombie::{Membership, StallDetector, Unsure};
@@ -293,15 +294,19 @@ impl Engine {
                     return Ok(());
                 }
                 Err(Failed::Unsure(why)) => {
-                    warn!(
-                        "{why}: this member may have left the group; dropping the batch \
-                         and rejoining before touching Redis again"
-                    );
-                    metrics::counter!(self.config.metrics.rejoins).increment(1);
+                    BatchAbandoned {
+                        rejoins: self.config.metrics.rejoins,
+                        why: &why,
+                    }
+                    .emit();
                     self.rejoin()?;
                 }
-                Err(Failed::Commit(e)) => {
-                    warn!("batch not committed ({e}); rewinding to the committed offsets");
+                Err(Failed::Commit(error)) => {
+                    CommitFailed {
+                        failures: self.config.metrics.commit_failures,
+                        error: &error,
+                    }
+                    .emit();
                     self.rewind(stop).await;
                 }
             }
@@ -371,7 +376,6 @@ impl Engine {
             }
             Err(CommitError::Shutdown) => Err(Failed::Shutdown),
             Err(e) => {
-                metrics::counter!(self.config.metrics.commit_failures).increment(1);
                 self.sink.recover(&e, stop).await;
                 Err(Failed::Commit(e))
             }

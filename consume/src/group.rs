@@ -17,9 +17,11 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tally_common::observe::{names, Condition};
 use tally_common::settings::KafkaSettings;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use tokio_util::sync::CancellationToken;
+
+use crate::events::{PartitionsAssigned, PartitionsRevoked};
 
 /// How often librdkafka reports statistics (consumer lag), in milliseconds.
 const STATS_INTERVAL_MS: &str = "5000";
@@ -119,18 +121,12 @@ impl ConsumerContext for GroupContext {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                info!(
-                    service = self.service,
-                    ?partitions,
-                    lost = consumer.assignment_lost(),
-                    "partitions revoked: dropping their uncommitted records"
-                );
-                metrics::counter!(names::REBALANCES, "kind" => "revoke").increment(1);
-                // Another member reports these partitions' lag from now on; a stale
-                // value here would be counted twice in a sum over members.
-                for p in &partitions {
-                    metrics::gauge!(names::CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
+                PartitionsRevoked {
+                    service: self.service,
+                    partitions: &partitions,
+                    lost: consumer.assignment_lost(),
                 }
+                .emit();
                 match self.revoked.lock() {
                     Ok(mut revoked) => revoked.extend(partitions),
                     Err(poisoned) => poisoned.into_inner().extend(partitions),
@@ -138,8 +134,11 @@ impl ConsumerContext for GroupContext {
             }
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                info!(service = self.service, ?partitions, "partitions assigned");
-                metrics::counter!(names::REBALANCES, "kind" => "assign").increment(1);
+                PartitionsAssigned {
+                    service: self.service,
+                    partitions: &partitions,
+                }
+                .emit();
             }
             Rebalance::Error(e) => warn!(service = self.service, "rebalance error: {e}"),
         }

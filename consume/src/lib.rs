@@ -45,6 +45,7 @@
 use std::time::Duration;
 
 pub mod engine;
+mod events;
 pub mod group;
 pub mod sink;
 pub mod txn;

@@ -21,8 +21,9 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::TopicPartitionList;
 use tally_common::settings::KafkaSettings;
-use tracing::{info, warn};
+use tracing::warn;
 
+use crate::events::ProducerRecreated;
 use crate::sink::OutRecord;
 
 /// Extra time the watchdog grants over librdkafka's own timeout.
@@ -156,8 +157,11 @@ impl Transactions {
     /// timeout). The old one is dropped once any call still blocked on it returns;
     /// the new one's `init_transactions` has fenced it by then.
     pub async fn recreate(&mut self) -> Result<(), TxnError> {
-        metrics::counter!(self.recreations_metric).increment(1);
-        info!(transactional_id = %self.id, "recreating the transactional producer");
+        ProducerRecreated {
+            recreations: self.recreations_metric,
+            transactional_id: &self.id,
+        }
+        .emit();
         self.producer = Self::init(&self.kafka, &self.id, self.call_timeout).await?;
         Ok(())
     }
