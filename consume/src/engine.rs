@@ -18,7 +18,8 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::events::{BatchAbandoned, CommitFailed};
 use crate::group::{self, Collected, ConsumeError, GroupConsumer, Polled};
-use crate::sink::{CommitError, CommitFailpoints, OutRecord, Sink};
+use crate::out::OutRecord;
+use crate::sink::{CommitError, CommitFailpoints, Sink};
 use crate::zombie::{Membership, StallDetector, Unsure};
 use crate::{BACKOFF_MAX, BACKOFF_MIN};
 

@@ -2,17 +2,16 @@
 //! one value here whose `emit` writes both, so the log line and the metric can
 //! neither be forgotten one without the other nor drift apart.
 
+use std::fmt::Display;
+
 use tally_common::observe::names;
 use tracing::{info, warn};
-
-use crate::sink::CommitError;
-use crate::zombie::Unsure;
 
 /// The zombie guard failed: the batch is dropped and the group rejoined.
 pub(crate) struct BatchAbandoned<'a> {
     /// The service's rejoin counter.
     pub rejoins: &'static str,
-    pub why: &'a Unsure,
+    pub why: &'a dyn Display,
 }
 
 impl BatchAbandoned<'_> {
@@ -30,7 +29,7 @@ impl BatchAbandoned<'_> {
 pub(crate) struct CommitFailed<'a> {
     /// The service's commit-failure counter.
     pub failures: &'static str,
-    pub error: &'a CommitError,
+    pub error: &'a dyn Display,
 }
 
 impl CommitFailed<'_> {

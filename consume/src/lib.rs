@@ -47,6 +47,7 @@ use std::time::Duration;
 pub mod engine;
 mod events;
 pub mod group;
+pub mod out;
 pub mod sink;
 pub mod txn;
 pub mod zombie;
@@ -55,7 +56,8 @@ pub use engine::{
     BatchReport, Engine, EngineConfig, EngineMetrics, Processed, Processor, ServiceReadiness,
 };
 pub use group::{ConsumeError, Polled};
-pub use sink::{dead_letter, CommitError, OutRecord, Sink};
+pub use out::{dead_letter, OutRecord};
+pub use sink::{CommitError, Sink};
 pub use txn::{Transactions, TxnError};
 pub use zombie::{Membership, Unsure};
 

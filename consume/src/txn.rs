@@ -24,7 +24,7 @@ use tally_common::settings::KafkaSettings;
 use tracing::warn;
 
 use crate::events::ProducerRecreated;
-use crate::sink::OutRecord;
+use crate::out::OutRecord;
 
 /// Extra time the watchdog grants over librdkafka's own timeout.
 const WATCHDOG_MARGIN: Duration = Duration::from_secs(5);

@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::flusher::FlushCommand;
 use crate::protocol::{self, LineReader, ProtocolError, Request};
 use crate::registry::ClientSlot;
+use crate::shared::FlushCommand;
 use crate::shared::{now_ms, Shared};
 
 /// Longest a claim (ownership lock, ownership set, claim script + `WAIT`) may take.

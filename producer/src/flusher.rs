@@ -24,53 +24,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::budget::Reservation;
 use crate::flush_state::{Appended, FlushState, Generations, Loaded};
 use crate::ownership::Release;
 use crate::registry::ClientSlot;
-use crate::shared::Shared;
+use crate::shared::{FlushCommand, Shared};
 
 /// Messages read from a stash per Redis call when catching up.
 const LOAD_CHUNK: usize = 1_000;
-
-/// What connections and the ownership task tell the flusher.
-pub enum FlushCommand {
-    /// This instance now owns the client at `epoch` (connected here, or adopted).
-    Claimed {
-        /// The client's slot.
-        slot: Arc<ClientSlot>,
-        /// The epoch the claim produced.
-        epoch: u64,
-        /// Last stored sn at the claim.
-        sn: u64,
-        /// `flushed` at the claim.
-        flushed: u64,
-        /// Whether a connection serves it (false: adopted, flush to the end).
-        connected: bool,
-    },
-    /// A batch was stashed and replicated.
-    Append {
-        /// The client's slot.
-        slot: Arc<ClientSlot>,
-        /// The epoch it was stashed under.
-        epoch: u64,
-        /// Its first sn.
-        first_sn: u64,
-        /// Its timestamp.
-        ts: i64,
-        /// The messages, in sn order.
-        messages: Vec<String>,
-        /// The memory the messages hold (their bytes, charged to the client).
-        memory: Reservation,
-    },
-    /// The connection serving the client closed.
-    Disconnected {
-        /// The client.
-        id: ClientId,
-        /// The epoch it had.
-        epoch: u64,
-    },
-}
 
 /// A client this instance flushes.
 struct ClientFlush {

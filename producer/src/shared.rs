@@ -5,13 +5,16 @@
 //! types it holds, and they all take what they share from here, never from the
 //! crate root: `lib.rs` wires the tasks together and nothing imports it back.
 
+use std::sync::Arc;
+
 use tally_common::stash::StashStore;
+use tally_common::ClientId;
 use tally_common::Settings;
 use tokio::sync::mpsc;
 
-use crate::budget::MemoryBudget;
-use crate::flusher::FlushCommand;
+use crate::budget::{MemoryBudget, Reservation};
 use crate::ownership::Ownership;
+use crate::registry::ClientSlot;
 
 /// What every task of the producer shares.
 pub struct Shared {
@@ -27,6 +30,45 @@ pub struct Shared {
     pub flusher: mpsc::Sender<FlushCommand>,
     /// The global memory budget for un-flushed messages.
     pub memory: MemoryBudget,
+}
+
+/// What connections and the ownership task tell the flusher.
+pub enum FlushCommand {
+    /// This instance now owns the client at `epoch` (connected here, or adopted).
+    Claimed {
+        /// The client's slot.
+        slot: Arc<ClientSlot>,
+        /// The epoch the claim produced.
+        epoch: u64,
+        /// Last stored sn at the claim.
+        sn: u64,
+        /// `flushed` at the claim.
+        flushed: u64,
+        /// Whether a connection serves it (false: adopted, flush to the end).
+        connected: bool,
+    },
+    /// A batch was stashed and replicated.
+    Append {
+        /// The client's slot.
+        slot: Arc<ClientSlot>,
+        /// The epoch it was stashed under.
+        epoch: u64,
+        /// Its first sn.
+        first_sn: u64,
+        /// Its timestamp.
+        ts: i64,
+        /// The messages, in sn order.
+        messages: Vec<String>,
+        /// The memory the messages hold (their bytes, charged to the client).
+        memory: Reservation,
+    },
+    /// The connection serving the client closed.
+    Disconnected {
+        /// The client.
+        id: ClientId,
+        /// The epoch it had.
+        epoch: u64,
+    },
 }
 
 /// Milliseconds since the Unix epoch.

@@ -17,7 +17,7 @@ use tally_common::ClientId;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::flusher::FlushCommand;
+use crate::shared::FlushCommand;
 use crate::shared::{now_ms, Shared};
 
 /// Heartbeats missed before an instance counts as dead.
