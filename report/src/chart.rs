@@ -81,17 +81,7 @@ pub fn draw_error(err: impl std::fmt::Display) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
-        let bytes = std::fs::read(path).expect("read png");
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("png header");
-        let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
-        let info = reader.next_frame(&mut buf).expect("png frame");
-        buf.truncate(info.buffer_size());
-        (info.width, info.height, buf)
-    }
+    use crate::image::testing::decode;
 
     #[test]
     fn a_titled_chart_is_white_with_dark_title_text() {

@@ -31,6 +31,7 @@ pub fn write_rgb_png(pixels: &[u8], size: (u32, u32), path: &Path) -> Result<(),
 
 #[cfg(test)]
 mod tests {
+    use super::testing::decode;
     use super::*;
 
     #[test]
@@ -39,14 +40,7 @@ mod tests {
         let path = dir.path().join("x.png");
         let pixels: Vec<u8> = (0..4 * 3 * 3).map(|i| (i * 7) as u8).collect();
         write_rgb_png(&pixels, (4, 3), &path).expect("write");
-        let bytes = std::fs::read(&path).expect("read");
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("header");
-        let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-        let info = reader.next_frame(&mut buf).expect("frame");
-        assert_eq!((info.width, info.height), (4, 3));
-        assert_eq!(&buf[..info.buffer_size()], &pixels[..]);
+        assert_eq!(decode(&path), (4, 3, pixels));
     }
 
     #[test]
@@ -58,5 +52,24 @@ mod tests {
         let err = write_rgb_png(&[0; 36], (4, 3), &dir.path().join("no/dir/x.png"))
             .expect_err("missing directory");
         assert!(matches!(err, ReportError::Io { .. }), "{err}");
+    }
+}
+
+/// A PNG written here, read back, for the crate's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::path::Path;
+
+    /// (width, height, RGB pixels) of the 8-bit RGB PNG at `path`.
+    pub(crate) fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
+        let bytes = std::fs::read(path).expect("read png");
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .expect("png header");
+        let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
+        let info = reader.next_frame(&mut buf).expect("png frame");
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, buf)
     }
 }

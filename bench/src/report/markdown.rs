@@ -12,7 +12,7 @@ use super::format::{
 };
 use super::summary::{best_full_speed, ratio, CostSummary, PointSummary, Summary};
 use super::ReportError;
-use crate::results::BenchResults;
+use crate::results::{BenchResults, RunResult, Throughput};
 
 /// Writes `dir/report.md` (creating `dir` if needed) and returns its path.
 ///
@@ -149,6 +149,9 @@ fn run_table(first: &str, align: Align, with_median: bool, results: &BenchResult
     table
 }
 
+/// Where a run keeps one of the Kafka ceilings.
+type KafkaCeiling = fn(&RunResult) -> &Throughput;
+
 fn raw_tables(md: &mut String, results: &BenchResults, s: &Summary) {
     let _ = writeln!(md, "\n## Raw ceilings (msg/s)\n");
     let mut ceilings = run_table("ceiling", Align::Left, true, results);
@@ -157,34 +160,27 @@ fn raw_tables(md: &mut String, results: &BenchResults, s: &Summary) {
         Some(d) if !d.is_empty() => format!(" ({})", cell(d)),
         _ => String::new(),
     };
-    let mut row = vec![
-        format!(
-            "Kafka idempotent acks=all produce{}",
-            detail(first.map(|r| &r.kafka_produce.detail))
+    // One row per Kafka ceiling: name (with the first run's detail), median, runs.
+    let kafka_rows: [(&str, Option<f64>, KafkaCeiling); 2] = [
+        (
+            "Kafka idempotent acks=all produce",
+            s.kafka_produce_per_s,
+            |r| &r.kafka_produce,
         ),
-        or_dash(s.kafka_produce_per_s, thousands),
-    ];
-    row.extend(
-        results
-            .runs
-            .iter()
-            .map(|r| thousands(r.kafka_produce.per_s)),
-    );
-    ceilings.row(row);
-    let mut row = vec![
-        format!(
-            "Kafka transactional pass-through{}",
-            detail(first.map(|r| &r.kafka_transactional.detail))
+        (
+            "Kafka transactional pass-through",
+            s.kafka_transactional_per_s,
+            |r| &r.kafka_transactional,
         ),
-        or_dash(s.kafka_transactional_per_s, thousands),
     ];
-    row.extend(
-        results
-            .runs
-            .iter()
-            .map(|r| thousands(r.kafka_transactional.per_s)),
-    );
-    ceilings.row(row);
+    for (name, median, of) in kafka_rows {
+        let mut row = vec![
+            format!("{name}{}", detail(first.map(|r| &of(r).detail))),
+            or_dash(median, thousands),
+        ];
+        row.extend(results.runs.iter().map(|r| thousands(of(r).per_s)));
+        ceilings.row(row);
+    }
     for (name, sc) in &s.redis {
         let mut row = vec![
             format!(
