@@ -81,7 +81,7 @@ pub fn draw_error(err: impl std::fmt::Display) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::testing::decode;
+    use crate::read_rgb_png;
 
     #[test]
     fn a_titled_chart_is_white_with_dark_title_text() {
@@ -92,12 +92,10 @@ mod tests {
             body.fill(&RGBColor(1, 2, 3)).map_err(draw_error)
         })
         .expect("chart");
-        let (w, h, px) = decode(&path);
+        let img = read_rgb_png(&path).expect("read chart");
+        let (w, h) = (img.width, img.height);
         assert_eq!((w, h), CHART_SIZE);
-        let at = |x: u32, y: u32| {
-            let i = ((y * w + x) * 3) as usize;
-            [px[i], px[i + 1], px[i + 2]]
-        };
+        let at = |x: u32, y: u32| img.pixel(x, y).expect("inside");
         assert_eq!(at(w - 1, 0), [255, 255, 255], "header background");
         assert_eq!(at(w / 2, h - 1), [1, 2, 3], "body");
         let dark = (0..HEADER_H)

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 pub use files::{check_file_name, create_dir, write_file};
 pub use font::ensure_font;
-pub use image::write_rgb_png;
+pub use image::{read_rgb_png, write_rgb_png, RgbImage};
 pub use table::{cell, Align, Table};
 
 /// Errors writing charts and reports.
@@ -42,6 +42,14 @@ pub enum ReportError {
         path: PathBuf,
         /// Why.
         source: png::EncodingError,
+    },
+    /// A PNG file could not be read back as 8-bit RGB.
+    #[error("cannot read PNG {}: {message}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// Why, as text.
+        message: String,
     },
     /// plotters could not draw the chart.
     #[error("cannot draw chart {}: {message}", path.display())]

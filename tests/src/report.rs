@@ -736,14 +736,9 @@ mod tests {
         let bytes = std::fs::read(path).expect("read png");
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
         assert!(bytes.len() > 10_000, "PNG only {} bytes", bytes.len());
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("png header");
-        let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
-        let info = reader.next_frame(&mut buf).expect("png frame");
-        assert_eq!(info.color_type, png::ColorType::Rgb);
-        buf.truncate(info.buffer_size());
-        (info.width, info.height, buf)
+        // Anything but 8-bit RGB is an error here.
+        let img = tally_report::read_rgb_png(path).expect("an 8-bit RGB PNG");
+        (img.width, img.height, img.pixels)
     }
 
     fn pixel(img: &(u32, u32, Vec<u8>), x: u32, y: u32) -> [u8; 3] {
