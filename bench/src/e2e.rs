@@ -10,7 +10,6 @@
 //! not come out exact fails the benchmark.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +20,8 @@ use tally_client::manifest::Manifest;
 use tally_client::mtc::{self, MtcPlan};
 use tally_client::session::Progress;
 use tally_client::verify;
-use tally_common::kafka::{ensure_topics, tally_topics};
 use tally_common::{ClientId, MessageHash, Settings};
+use tally_harness::{bin_dir, create_topics, ServiceProcess};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -44,65 +43,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Un-ACKed lines per client: `tally mtc`'s default.
 const WINDOW: usize = 1000;
 
-/// One tally service process, killed when dropped.
-struct Service {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Service {
-    /// Starts `binary` as the process called `name` (its log is `<name>.log`).
-    fn start(
-        bin_dir: &Path,
-        binary: &str,
-        name: &str,
-        config: &Path,
-        env: &[(String, String)],
-        log_dir: &Path,
-    ) -> Result<Self, BenchError> {
-        let log = log_dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log)
-            .map_err(|e| BenchError::io(log.display().to_string(), e))?;
-        let mut cmd = Command::new(bin_dir.join(binary));
-        cmd.arg("--config")
-            .arg(config)
-            .env("TALLY__LOG__FORMAT", "plain")
-            .stdout(Stdio::null())
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .map_err(|e| BenchError::io(format!("start {}", bin_dir.join(binary).display()), e))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    fn alive(&mut self) -> Result<(), BenchError> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(BenchError::Check(format!(
-                "{} exited ({status}); see {}",
-                self.name,
-                self.log.display()
-            ))),
-            Err(e) => Err(BenchError::io(format!("wait for {}", self.name), e)),
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// How many of each service a pipeline runs (one producer always).
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {
@@ -118,7 +58,7 @@ pub struct Pipeline {
     pub settings: Settings,
     /// Where the producer listens.
     pub producer_addr: String,
-    services: Vec<Service>,
+    services: Vec<ServiceProcess>,
     inspector: Inspector,
     work_dir: PathBuf,
 }
@@ -142,65 +82,39 @@ impl Pipeline {
         settings.kafka.dlq_topic = format!("{name}.dlq");
         settings.counter.group_id = format!("{name}.counter");
         settings.aggregator.group_id = format!("{name}.aggregator");
-        let specs: Vec<_> = tally_topics(&settings.kafka)
-            .into_iter()
-            .map(|mut t| {
-                t.partitions = partitions;
-                t
-            })
-            .collect();
-        ensure_topics(&settings.kafka, &specs, Duration::from_secs(60)).await?;
+        create_topics(&settings.kafka, partitions, Duration::from_secs(60)).await?;
 
         let producer_addr = format!("127.0.0.1:{producer_port}");
         let mut env = settings.pipeline_env();
+        // Every /metrics endpoint on a free port: ServiceProcess's default.
         env.extend([
             ("TALLY__PRODUCER__LISTEN", producer_addr.clone()),
             ("TALLY__PRODUCER__INSTANCE_ID", format!("{name}-p")),
-            ("TALLY__PRODUCER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
-            ("TALLY__COUNTER__OBSERVE_LISTEN", "127.0.0.1:0".into()),
-            ("TALLY__AGGREGATOR__OBSERVE_LISTEN", "127.0.0.1:0".into()),
         ]);
-        let env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        let bin_dir = std::env::current_exe()
-            .map_err(|e| BenchError::io("locate tally-bench", e))?
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| BenchError::Check("tally-bench has no directory".into()))?;
+        // The release binaries next to tally-bench.
+        let bin_dir = bin_dir()?;
         let work_dir = work_dir.join(name);
         std::fs::create_dir_all(&work_dir)
             .map_err(|e| BenchError::io(work_dir.display().to_string(), e))?;
-        let mut services = Vec::new();
-        services.push(Service::start(
-            &bin_dir,
-            "tally-producer",
-            "tally-producer",
-            config,
-            &env,
-            &work_dir,
-        )?);
+        // One process called `label` running `binary`; its log is `<label>.log`.
+        let start = |binary: &str, label: &str, env: &[(&str, String)]| {
+            ServiceProcess::spawn(
+                &bin_dir.join(binary),
+                label,
+                config,
+                env.iter().map(|(k, v)| (*k, v.as_str())),
+                work_dir.join(format!("{label}.log")),
+            )
+        };
+        let mut services = vec![start("tally-producer", "tally-producer", &env)?];
         for i in 0..shape.counters {
             let mut env = env.clone();
-            env.push(("TALLY__COUNTER__INSTANCE_ID".into(), format!("{name}-c{i}")));
-            let label = format!("tally-counter-{i}");
-            services.push(Service::start(
-                &bin_dir,
-                "tally-counter",
-                &label,
-                config,
-                &env,
-                &work_dir,
-            )?);
+            env.push(("TALLY__COUNTER__INSTANCE_ID", format!("{name}-c{i}")));
+            services.push(start("tally-counter", &format!("tally-counter-{i}"), &env)?);
         }
         for i in 0..shape.aggregators {
             let label = format!("tally-aggregator-{i}");
-            services.push(Service::start(
-                &bin_dir,
-                "tally-aggregator",
-                &label,
-                config,
-                &env,
-                &work_dir,
-            )?);
+            services.push(start("tally-aggregator", &label, &env)?);
         }
         let inspector = Inspector::connect(&settings)
             .await
@@ -220,7 +134,7 @@ impl Pipeline {
         let deadline = Instant::now() + timeout;
         loop {
             for s in &mut self.services {
-                s.alive()?;
+                s.running()?;
             }
             if TcpStream::connect(&self.producer_addr).await.is_ok() {
                 return Ok(());
@@ -240,9 +154,9 @@ impl Pipeline {
         self.services
             .iter()
             .map(|s| Watched {
-                name: s.name.clone(),
+                name: s.name().to_owned(),
                 role: "tally".into(),
-                pid: s.child.id(),
+                pid: s.pid(),
             })
             .collect()
     }
@@ -313,7 +227,7 @@ impl Pipeline {
         let cost = sampler.finish(expected).await;
         let e2e = probe.finish(PROBE_COUNT_GRACE).await;
         for s in &mut self.services {
-            s.alive()?;
+            s.running()?;
         }
         let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         Ok(E2ePoint {

@@ -38,6 +38,9 @@ pub enum BenchError {
     /// Topic setup failed.
     #[error(transparent)]
     Topics(#[from] tally_common::kafka::TopicSetupError),
+    /// A service process could not be started, or exited during a point.
+    #[error(transparent)]
+    Service(#[from] tally_harness::HarnessError),
     /// A file or process could not be read, written or started.
     #[error("{what}: {source}")]
     Io {

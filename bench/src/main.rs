@@ -214,7 +214,7 @@ async fn one_run(
         );
     }
 
-    let port = free_port()?;
+    let port = tally_harness::free_port().context("find a free port")?;
     let mut pipeline = Pipeline::start(
         settings,
         name,
@@ -369,11 +369,6 @@ fn write_json(dir: &std::path::Path, results: &BenchResults) -> anyhow::Result<(
     let path = dir.join("results.json");
     let text = serde_json::to_string_pretty(results)?;
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn unix_s() -> u64 {

@@ -19,7 +19,10 @@ use crate::combiner::WriteCombiner;
 /// Test-only failpoint (armed with `TALLY_FAILPOINT=counter.broken_dedup`, never by
 /// configuration): the counter counts every duplicate record again. It exists so the
 /// fault suite can prove that `tally verify` catches a broken dedup; the Lua scripts
-/// themselves have no such switch.
+/// themselves have no such switch. Only builds with the `failpoints` feature have
+/// it (see [`crate::failpoint`]): a release binary holds neither the name nor the
+/// sabotage.
+#[cfg(feature = "failpoints")]
 pub const BROKEN_DEDUP: &str = "counter.broken_dedup";
 use crate::keys::{ClientId, Keys, MessageHash};
 use crate::observe::{Condition, Probe};
@@ -139,6 +142,7 @@ impl CountStore {
                 sns.len()
             )));
         }
+        #[cfg(feature = "failpoints")]
         if crate::failpoint::is_armed(BROKEN_DEDUP) {
             self.sabotage_dedup(client, &outcomes).await?;
         }
@@ -146,6 +150,7 @@ impl CountStore {
     }
 
     /// The [`BROKEN_DEDUP`] sabotage: counts every duplicate again.
+    #[cfg(feature = "failpoints")]
     async fn sabotage_dedup(
         &self,
         client: &ClientId,

@@ -1,32 +1,88 @@
 //! Failpoints for the fault suite: named places where a service can be made to
-//! crash on purpose, compiled into every build but inert unless armed.
+//! crash on purpose. They exist only in builds with the cargo feature
+//! `failpoints` (the test and fault-suite builds: `tally-tests` turns it on, so
+//! `cargo build --workspace` has them); release builds of the services
+//! (`cargo build --release -p tally-counter`, `scripts/demo`, `scripts/bench`)
+//! do not enable it, and there [`hit`] is an empty inline function and
+//! [`is_armed`] a constant `false`, so no failpoint name or test-only sabotage is
+//! left in the binary.
 //!
-//! Invariant: an unarmed failpoint does nothing but compare a name, and an armed one
-//! ends the process with `std::process::abort()` — no destructors, no flush, no
-//! graceful shutdown — so a test sees exactly what a `kill -9` at that line leaves
-//! behind (an open Kafka transaction, Redis writes without an offset commit, ...).
+//! Invariant (with the feature): an unarmed failpoint does nothing but compare a
+//! name, and an armed one ends the process with `std::process::abort()` — no
+//! destructors, no flush, no graceful shutdown — so a test sees exactly what a
+//! `kill -9` at that line leaves behind (an open Kafka transaction, Redis writes
+//! without an offset commit, ...).
 //!
 //! Armed through the environment: `TALLY_FAILPOINT=<name>` fires at the first hit of
 //! `<name>`, `TALLY_FAILPOINT=<name>@<n>` at the n-th (so a test can let some
 //! batches through before the crash). Several comma-separated entries may be given.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+//! Without the feature the variable is ignored.
 
 /// Environment variable that arms failpoints.
 pub const ENV: &str = "TALLY_FAILPOINT";
 
+/// Whether this build has failpoints (the `failpoints` feature).
+pub const ENABLED: bool = cfg!(feature = "failpoints");
+
+#[cfg(feature = "failpoints")]
+pub use armed::{hit, is_armed};
+
+/// Marks that execution reached failpoint `name`: nothing, in a build without the
+/// `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
+
+/// Whether `hit(name)` would count towards an armed failpoint: never, in a build
+/// without the `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn is_armed(_name: &str) -> bool {
+    false
+}
+
+#[cfg(feature = "failpoints")]
+mod armed {
+    use std::sync::atomic::Ordering;
+    use std::sync::OnceLock;
+
+    use super::{parse, Armed, ENV};
+
+    fn armed() -> &'static [Armed] {
+        static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
+        ARMED.get_or_init(|| parse(&std::env::var(ENV).unwrap_or_default()))
+    }
+
+    /// Whether `hit(name)` would count towards an armed failpoint.
+    pub fn is_armed(name: &str) -> bool {
+        armed().iter().any(|a| a.name == name)
+    }
+
+    /// Marks that execution reached failpoint `name`; aborts the process when it
+    /// is armed and this is the hit it is armed for.
+    pub fn hit(name: &str) {
+        for point in armed().iter().filter(|a| a.name == name) {
+            let n = point.hits.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == point.fire_at {
+                // tally-harness recognises a binary with failpoints by this message.
+                tracing::error!(failpoint = name, hit = n, "failpoint fired: aborting");
+                eprintln!("failpoint {name} fired at hit {n}: aborting");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// One entry of [`ENV`]: a failpoint name and the hit it fires at.
+#[cfg(any(test, feature = "failpoints"))]
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))] // `hits`: only `hit` reads it
 struct Armed {
     name: String,
     fire_at: u64,
-    hits: AtomicU64,
+    hits: std::sync::atomic::AtomicU64,
 }
 
-fn armed() -> &'static [Armed] {
-    static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
-    ARMED.get_or_init(|| parse(&std::env::var(ENV).unwrap_or_default()))
-}
-
+#[cfg(any(test, feature = "failpoints"))]
 fn parse(spec: &str) -> Vec<Armed> {
     spec.split(',')
         .map(str::trim)
@@ -41,28 +97,10 @@ fn parse(spec: &str) -> Vec<Armed> {
             Armed {
                 name: name.to_owned(),
                 fire_at,
-                hits: AtomicU64::new(0),
+                hits: std::sync::atomic::AtomicU64::new(0),
             }
         })
         .collect()
-}
-
-/// Whether `hit(name)` would count towards an armed failpoint.
-pub fn is_armed(name: &str) -> bool {
-    armed().iter().any(|a| a.name == name)
-}
-
-/// Marks that execution reached failpoint `name`; aborts the process when it is
-/// armed and this is the hit it is armed for.
-pub fn hit(name: &str) {
-    for point in armed().iter().filter(|a| a.name == name) {
-        let n = point.hits.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == point.fire_at {
-            tracing::error!(failpoint = name, hit = n, "failpoint fired: aborting");
-            eprintln!("failpoint {name} fired at hit {n}: aborting");
-            std::process::abort();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -92,5 +130,10 @@ mod tests {
         // The test process has no TALLY_FAILPOINT naming this point.
         hit("tests.never_armed");
         assert!(!is_armed("tests.never_armed"));
+    }
+
+    #[test]
+    fn enabled_follows_the_feature() {
+        assert_eq!(ENABLED, cfg!(feature = "failpoints"));
     }
 }

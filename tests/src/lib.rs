@@ -1,101 +1,27 @@
 //! Helpers for tests that run against the real local stack (`scripts/stack up`):
-//! settings for it, unique names per run, and the stack's fault controls.
+//! what only the tests need (in-process producer, stream checks, metric scraping,
+//! the fault-suite harness and its report). What the tests share with the
+//! benchmark — the service supervisor, stack control, isolated settings, free
+//! ports — lives in `tally-harness` and is re-exported here.
 //!
 //! Tests in this crate need the stack; `scripts/test` starts it. Every test names
 //! its own keys and topics with [`unique`], so tests never see each other's data
-//! and need no cleanup between runs.
+//! and need no cleanup between runs. This crate turns on
+//! `tally-common/failpoints` (see its Cargo.toml): the fault tests arm them.
 
 pub mod chaos;
 pub mod pipeline;
 pub mod report;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use tally_common::Settings;
+pub use tally_harness::{
+    binary, isolated_settings, repo_root, settings, stack, unique, wait_listening, RestoreNode,
+    ServiceProcess,
+};
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-/// Settings for the local stack: `deploy/local/tally.toml`, then `TALLY__…`
-/// environment overrides (how `scripts/test` passes non-default ports).
-pub fn settings() -> Settings {
-    let path = repo_root().join("deploy/local/tally.toml");
-    match Settings::load(Some(&path)) {
-        Ok(s) => s,
-        Err(e) => panic!("cannot load {}: {e}", path.display()),
-    }
-}
-
-/// A name no other test run uses: `<what>-<pid>-<nanos>`.
-pub fn unique(what: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-}
-
-/// Runs `scripts/stack ARGS…` and returns its stdout; panics with its output on failure.
-pub fn stack(args: &[&str]) -> String {
-    let output = Command::new(repo_root().join("scripts/stack"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/stack: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "scripts/stack {} failed ({}):\n{stdout}\n{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// Restarts a killed or paused node when dropped, so a failing test does not leave
-/// the stack broken for the tests after it.
-pub struct RestoreNode {
-    node: String,
-    restored: bool,
-}
-
-impl RestoreNode {
-    /// Kills `node` (SIGKILL) and arms the restart.
-    pub fn kill(node: &str) -> Self {
-        stack(&["kill", node]);
-        Self {
-            node: node.to_owned(),
-            restored: false,
-        }
-    }
-
-    /// Starts the node again and waits until the whole stack is healthy.
-    pub fn restore(mut self) {
-        self.restored = true;
-        stack(&["start", &self.node]);
-        stack(&["wait-healthy", "120"]);
-    }
-}
-
-impl Drop for RestoreNode {
-    fn drop(&mut self) {
-        if !self.restored {
-            let _ = Command::new(repo_root().join("scripts/stack"))
-                .args(["start", &self.node])
-                .status();
-        }
-    }
+/// A free TCP port on 127.0.0.1; panics when none can be had.
+pub fn free_port() -> u16 {
+    tally_harness::free_port().unwrap_or_else(|e| panic!("free port: {e}"))
 }
 
 /// One node of the Redis Cluster as `CLUSTER NODES` describes it.
@@ -142,46 +68,6 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
-/// Path of a workspace binary (`tally-producer`, ...), built by `cargo build
-/// --workspace --bins` (`scripts/test` does it before the tests).
-pub fn binary(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps; binaries one level up.
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("unexpected test executable path {}", exe.display()));
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build --workspace --bins` first (scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-/// Settings isolated for one test: a fresh key prefix and a fresh `client_message`
-/// topic with `partitions` partitions (RF 3, min ISR 2), created here.
-pub async fn isolated_settings(what: &str, partitions: i32) -> Settings {
-    let mut s = settings();
-    let name = unique(what);
-    s.redis.prefix = name.clone();
-    s.kafka.client_message_topic = format!("it.{name}.client_message");
-    s.kafka.message_aggregation_topic = format!("it.{name}.message_aggregation");
-    s.kafka.dlq_topic = format!("it.{name}.dlq");
-    let specs: Vec<_> = tally_common::kafka::tally_topics(&s.kafka)
-        .into_iter()
-        .map(|mut t| {
-            t.partitions = partitions;
-            t
-        })
-        .collect();
-    tally_common::kafka::ensure_topics(&s.kafka, &specs, std::time::Duration::from_secs(30))
-        .await
-        .unwrap_or_else(|e| panic!("create test topics: {e}"));
-    s
-}
-
 /// A producer running inside the test process on an ephemeral port.
 pub struct InProcessProducer {
     /// `127.0.0.1:<port>`.
@@ -226,121 +112,6 @@ impl Drop for InProcessProducer {
             task.abort();
         }
     }
-}
-
-/// A service binary running as a child process, killed when dropped.
-pub struct ServiceProcess {
-    child: std::process::Child,
-    /// Where its stderr goes.
-    pub log: PathBuf,
-}
-
-impl ServiceProcess {
-    /// Starts `binary` with the local stack's config and `env` overrides
-    /// (`TALLY__SECTION__KEY` pairs); logs go to a temp file.
-    pub fn start(binary_name: &str, env: &[(&str, String)]) -> Self {
-        let log = std::env::temp_dir().join(format!("{}.log", unique(binary_name)));
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(binary(binary_name));
-        cmd.arg("--config")
-            .arg(repo_root().join("deploy/local/tally.toml"))
-            .env("TALLY__LOG__FORMAT", "plain")
-            // Several services share this host (and tests run side by side): any
-            // free port for /metrics, unless a test names one in `env`.
-            .env("TALLY__PRODUCER__OBSERVE_LISTEN", "127.0.0.1:0")
-            .env("TALLY__COUNTER__OBSERVE_LISTEN", "127.0.0.1:0")
-            .env("TALLY__AGGREGATOR__OBSERVE_LISTEN", "127.0.0.1:0")
-            .stdout(std::process::Stdio::null())
-            .stderr(file);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {binary_name}: {e}"));
-        Self { child, log }
-    }
-
-    /// The environment overrides that point a service at `settings`' brokers,
-    /// Redis nodes, prefix, topics and groups ([`Settings::pipeline_env`]).
-    pub fn env_for(settings: &Settings) -> Vec<(&'static str, String)> {
-        settings.pipeline_env()
-    }
-
-    /// Process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends a signal by name (`TERM`, `STOP`, `CONT`).
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    /// Waits for the process to exit, up to `timeout`.
-    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// Where its `/metrics` endpoint listens, from its startup log line.
-    pub fn metrics_addr(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.log).ok()?;
-        let start = text.find("metrics on http://")? + "metrics on http://".len();
-        let end = start + text[start..].find('/')?;
-        Some(text[start..end].to_owned())
-    }
-
-    /// The last lines of its log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until a TCP port accepts connections.
-pub async fn wait_listening(addr: &str, timeout: std::time::Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{addr} not listening after {timeout:?}");
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
 }
 
 /// The records of a `client_message` topic, per client, in log order per partition.

@@ -4,9 +4,9 @@
 //! What this module guarantees:
 //! - It needs no running services: it only turns [`ScenarioReport`]s into numbers,
 //!   PNG files and markdown.
-//! - Charts render their text with a TTF compiled into this crate (DejaVu Sans,
-//!   `tests/assets/fonts/`, licence beside it) through plotters' `ab_glyph` renderer,
-//!   so they work on a machine with no system fonts and no fontconfig.
+//! - Charts are drawn on `tally-report`'s canvas: its bundled font (DejaVu Sans,
+//!   through plotters' `ab_glyph` renderer, so they work on a machine with no
+//!   system fonts and no fontconfig), its PNG writer and its markdown tables.
 //! - [`recovery_time`] is a pure function of the samples, defined exactly in its doc
 //!   comment; the markdown report states the same definition.
 //! - Every file error comes back as a [`ReportError`] naming the path; nothing here
@@ -17,15 +17,19 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 use serde::{Deserialize, Serialize};
+use tally_report::chart::{
+    axis_style, draw_error, render_png, tick_style, title_band, Area, GRID_COLOR, TEXT_COLOR,
+};
+use tally_report::{cell, check_file_name, create_dir, write_file, Align, Table};
+
+/// Errors writing charts and reports: `tally-report`'s (scenario names that are
+/// not plain file names, or that two scenarios share, included).
+pub use tally_report::ReportError;
 
 /// One scenario's outcome. Serializable (JSON via serde) so a harness can save it
 /// per scenario and a later step can gather the saved reports into one markdown
@@ -141,44 +145,6 @@ impl Series {
             Series::Counted => "counted",
         }
     }
-}
-
-/// Errors writing charts and reports.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// A file or directory could not be created or written.
-    #[error("cannot write {}: {source}", path.display())]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The PNG encoder failed (an IO failure included).
-    #[error("cannot write PNG {}: {source}", path.display())]
-    Png {
-        /// The chart file.
-        path: PathBuf,
-        /// Why.
-        source: png::EncodingError,
-    },
-    /// plotters could not draw the chart.
-    #[error("cannot draw chart {}: {message}", path.display())]
-    Draw {
-        /// The chart file.
-        path: PathBuf,
-        /// plotters' error, as text (its error type borrows the backend).
-        message: String,
-    },
-    /// The bundled font is not a font plotters can read.
-    #[error("the bundled chart font (DejaVu Sans) cannot be loaded")]
-    Font,
-    /// A scenario name that is not a plain file name.
-    #[error("scenario name {0:?} cannot name a file: use letters, digits, '.', '-' and '_', not starting with '.'")]
-    InvalidName(String),
-    /// Two scenarios with the same name (their charts would overwrite each other).
-    #[error("two scenarios are named {0:?}")]
-    DuplicateName(String),
 }
 
 /// How long the baseline before a fault is, in seconds.
@@ -316,32 +282,10 @@ pub fn worst_recovery(report: &ScenarioReport, series: Series) -> Option<(&Fault
     worst
 }
 
-/// Chart size in pixels.
-const CHART_SIZE: (u32, u32) = (1280, 720);
-/// Height of the band above the plot that holds the title and the legend.
-const HEADER_H: u32 = 56;
 const ACKED_COLOR: RGBColor = RGBColor(31, 119, 180);
 const COUNTED_COLOR: RGBColor = RGBColor(255, 127, 14);
 const INJECT_COLOR: RGBColor = RGBColor(200, 30, 30);
 const HEAL_COLOR: RGBColor = RGBColor(30, 140, 60);
-const TEXT_COLOR: RGBColor = RGBColor(20, 20, 20);
-
-static DEJAVU_SANS: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
-
-/// Registers the bundled font as plotters' `sans-serif` (the family its axes,
-/// labels and our text use) once per process. Call it before drawing any text
-/// with plotters (`tally-bench`'s charts use it too, so there is one copy of the
-/// font); later calls are free.
-pub fn ensure_font() -> Result<(), ReportError> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED
-        .get_or_init(|| register_font("sans-serif", FontStyle::Normal, DEJAVU_SANS).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(ReportError::Font)
-    }
-}
 
 fn series_color(series: Series) -> RGBColor {
     match series {
@@ -355,40 +299,12 @@ fn series_color(series: Series) -> RGBColor {
 /// legend, and each fault as a vertical line with its label (injected faults red,
 /// heals green). Samples with a non-finite time or value are left out.
 pub fn write_chart(report: &ScenarioReport, path: &Path) -> Result<(), ReportError> {
-    ensure_font()?;
-    let (w, h) = CHART_SIZE;
-    let mut pixels = vec![0u8; (w as usize) * (h as usize) * 3];
-    let draw_error = |e: &dyn std::fmt::Display| ReportError::Draw {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    draw_chart(report, &mut pixels, (w, h)).map_err(|e| draw_error(&e))?;
-
-    write_rgb_png(&pixels, (w, h), path)
+    render_png(path, |root| draw_chart(report, root))
 }
 
-/// Writes an 8-bit RGB buffer of `size` as a PNG file: the one encoder of the
-/// fault suite's charts and `tally-bench`'s.
-pub fn write_rgb_png(pixels: &[u8], size: (u32, u32), path: &Path) -> Result<(), ReportError> {
-    let file = File::create(path).map_err(|source| ReportError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let png_error = |source| ReportError::Png {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut encoder = png::Encoder::new(BufWriter::new(file), size.0, size.1);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(png_error)?;
-    writer.write_image_data(pixels).map_err(png_error)?;
-    writer.finish().map_err(png_error)?;
-    Ok(())
-}
-
-/// Draws the chart into an RGB buffer; plotters' errors come back as text.
-fn draw_chart(report: &ScenarioReport, pixels: &mut [u8], size: (u32, u32)) -> Result<(), String> {
+/// Draws the chart onto `root`; plotters' errors come back as text.
+fn draw_chart(report: &ScenarioReport, root: &Area<'_>) -> Result<(), String> {
+    let size = root.dim_in_pixel();
     let samples: Vec<&Sample> = report
         .samples
         .iter()
@@ -417,16 +333,9 @@ fn draw_chart(report: &ScenarioReport, pixels: &mut [u8], size: (u32, u32)) -> R
     // Headroom above the peak for the fault labels.
     let y_max = if peak > 0.0 { peak * 1.3 } else { 1.0 };
 
-    let root = BitMapBackend::with_buffer(pixels, size).into_drawing_area();
-    let e = |e: &dyn std::fmt::Display| e.to_string();
-    root.fill(&WHITE).map_err(|x| e(&x))?;
-    let (header, body) = root.split_vertically(HEADER_H);
-
+    let e = |e: &dyn std::fmt::Display| draw_error(e);
     // Header: the title on the left, the legend on the right.
-    let title_style = ("sans-serif", 26).into_font().color(&TEXT_COLOR);
-    header
-        .draw_text(&report.title, &title_style, (16, 14))
-        .map_err(|x| e(&x))?;
+    let (header, body) = title_band(root, &report.title)?;
     let legend_style = ("sans-serif", 17).into_font().color(&TEXT_COLOR);
     let mut x = size.0 as i32 - 16;
     for series in Series::ALL.iter().rev() {
@@ -461,9 +370,9 @@ fn draw_chart(report: &ScenarioReport, pixels: &mut [u8], size: (u32, u32)) -> R
         .configure_mesh()
         .x_desc("seconds since scenario start")
         .y_desc("messages/s")
-        .label_style(("sans-serif", 14).into_font().color(&TEXT_COLOR))
-        .axis_desc_style(("sans-serif", 16).into_font().color(&TEXT_COLOR))
-        .light_line_style(RGBColor(235, 235, 235))
+        .label_style(tick_style())
+        .axis_desc_style(axis_style())
+        .light_line_style(GRID_COLOR)
         .x_label_formatter(&|v| tick(*v, x_max - x_min))
         .y_label_formatter(&|v| tick(*v, y_max))
         .draw()
@@ -529,7 +438,6 @@ fn draw_chart(report: &ScenarioReport, pixels: &mut [u8], size: (u32, u32)) -> R
         root.draw_text(&fault.label, &style, (start, y))
             .map_err(|x| e(&x))?;
     }
-    root.present().map_err(|x| e(&x))?;
     Ok(())
 }
 
@@ -540,24 +448,6 @@ fn tick(value: f64, span: f64) -> String {
     } else {
         format!("{value:.1}")
     }
-}
-
-fn check_name(name: &str) -> Result<(), ReportError> {
-    let plain = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
-    if plain {
-        Ok(())
-    } else {
-        Err(ReportError::InvalidName(name.to_owned()))
-    }
-}
-
-/// Text for a markdown table cell: pipes escaped, line breaks flattened.
-fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
 /// A worst-recovery table cell.
@@ -579,40 +469,42 @@ fn recovery_cell(report: &ScenarioReport, series: Series) -> String {
 pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf, ReportError> {
     let mut names = BTreeSet::new();
     for r in reports {
-        check_name(&r.name)?;
+        check_file_name(&r.name)?;
         if !names.insert(r.name.as_str()) {
             return Err(ReportError::DuplicateName(r.name.clone()));
         }
     }
-    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    create_dir(dir)?;
 
     let mut md = String::new();
     // Writing to a String cannot fail; the results are ignored on purpose.
     let _ = writeln!(md, "# Fault-injection report\n");
-    let _ = writeln!(
-        md,
-        "| scenario | title | sent | ACKed | expected | exact | duplicates absorbed | recovery (ACKed) | recovery (counted) | elapsed |"
-    );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|:---:|---:|---:|---:|---:|");
+    let mut table = Table::new()
+        .column("scenario", Align::Left)
+        .column("title", Align::Left)
+        .column("sent", Align::Right)
+        .column("ACKed", Align::Right)
+        .column("expected", Align::Right)
+        .column("exact", Align::Center)
+        .column("duplicates absorbed", Align::Right)
+        .column("recovery (ACKed)", Align::Right)
+        .column("recovery (counted)", Align::Right)
+        .column("elapsed", Align::Right);
     for r in reports {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
+        table.row([
             cell(&r.name),
             cell(&r.title),
-            r.sent,
-            r.acked,
-            r.expected,
-            if r.exact { "yes" } else { "NO" },
-            r.duplicates_absorbed,
+            r.sent.to_string(),
+            r.acked.to_string(),
+            r.expected.to_string(),
+            (if r.exact { "yes" } else { "NO" }).to_owned(),
+            r.duplicates_absorbed.to_string(),
             recovery_cell(r, Series::Acked),
             recovery_cell(r, Series::Counted),
-            r.elapsed.as_secs_f64(),
-        );
+            format!("{:.1} s", r.elapsed.as_secs_f64()),
+        ]);
     }
+    table.write_to(&mut md);
     let _ = writeln!(
         md,
         "\nRecovery: per series, the worst over the scenario's injected faults of the time \
@@ -628,8 +520,11 @@ pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf,
         let _ = writeln!(md, "\n## {}: {}\n", r.name, r.title.replace('\n', " "));
         let _ = writeln!(md, "![{}]({chart})\n", cell(&r.title));
         if !r.faults.is_empty() {
-            let _ = writeln!(md, "| at | fault | recovery (ACKed) | recovery (counted) |");
-            let _ = writeln!(md, "|---:|---|---:|---:|");
+            let mut faults = Table::new()
+                .column("at", Align::Right)
+                .column("fault", Align::Left)
+                .column("recovery (ACKed)", Align::Right)
+                .column("recovery (counted)", Align::Right);
             for f in &r.faults {
                 let (acked, counted) = match f.kind {
                     FaultKind::Inject => (
@@ -638,13 +533,9 @@ pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf,
                     ),
                     FaultKind::Heal => ("(heal)".to_owned(), "(heal)".to_owned()),
                 };
-                let _ = writeln!(
-                    md,
-                    "| {:.1} s | {} | {acked} | {counted} |",
-                    f.at_s,
-                    cell(&f.label)
-                );
+                faults.row([format!("{:.1} s", f.at_s), cell(&f.label), acked, counted]);
             }
+            faults.write_to(&mut md);
             md.push('\n');
         }
         if r.exact {
@@ -661,20 +552,14 @@ pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf,
     }
 
     let path = dir.join("report.md");
-    let io_error = |source| ReportError::Io {
-        path: path.clone(),
-        source,
-    };
-    let file = File::create(&path).map_err(io_error)?;
-    let mut out = BufWriter::new(file);
-    out.write_all(md.as_bytes()).map_err(io_error)?;
-    out.flush().map_err(io_error)?;
+    write_file(&path, &md)?;
     Ok(path)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tally_report::chart::{CHART_SIZE, HEADER_H};
 
     /// Samples every second for `0..n` s with the ACKed rate `acked(t)` and the
     /// counted rate `counted(t)`.
@@ -851,14 +736,9 @@ mod tests {
         let bytes = std::fs::read(path).expect("read png");
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
         assert!(bytes.len() > 10_000, "PNG only {} bytes", bytes.len());
-        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
-            .read_info()
-            .expect("png header");
-        let mut buf = vec![0; reader.output_buffer_size().expect("buffer size")];
-        let info = reader.next_frame(&mut buf).expect("png frame");
-        assert_eq!(info.color_type, png::ColorType::Rgb);
-        buf.truncate(info.buffer_size());
-        (info.width, info.height, buf)
+        // Anything but 8-bit RGB is an error here.
+        let img = tally_report::read_rgb_png(path).expect("an 8-bit RGB PNG");
+        (img.width, img.height, img.pixels)
     }
 
     fn pixel(img: &(u32, u32, Vec<u8>), x: u32, y: u32) -> [u8; 3] {

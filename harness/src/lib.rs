@@ -1,0 +1,81 @@
+//! Support for programs that drive tally on the local stack (`scripts/stack up`):
+//! the integration and fault tests (`tally-tests`) and the benchmark
+//! (`tally-bench`).
+//!
+//! Invariant: this crate is a plain library. It links no service crate, no test
+//! framework and no failpoint (it never enables `tally-common/failpoints`), so a
+//! release binary may depend on it without carrying test-only code; it starts the
+//! *built* service binaries as processes instead.
+//!
+//! - [`process`]: the one supervisor of the service binaries ([`ServiceProcess`]).
+//! - [`stack`]: `scripts/stack` as functions, and [`RestoreNode`], which heals a
+//!   node a test broke even when the test fails.
+//! - [`isolation`]: settings of the local stack, names no other run uses, and
+//!   per-run topics, so runs never see each other's data.
+//! - [`net`]: free ports and waiting for a listener.
+
+pub mod isolation;
+pub mod net;
+pub mod process;
+pub mod stack;
+
+use std::path::{Path, PathBuf};
+
+pub use isolation::{create_topics, isolated_settings, settings, unique};
+pub use net::{free_port, wait_listening};
+pub use process::{bin_dir, binary, ServiceProcess};
+pub use stack::{stack, RestoreNode};
+
+/// Why a harness step failed (the functions that return it are the ones a
+/// release binary uses; test conveniences panic with the same message instead).
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A file, directory or process could not be read, written or started.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A service process exited while it was expected to run.
+    #[error("{name} exited ({status}); see {}", log.display())]
+    Exited {
+        /// The process's name.
+        name: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// A binary is not where the running executable's directory says it is.
+    #[error("{} not built: run `cargo build --workspace --bins` first (scripts/test does)", .0.display())]
+    NotBuilt(PathBuf),
+    /// A failpoint was to be armed in a binary built without the `failpoints`
+    /// feature, where it could never fire.
+    #[error("{} has no failpoints compiled in, yet TALLY_FAILPOINT is set: build the services with `cargo build --workspace --bins` (tally-tests turns on tally-common/failpoints) or `--features tally-common/failpoints`", .0.display())]
+    NoFailpoints(PathBuf),
+}
+
+impl HarnessError {
+    /// An IO error with what was being done.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The repository root (where `scripts/` and `deploy/` are).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// `deploy/local/tally.toml`: the local stack's configuration.
+pub fn local_config() -> PathBuf {
+    repo_root().join("deploy/local/tally.toml")
+}
