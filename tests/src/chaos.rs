@@ -25,27 +25,7 @@ use crate::{binary, free_port, repo_root, unique, wait_listening, ServiceProcess
 /// Scenarios in one test binary run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A kind of tally service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// `tally-producer`.
-    Producer,
-    /// `tally-counter`.
-    Counter,
-    /// `tally-aggregator`.
-    Aggregator,
-}
-
-impl Role {
-    /// `producer`, `counter` or `aggregator`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Producer => "producer",
-            Role::Counter => "counter",
-            Role::Aggregator => "aggregator",
-        }
-    }
-}
+pub use tally_common::service::Role;
 
 /// How many of each service a scenario runs.
 #[derive(Debug, Clone, Copy)]
