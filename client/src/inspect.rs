@@ -451,11 +451,11 @@ impl CounterProgress {
 /// Whether a partition's remainder is small enough to be read, to tell records
 /// from transaction markers (see [`MARKER_PROBE_MAX`]).
 fn worth_probing(position: &PartitionPosition) -> bool {
-    position.committed.is_some() && (1..=MARKER_PROBE_MAX).contains(&position.lag())
+    (1..=MARKER_PROBE_MAX).contains(&position.lag())
 }
 
 /// A group's lag on one partition: the records a read_committed reader found
-/// between the committed offset and the high watermark when the remainder was
+/// between the committed offset (the log start if none) and the high watermark when the remainder was
 /// read (`probed`), else the offsets between them. A remainder made only of
 /// transaction markers (or aborted records) is no lag: the group's consumers
 /// skip it and will never commit past it until the next record arrives.
@@ -467,7 +467,7 @@ pub fn pending_records(position: &PartitionPosition, probed: Option<i64>) -> i64
 }
 
 /// For each partition worth probing, the records a read_committed reader gets
-/// between its committed offset and its high watermark; `None` for the others
+/// between its committed offset (or log start) and its high watermark; `None` for the others
 /// and for those not read to their end within `timeout`. Blocking. Uses a
 /// throwaway consumer that never joins a group or commits.
 fn probe_remainders(
@@ -480,16 +480,16 @@ fn probe_remainders(
     let mut found: Vec<Option<i64>> = vec![None; positions.len()];
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in positions.iter().filter(|p| worth_probing(p)) {
-        if let Some(committed) = p.committed {
-            tpl.add_partition_offset(topic, p.partition, rdkafka::Offset::Offset(committed))?;
-        }
+        // Where the group's consumers start: its commit, else the log start.
+        let start = p.committed.unwrap_or(p.low);
+        tpl.add_partition_offset(topic, p.partition, rdkafka::Offset::Offset(start))?;
     }
     if tpl.count() == 0 {
         return Ok(found);
     }
     let mut config = tally_common::kafka::read_committed_consumer_config(kafka, "tally-inspect");
     config.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<ProbeContext> = config.create_with_context(ProbeContext)?;
     consumer.assign(&tpl)?;
     let index = |partition: i32| positions.iter().position(|p| p.partition == partition);
     let mut counts = vec![0i64; positions.len()];
@@ -522,6 +522,22 @@ fn probe_remainders(
     }
     Ok(found)
 }
+
+/// The probe's consumer context: librdkafka reports every end of partition as an
+/// error event too, and the probe asks for those, so they are not logged.
+struct ProbeContext;
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let end_of_partition =
+            rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if error != end_of_partition {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
 
 fn parse_count(key: &str, value: Option<String>) -> Result<u64, InspectError> {
     match value {
@@ -599,12 +615,13 @@ mod tests {
         // Two records and their marker still to count.
         let busy = position(Some(40), 43);
         assert_eq!(pending_records(&busy, Some(2)), 2);
-        // Not read (too far behind, never committed, or not read in time): the
-        // offsets, markers included, are the best figure there is.
+        // Not read (too far behind, or not read in time): the offsets, markers
+        // included, are the best figure there is.
         let far = position(Some(0), 10_000);
         assert!(!worth_probing(&far));
         assert_eq!(pending_records(&far, None), 10_000);
-        assert!(!worth_probing(&position(None, 5)));
+        // A group that never committed starts at the log start.
+        assert!(worth_probing(&position(None, 5)));
         assert!(!worth_probing(&position(Some(42), 42)));
         assert_eq!(pending_records(&position(Some(42), 42), None), 0);
     }
