@@ -28,6 +28,10 @@ const READ_CONCURRENCY: usize = 64;
 /// remainder of one or a few offsets. Larger remainders are real lag, reported as is.
 const MARKER_PROBE_MAX: i64 = 64;
 
+/// How long the probe reads; a partition not read to its end by then keeps its
+/// offset count as lag (a slow answer must not hold up `tally status`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A view could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -339,7 +343,7 @@ impl Inspector {
                 (aggregator_group, kafka.message_aggregation_topic.clone()),
             ] {
                 let partitions = group_positions(&kafka, Some(&group), &topic, timeout)?;
-                let probed = probe_remainders(&kafka, &topic, &partitions, timeout)?;
+                let probed = probe_remainders(&kafka, &topic, &partitions, PROBE_TIMEOUT)?;
                 groups.push(GroupView {
                     lag: partitions
                         .iter()
