@@ -241,34 +241,54 @@ fn plan(topic: &str, dlq: &str, records: Vec<Polled>) -> Plan {
 
 impl Aggregator {
     /// One count script per message hash, at most `aggregator.apply_concurrency` at
-    /// once; Redis errors back off and retry. Returns how many sightings counted.
+    /// once; the calls that failed are retried together after a backoff. Returns how
+    /// many sightings counted.
     async fn apply(&self, by_hash: HashMap<MessageHash, Sightings>) -> u64 {
-        let calls = by_hash.into_iter().map(|(hash, sightings)| async move {
-            let pairs: Vec<(&str, u64)> = sightings
-                .pairs
-                .iter()
-                .map(|(client, sn)| (client.as_str(), *sn))
-                .collect();
-            let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-            loop {
-                match self
-                    .store
-                    .apply_message(&hash, &sightings.text, &pairs)
-                    .await
-                {
-                    Ok(counted) => return counted,
+        // Retried in rounds, so a Redis outage logs one line per round, not one per
+        // message; the error metric still counts every failed call.
+        let mut pending: Vec<(MessageHash, Sightings)> = by_hash.into_iter().collect();
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut total = 0;
+        loop {
+            let calls = pending.into_iter().map(|(hash, sightings)| async move {
+                let result = {
+                    let pairs: Vec<(&str, u64)> = sightings
+                        .pairs
+                        .iter()
+                        .map(|(client, sn)| (client.as_str(), *sn))
+                        .collect();
+                    self.store
+                        .apply_message(&hash, &sightings.text, &pairs)
+                        .await
+                };
+                (hash, sightings, result)
+            });
+            let results: Vec<_> = stream::iter(calls)
+                .buffer_unordered(self.apply_concurrency)
+                .collect()
+                .await;
+            let mut failed = Vec::new();
+            let mut first_error = None;
+            for (hash, sightings, result) in results {
+                match result {
+                    Ok(counted) => total += counted,
                     Err(e) => {
                         metrics::counter!(names::AGGREGATOR_REDIS_ERRORS).increment(1);
-                        warn!(hash = %hash, "count script failed: {e}; retrying");
-                        backoff.wait().await;
+                        first_error.get_or_insert(e);
+                        failed.push((hash, sightings));
                     }
                 }
             }
-        });
-        stream::iter(calls)
-            .buffer_unordered(self.apply_concurrency)
-            .fold(0u64, |sum, n| async move { sum + n })
-            .await
+            let Some(e) = first_error else {
+                return total;
+            };
+            warn!(
+                "count script failed for {} message(s): {e}; retrying",
+                failed.len()
+            );
+            pending = failed;
+            backoff.wait().await;
+        }
     }
 }
 

@@ -22,6 +22,16 @@ use tally_common::{ClientId, Keys, MessageHash, Settings};
 /// Concurrent reads in flight on the cluster connection.
 const READ_CONCURRENCY: usize = 64;
 
+/// A partition whose uncommitted remainder is at most this many offsets is read to
+/// tell records from transaction markers: a transactional writer leaves one commit
+/// marker after each transaction, so an idle, fully counted partition still shows a
+/// remainder of one or a few offsets. Larger remainders are real lag, reported as is.
+const MARKER_PROBE_MAX: i64 = 64;
+
+/// How long the probe reads; a partition not read to its end by then keeps its
+/// offset count as lag (a slow answer must not hold up `tally status`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A view could not be produced.
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
@@ -84,8 +94,12 @@ pub struct ProducerView {
     pub heartbeat_age_ms: u64,
     /// Whether it is alive (heartbeat within 3 intervals).
     pub alive: bool,
-    /// Clients in its ownership set (may include released ones).
+    /// Clients in its ownership set. Owned clients are listed before they are
+    /// claimed and unlisted only after they are released, so this may include a
+    /// few stale entries (see `producer/src/ownership.rs`).
     pub clients: u64,
+    /// Clients whose stash names it as owner (`meta.owner`): the ones it owns.
+    pub owned: u64,
 }
 
 /// A consumer group's position on its input topic.
@@ -95,7 +109,9 @@ pub struct GroupView {
     pub group: String,
     /// Its input topic.
     pub topic: String,
-    /// Records not yet committed, over all partitions.
+    /// Records not yet committed, over all partitions; transaction markers and
+    /// aborted records, which no consumer ever gets, are not lag (see
+    /// [`pending_records`]).
     pub lag: i64,
     /// Per partition.
     pub partitions: Vec<PartitionPosition>,
@@ -106,8 +122,14 @@ pub struct GroupView {
 pub struct StatusView {
     /// Producer instances in the registry.
     pub producers: Vec<ProducerView>,
-    /// Clients with a stash.
+    /// Clients the pipeline knows: every client that ever had a message stored
+    /// keeps its stash meta (its sn and flushed position) for good, owned or not.
     pub clients: u64,
+    /// Clients owned by a producer now (`meta.owner` set): connected, or
+    /// disconnected with messages not yet confirmed in Kafka.
+    pub owned_clients: u64,
+    /// Clients with stored messages not yet confirmed in Kafka.
+    pub clients_with_backlog: u64,
     /// Stored messages not yet confirmed in Kafka, over all clients.
     pub stash_backlog: u64,
     /// The client furthest behind in flushing, and by how many messages.
@@ -288,6 +310,7 @@ impl Inspector {
                 heartbeat_age_ms: age,
                 alive: heartbeat > 0.0 && age <= alive_within,
                 clients,
+                owned: 0,
             });
         }
 
@@ -320,8 +343,13 @@ impl Inspector {
                 (aggregator_group, kafka.message_aggregation_topic.clone()),
             ] {
                 let partitions = group_positions(&kafka, Some(&group), &topic, timeout)?;
+                let probed = probe_remainders(&kafka, &topic, &partitions, PROBE_TIMEOUT)?;
                 groups.push(GroupView {
-                    lag: partitions.iter().map(PartitionPosition::lag).sum(),
+                    lag: partitions
+                        .iter()
+                        .zip(probed)
+                        .map(|(p, records)| pending_records(p, records))
+                        .sum(),
                     group,
                     topic,
                     partitions,
@@ -339,8 +367,16 @@ impl Inspector {
         let mut uncounted = 0;
         let mut max_flush_lag: Option<(String, u64)> = None;
         let mut stalled_clients = Vec::new();
+        let (mut owned_clients, mut clients_with_backlog) = (0, 0);
         for view in &views {
+            if let Some(owner) = &view.owner {
+                owned_clients += 1;
+                if let Some(p) = producers.iter_mut().find(|p| &p.instance == owner) {
+                    p.owned += 1;
+                }
+            }
             let lag = view.stored_sn.saturating_sub(view.flushed_sn);
+            clients_with_backlog += u64::from(lag > 0);
             stash_backlog += lag;
             if lag > 0 && max_flush_lag.as_ref().is_none_or(|(_, m)| lag > *m) {
                 max_flush_lag = Some((view.client.clone(), lag));
@@ -354,6 +390,8 @@ impl Inspector {
         Ok(StatusView {
             producers,
             clients: views.len() as u64,
+            owned_clients,
+            clients_with_backlog,
             stash_backlog,
             max_flush_lag,
             uncounted,
@@ -414,6 +452,97 @@ impl CounterProgress {
     }
 }
 
+/// Whether a partition's remainder is small enough to be read, to tell records
+/// from transaction markers (see [`MARKER_PROBE_MAX`]).
+fn worth_probing(position: &PartitionPosition) -> bool {
+    (1..=MARKER_PROBE_MAX).contains(&position.lag())
+}
+
+/// A group's lag on one partition: the records a read_committed reader found
+/// between the committed offset (the log start if none) and the high watermark when the remainder was
+/// read (`probed`), else the offsets between them. A remainder made only of
+/// transaction markers (or aborted records) is no lag: the group's consumers
+/// skip it and will never commit past it until the next record arrives.
+pub fn pending_records(position: &PartitionPosition, probed: Option<i64>) -> i64 {
+    match probed {
+        Some(records) => records.clamp(0, position.lag()),
+        None => position.lag(),
+    }
+}
+
+/// For each partition worth probing, the records a read_committed reader gets
+/// between its committed offset (or log start) and its high watermark; `None` for the others
+/// and for those not read to their end within `timeout`. Blocking. Uses a
+/// throwaway consumer that never joins a group or commits.
+fn probe_remainders(
+    kafka: &tally_common::settings::KafkaSettings,
+    topic: &str,
+    positions: &[PartitionPosition],
+    timeout: Duration,
+) -> Result<Vec<Option<i64>>, rdkafka::error::KafkaError> {
+    use rdkafka::message::Message;
+    let mut found: Vec<Option<i64>> = vec![None; positions.len()];
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in positions.iter().filter(|p| worth_probing(p)) {
+        // Where the group's consumers start: its commit, else the log start.
+        let start = p.committed.unwrap_or(p.low);
+        tpl.add_partition_offset(topic, p.partition, rdkafka::Offset::Offset(start))?;
+    }
+    if tpl.count() == 0 {
+        return Ok(found);
+    }
+    let mut config = tally_common::kafka::read_committed_consumer_config(kafka, "tally-inspect");
+    config.set("enable.partition.eof", "true");
+    let consumer: BaseConsumer<ProbeContext> = config.create_with_context(ProbeContext)?;
+    consumer.assign(&tpl)?;
+    let index = |partition: i32| positions.iter().position(|p| p.partition == partition);
+    let mut counts = vec![0i64; positions.len()];
+    let mut open = tpl.count();
+    let deadline = std::time::Instant::now() + timeout;
+    while open > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match consumer.poll(left) {
+            None => {}
+            Some(Ok(message)) => {
+                if let Some(i) = index(message.partition()) {
+                    if message.offset() < positions[i].high {
+                        counts[i] += 1;
+                    }
+                }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                if let Some(i) = index(partition) {
+                    if found[i].is_none() {
+                        found[i] = Some(counts[i]);
+                        open -= 1;
+                    }
+                }
+            }
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// The probe's consumer context: librdkafka reports every end of partition as an
+/// error event too, and the probe asks for those, so they are not logged.
+struct ProbeContext;
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let end_of_partition =
+            rdkafka::error::KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF);
+        if error != end_of_partition {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
 fn parse_count(key: &str, value: Option<String>) -> Result<u64, InspectError> {
     match value {
         None => Ok(0),
@@ -469,5 +598,35 @@ mod tests {
         assert_eq!(glob_escape("a*b?[c]"), "a\\*b\\?\\[c\\]");
         assert!(parse_count("k", Some("x".into())).is_err());
         assert_eq!(parse_count("k", None).expect("missing"), 0);
+    }
+
+    fn position(committed: Option<i64>, high: i64) -> PartitionPosition {
+        PartitionPosition {
+            partition: 0,
+            committed,
+            low: 0,
+            high,
+        }
+    }
+
+    #[test]
+    fn a_remainder_of_transaction_markers_is_no_lag() {
+        // Idle: the group committed past the last record; the commit marker after
+        // it is the only offset left.
+        let idle = position(Some(41), 42);
+        assert!(worth_probing(&idle));
+        assert_eq!(pending_records(&idle, Some(0)), 0);
+        // Two records and their marker still to count.
+        let busy = position(Some(40), 43);
+        assert_eq!(pending_records(&busy, Some(2)), 2);
+        // Not read (too far behind, or not read in time): the offsets, markers
+        // included, are the best figure there is.
+        let far = position(Some(0), 10_000);
+        assert!(!worth_probing(&far));
+        assert_eq!(pending_records(&far, None), 10_000);
+        // A group that never committed starts at the log start.
+        assert!(worth_probing(&position(None, 5)));
+        assert!(!worth_probing(&position(Some(42), 42)));
+        assert_eq!(pending_records(&position(Some(42), 42), None), 0);
     }
 }

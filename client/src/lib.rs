@@ -4,6 +4,7 @@
 pub mod inspect;
 pub mod manifest;
 pub mod mtc;
+pub mod printable;
 pub mod send;
 pub mod serve;
 pub mod session;

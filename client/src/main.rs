@@ -1,7 +1,8 @@
 //! `tally`: the command-line tool to set up, drive and inspect a tally pipeline.
 //!
 //! Exit codes: 0 success, 1 a check or operation failed, 2 usage or configuration
-//! error. Errors go to stderr as one line.
+//! error. Errors go to stderr as one line. A stdout closed by its reader
+//! (`tally top | head -2`) ends a command normally, with exit 0: see [`outln!`].
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tally_client::inspect::Inspector;
 use tally_client::manifest::{self, Manifest, ManifestError};
 use tally_client::mtc::{self, MtcError, MtcPlan};
+use tally_client::printable::{printable, shorten};
 use tally_client::send::InputSource;
 use tally_client::serve;
 use tally_client::session::{self, Numbering, Progress, SessionOptions};
@@ -208,6 +210,33 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 enum Failure {
     Usage(anyhow::Error),
     Failed(anyhow::Error),
+    /// Standard output was closed by its reader (`tally top | head -2`): the
+    /// reader has what it wanted, so the command ends normally, with exit 0.
+    StdoutClosed,
+}
+
+/// `println!` for commands: a line on stdout, where a closed stdout ends the command
+/// with [`Failure::StdoutClosed`] instead of panicking (exit 101) as `println!` does.
+/// Every line a command prints goes through here, so no command can panic on it.
+macro_rules! outln {
+    () => {
+        write_stdout(format_args!(""))?
+    };
+    ($($arg:tt)*) => {
+        write_stdout(format_args!($($arg)*))?
+    };
+}
+
+/// Writes one line to stdout; see [`outln!`].
+fn write_stdout(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::StdoutClosed
+        } else {
+            failed(anyhow!("writing to stdout: {e}"))
+        }
+    })
 }
 
 fn usage(e: impl Into<anyhow::Error>) -> Failure {
@@ -222,7 +251,7 @@ fn failed(e: impl Into<anyhow::Error>) -> Failure {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(Failure::StdoutClosed) => ExitCode::SUCCESS,
         Err(Failure::Failed(e)) => {
             eprintln!("tally: {e:#}");
             ExitCode::from(1)
@@ -247,14 +276,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config {
             command: ConfigCommand::Check,
         } => {
-            println!("configuration ok");
+            outln!("configuration ok");
             Ok(())
         }
         Command::Config {
             command: ConfigCommand::Show,
         } => {
             let text = serde_json::to_string_pretty(&settings).map_err(failed)?;
-            println!("{text}");
+            outln!("{text}");
             Ok(())
         }
         Command::Admin {
@@ -378,7 +407,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
         })?;
     manifest::mark_latest(&manifest_path).map_err(failed)?;
     let total = manifest.per_client * manifest.clients.len() as u64;
-    println!(
+    outln!(
         "mtc run {}{}: {} clients × {} messages ({} distinct) → {} over {}",
         manifest.run_id,
         if resumed { " (resuming)" } else { "" },
@@ -388,7 +417,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
         plan.addrs.join(","),
         manifest.key_prefix,
     );
-    println!("manifest {}", manifest_path.display());
+    outln!("manifest {}", manifest_path.display());
 
     let progress = Arc::new(Progress::default());
     let display = spawn_progress(progress.clone(), total);
@@ -403,7 +432,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
         .result
         .as_ref()
         .ok_or_else(|| failed(anyhow!("run ended without a result")))?;
-    println!(
+    outln!(
         "sent {} (incl. resends) · ACKed {} of {} · {:.1} s · {:.0} msg/s · {} reconnect(s)",
         result.sent,
         result.acked,
@@ -412,7 +441,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
         result.messages_per_s,
         result.reconnects
     );
-    println!("ACK latency {}", latency_line(&outcome.latency_us));
+    outln!("ACK latency {}", latency_line(&outcome.latency_us));
     for (id, e) in outcome.failures.iter().take(10) {
         eprintln!("tally: client {id}: {e}");
     }
@@ -424,7 +453,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
             outcome.manifest.run_id
         )));
     }
-    println!("next: tally verify --manifest {}", manifest_path.display());
+    outln!("next: tally verify --manifest {}", manifest_path.display());
     Ok(())
 }
 
@@ -456,12 +485,17 @@ fn spawn_progress(progress: Arc<Progress>, total: u64) -> tokio::task::JoinHandl
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let acked = progress.acked.load(Ordering::Relaxed);
-                println!(
+                let line = write_stdout(format_args!(
                     "progress {:>6.1} s: ACKed {acked}/{total} ({:.0} msg/s in the last 5 s), {} reconnect(s)",
                     started.elapsed().as_secs_f64(),
                     (acked - last) as f64 / 5.0,
                     progress.reconnects.load(Ordering::Relaxed)
-                );
+                ));
+                if line.is_err() {
+                    // Nobody reads the progress any more; the run goes on, and its
+                    // final lines report the closed stdout.
+                    return;
+                }
                 last = acked;
             }
         })
@@ -509,7 +543,7 @@ async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure
         .map_err(failed)?
         .with_prefix(&manifest.key_prefix);
     let expected_total = manifest.per_client * manifest.clients.len() as u64;
-    println!(
+    outln!(
         "verifying run {}: {} clients × {} messages, {} distinct messages, keys under {}",
         manifest.run_id,
         manifest.clients.len(),
@@ -518,7 +552,7 @@ async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure
         manifest.key_prefix
     );
     if let Some(result) = manifest.result.as_ref().filter(|r| !r.complete) {
-        println!(
+        outln!(
             "note: the run did not complete ({} of {expected_total} ACKed); its counts cannot be exact",
             result.acked
         );
@@ -532,28 +566,32 @@ async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure
     let (verdict, waited) = verify::wait_and_check(&inspector, &manifest, patience, |v| {
         polls += 1;
         if polls % 5 == 0 {
-            println!(
+            // A closed stdout is noticed by the verdict's first line, below.
+            let _ = write_stdout(format_args!(
                 "waiting: {}/{} clients and {}/{} messages exact",
                 v.clients_exact, v.clients, v.messages_exact, v.messages
-            );
+            ));
         }
     })
     .await
     .map_err(failed)?;
 
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:<10} {:>10} {:>10} {:>10}",
-        "", "checked", "exact", "wrong"
+        "",
+        "checked",
+        "exact",
+        "wrong"
     );
-    println!(
+    outln!(
         "{:<10} {:>10} {:>10} {:>10}",
         "clients",
         verdict.clients,
         verdict.clients_exact,
         verdict.clients - verdict.clients_exact
     );
-    println!(
+    outln!(
         "{:<10} {:>10} {:>10} {:>10}",
         "messages",
         verdict.messages,
@@ -561,7 +599,7 @@ async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure
         verdict.messages - verdict.messages_exact
     );
     if verdict.exact() {
-        println!(
+        outln!(
             "EXACT: every client counted {} with last_sn {}, every message count = baseline + expected (checked after {:.1} s)",
             manifest.per_client,
             manifest.per_client,
@@ -569,18 +607,21 @@ async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure
         );
         return Ok(());
     }
-    println!();
-    println!("first mismatches:");
+    outln!();
+    outln!("first mismatches:");
     for m in verdict.mismatches.iter().take(args.show) {
         let diff = m.found as i128 - m.expected as i128;
         let text = m
             .text
             .as_deref()
-            .map(|t| format!("  {:?}", shorten(t, 60)))
+            .map(|t| format!("  {}", printable(&shorten(t, 60))))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {:<15} {}  expected {} found {} ({diff:+}){text}",
-            m.what, m.key, m.expected, m.found
+            m.what,
+            m.key,
+            m.expected,
+            m.found
         );
     }
     Err(failed(anyhow!(
@@ -590,27 +631,21 @@ async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure
     )))
 }
 
-fn shorten(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_string(),
-    }
-}
-
 async fn count(settings: &Settings, args: CountArgs) -> Result<(), Failure> {
     let inspector = Inspector::connect(settings).await.map_err(failed)?;
     if let Some(id) = args.client {
         let id = ClientId::parse(&id).map_err(|e| usage(anyhow!("--client: {e}")))?;
         let view = inspector.client(&id).await.map_err(failed)?;
-        println!("client   {}", view.client);
-        println!("count    {}", view.count);
-        println!("last_sn  {}", view.last_sn);
-        println!(
+        outln!("client   {}", view.client);
+        outln!("count    {}", view.count);
+        outln!("last_sn  {}", view.last_sn);
+        outln!(
             "stored   {} (flushed to Kafka: {})",
-            view.stored_sn, view.flushed_sn
+            view.stored_sn,
+            view.flushed_sn
         );
-        println!("owner    {}", view.owner.as_deref().unwrap_or("-"));
-        println!("key      {}", inspector.keys().client_count(&id));
+        outln!("owner    {}", view.owner.as_deref().unwrap_or("-"));
+        outln!("key      {}", inspector.keys().client_count(&id));
         return Ok(());
     }
     let hash = match (args.message, args.hash) {
@@ -619,15 +654,15 @@ async fn count(settings: &Settings, args: CountArgs) -> Result<(), Failure> {
         (None, None) => return Err(usage(anyhow!("give --client, --message or --hash"))),
     };
     let view = inspector.message(&hash).await.map_err(failed)?;
-    println!("hash     {}", view.hash);
-    println!("count    {}", view.count);
-    println!(
+    outln!("hash     {}", view.hash);
+    outln!("count    {}", view.count);
+    outln!(
         "text     {}",
         view.text
             .as_deref()
-            .map_or("(never counted)".into(), |t| format!("{t:?}"))
+            .map_or("(never counted)".into(), printable)
     );
-    println!("key      {}", inspector.keys().message_count(&hash));
+    outln!("key      {}", inspector.keys().message_count(&hash));
     Ok(())
 }
 
@@ -635,16 +670,16 @@ async fn top(settings: &Settings, n: usize) -> Result<(), Failure> {
     let inspector = Inspector::connect(settings).await.map_err(failed)?;
     let views = inspector.top(n).await.map_err(failed)?;
     if views.is_empty() {
-        println!("no message counted under {}", inspector.keys().prefix());
+        outln!("no message counted under {}", inspector.keys().prefix());
     }
     for (rank, view) in views.iter().enumerate() {
-        println!(
+        outln!(
             "{:>3}. {:>10}  {}",
             rank + 1,
             view.count,
             view.text
                 .as_deref()
-                .map_or_else(|| view.hash.clone(), |t| format!("{:?}", shorten(t, 80)))
+                .map_or_else(|| view.hash.clone(), |t| printable(&shorten(t, 80)))
         );
     }
     Ok(())
@@ -654,42 +689,54 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     let inspector = Inspector::connect(settings).await.map_err(failed)?;
     let view = inspector.status().await.map_err(failed)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&view).map_err(failed)?);
+        outln!("{}", serde_json::to_string_pretty(&view).map_err(failed)?);
         return Ok(());
     }
-    println!("producers ({}):", view.producers.len());
+    outln!("producers ({}):", view.producers.len());
     for p in &view.producers {
-        println!(
-            "  {:<24} {:<5} heartbeat {:>7} ms ago  {} client(s)",
+        let stale = p.clients.saturating_sub(p.owned);
+        outln!(
+            "  {:<24} {:<5} heartbeat {:>7} ms ago  owns {} client(s){}",
             p.instance,
             if p.alive { "alive" } else { "DEAD" },
             p.heartbeat_age_ms,
-            p.clients
+            p.owned,
+            if stale > 0 {
+                format!(" (+{stale} released or moved, still in its set)")
+            } else {
+                String::new()
+            }
         );
     }
-    println!("clients with a stash: {}", view.clients);
-    println!(
+    outln!(
+        "clients: {} known, {} owned by a producer, {} with a backlog",
+        view.clients,
+        view.owned_clients,
+        view.clients_with_backlog
+    );
+    outln!(
         "stash backlog (stored, not yet in Kafka): {}",
         view.stash_backlog
     );
     match &view.max_flush_lag {
-        Some((client, lag)) => println!("largest flush lag: {lag} message(s) ({client})"),
-        None => println!("largest flush lag: 0"),
+        Some((client, lag)) => outln!("largest flush lag: {lag} message(s) ({client})"),
+        None => outln!("largest flush lag: 0"),
     }
-    println!("in Kafka, not yet counted: {}", view.uncounted);
+    outln!("in Kafka, not yet counted: {}", view.uncounted);
     for g in &view.groups {
-        println!("consumer lag {:<20} on {:<20} {}", g.group, g.topic, g.lag);
+        outln!("consumer lag {:<20} on {:<20} {}", g.group, g.topic, g.lag);
     }
-    println!(
+    outln!(
         "stalled clients (behind a gap): {}",
         view.stalled_clients.len()
     );
     for c in view.stalled_clients.iter().take(10) {
-        println!("  {c}");
+        outln!("  {c}");
     }
-    println!(
+    outln!(
         "dead letters in {}: {}",
-        settings.kafka.dlq_topic, view.dlq_records
+        settings.kafka.dlq_topic,
+        view.dlq_records
     );
     Ok(())
 }
@@ -724,12 +771,14 @@ async fn init_topics(settings: &Settings, timeout: Duration) -> Result<(), Failu
         let isr = report
             .min_insync_replicas
             .map_or_else(|| "?".to_string(), |v| v.to_string());
-        println!(
+        outln!(
             "{state:8} {:24} partitions={} replication={} min.insync.replicas={isr}",
-            report.spec.name, report.partitions, report.replication_factor
+            report.spec.name,
+            report.partitions,
+            report.replication_factor
         );
         for mismatch in report.mismatches() {
-            println!("         warning: {} {mismatch}", report.spec.name);
+            outln!("         warning: {} {mismatch}", report.spec.name);
         }
     }
     Ok(())

@@ -727,6 +727,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_sampler_is_an_error_never_a_value() {
+        let failure = "kafka: Meta data fetch error: OperationTimedOut";
+        let tick = Tick {
+            pulse: &Pulse {
+                t_ms: 1,
+                counted_total: None,
+                per_second: None,
+            },
+            clients: Vec::new(),
+            messages: Vec::new(),
+            errors: BTreeMap::from([("throughput", failure.to_string())]),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&tick).expect("encode")).expect("json");
+        assert_eq!(json["errors"]["throughput"], failure);
+        assert!(json["per_second"].is_null() && json["counted_total"].is_null());
+        let values = json.as_object().expect("object");
+        assert!(values
+            .iter()
+            .filter(|(k, _)| k.as_str() != "errors")
+            .all(|(_, v)| !v.to_string().contains("OperationTimedOut")));
+    }
+
+    #[test]
     fn queries_are_decoded_and_bounded() {
         let pairs = query_pairs(Some("text=a+b%21&n=3&text=second".into())).expect("pairs");
         assert_eq!(one(&pairs, "text"), Some("a b!"));

@@ -294,38 +294,69 @@ impl Processor for Counter {
 impl Counter {
     /// One count script per client, at most `counter.apply_concurrency` at once;
     /// returns each client's record indexes with the outcomes of those processed.
-    /// A Redis error backs off and retries that client; a failed guard fails the
-    /// batch.
+    /// The calls that failed on Redis are retried together after a backoff; a
+    /// failed guard fails the batch.
     async fn apply(
         &self,
         by_client: HashMap<ClientId, (i32, Vec<(usize, u64)>)>,
         guard: &Membership,
     ) -> Result<Vec<Applied>, Unsure> {
-        let calls = by_client.into_iter().map(|(id, (partition, records))| {
-            let (indexes, sns): (Vec<usize>, Vec<u64>) = records.into_iter().unzip();
-            async move {
-                let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-                loop {
+        // Retried in rounds, so a Redis outage logs one line per round, not one per
+        // client; the error metric still counts every failed call.
+        let is_bug =
+            |e: &RedisOpError| matches!(e, RedisOpError::Refused { .. } | RedisOpError::Result(_));
+        let mut pending: Vec<(ClientId, i32, Vec<usize>, Vec<u64>)> = by_client
+            .into_iter()
+            .map(|(id, (partition, records))| {
+                let (indexes, sns) = records.into_iter().unzip();
+                (id, partition, indexes, sns)
+            })
+            .collect();
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut applied = Vec::new();
+        loop {
+            let calls = pending
+                .into_iter()
+                .map(|(id, partition, indexes, sns)| async move {
                     // Checked before every call: a zombie must not write to Redis.
                     guard.check()?;
-                    match self.store.apply_client(&id, &sns).await {
-                        Ok(outcomes) => return Ok((id, partition, indexes, outcomes)),
-                        Err(e) => {
-                            metrics::counter!(names::COUNTER_REDIS_ERRORS).increment(1);
-                            if matches!(e, RedisOpError::Refused { .. } | RedisOpError::Result(_)) {
-                                error!(client = %id, "count script failed: {e}; retrying");
-                            } else {
-                                warn!(client = %id, "count script failed: {e}; retrying");
-                            }
-                            backoff.wait().await;
+                    let result = self.store.apply_client(&id, &sns).await;
+                    Ok::<_, Unsure>((id, partition, indexes, sns, result))
+                });
+            let results: Vec<_> = stream::iter(calls)
+                .buffer_unordered(self.apply_concurrency)
+                .try_collect()
+                .await?;
+            let mut failed = Vec::new();
+            let mut first_error: Option<RedisOpError> = None;
+            for (id, partition, indexes, sns, result) in results {
+                match result {
+                    Ok(outcomes) => applied.push((id, partition, indexes, outcomes)),
+                    Err(e) => {
+                        metrics::counter!(names::COUNTER_REDIS_ERRORS).increment(1);
+                        // A refusal or a bad reply is a bug, not an outage: it is
+                        // the error shown, at error level.
+                        if first_error
+                            .as_ref()
+                            .is_none_or(|f| !is_bug(f) && is_bug(&e))
+                        {
+                            first_error = Some(e);
                         }
+                        failed.push((id, partition, indexes, sns));
                     }
                 }
             }
-        });
-        stream::iter(calls)
-            .buffer_unordered(self.apply_concurrency)
-            .try_collect()
-            .await
+            let Some(e) = first_error else {
+                return Ok(applied);
+            };
+            let clients = failed.len();
+            if is_bug(&e) {
+                error!("count script failed for {clients} client(s): {e}; retrying");
+            } else {
+                warn!("count script failed for {clients} client(s): {e}; retrying");
+            }
+            pending = failed;
+            backoff.wait().await;
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! One client connection: read a batch of lines, stash it (one Lua call + `WAIT`),
 //! ACK, hand it to the flusher.
 //!
+//! Replies are in line order: a batch ends at a rejected line, so the `ACK` of the
+//! messages before it is written before its `ERR`.
+//!
 //! Invariant: `ACK n` is written only after the stash holding n was confirmed on a
 //! replica, and a batch reaches the flusher only after that (invariant 2). When the
 //! stash write fails or its outcome is unknown the client gets `ERR unavailable` and
@@ -55,6 +58,9 @@ struct Connection {
     shutdown: CancellationToken,
     /// A line read while the previous batch was full.
     carried: Option<String>,
+    /// The `ERR` for a line rejected after messages of the current batch: sent
+    /// after that batch's `ACK`, so replies stay in line order.
+    deferred_err: Option<String>,
 }
 
 /// Serves one accepted socket until it closes.
@@ -80,6 +86,7 @@ pub async fn serve(
             superseded: CancellationToken::new(),
             shutdown,
             carried: None,
+            deferred_err: None,
         };
         metrics::gauge!(tally_common::observe::names::PRODUCER_CONNECTIONS).increment(1.0);
         match conn.run().await {
@@ -103,7 +110,7 @@ impl Connection {
         loop {
             let mut batch: Vec<String> = Vec::new();
             let mut batch_bytes = 0usize;
-            let mut replies = String::new();
+            let mut replies = self.deferred_err.take().unwrap_or_default();
             // Gather what is already buffered, reading only while nothing is.
             loop {
                 if let Some(line) = self.carried.take() {
@@ -139,7 +146,16 @@ impl Connection {
                         }
                         Request::Invalid(error) => {
                             metrics::counter!(tally_common::observe::names::PRODUCER_REJECTED_LINES, "reason" => reason(&error)).increment(1);
-                            replies.push_str(&protocol::err(&error));
+                            let err = protocol::err(&error);
+                            if batch.is_empty() {
+                                replies.push_str(&err);
+                            } else {
+                                // Replies follow the lines: the messages before this
+                                // line are stashed and ACKed first (the batch ends
+                                // here), then it gets its ERR.
+                                self.deferred_err = Some(err);
+                                break;
+                            }
                         }
                     }
                 }
@@ -171,7 +187,7 @@ impl Connection {
                 return Ok(());
             }
             self.write(&replies).await?;
-            if self.reader.is_done() && self.carried.is_none() {
+            if self.reader.is_done() && self.carried.is_none() && self.deferred_err.is_none() {
                 return Ok(());
             }
         }

@@ -55,6 +55,27 @@ impl Raw {
         }
     }
 
+    /// Reads replies until `ACK <sn>`, returning the lines other than ACKs before
+    /// it; the earlier ACKs must be cumulative. Replies are in line order, so a
+    /// rejected line ends a batch and the lines before it get their ACK first.
+    async fn errors_until_ack(&mut self, sn: u64) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut previous = 0;
+        for line in self.until_ack(sn).await {
+            match line
+                .strip_prefix("ACK ")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) => {
+                    assert!(n > previous && n < sn, "ACK {n} after {previous}");
+                    previous = n;
+                }
+                None => errors.push(line),
+            }
+        }
+        errors
+    }
+
     async fn expect_closed(&mut self) {
         match tokio::time::timeout(REPLY_TIMEOUT, self.lines.next_line()).await {
             Ok(Ok(None)) | Ok(Err(_)) => {}
@@ -120,7 +141,7 @@ async fn bad_input_gets_clear_errors_and_is_not_stored() {
     assert_eq!(c.line().await, "WELCOME bad-input 0");
     c.send(b"first\r\n\n\r\n\xff\xfe broken\nsecond\nHELLO bad-input\nthird\n")
         .await;
-    let errors = c.until_ack(3).await;
+    let errors = c.errors_until_ack(3).await;
     let codes: Vec<String> = errors
         .iter()
         .map(|e| e.split(' ').take(2).collect::<Vec<_>>().join(" "))

@@ -122,7 +122,7 @@ function renderStatus(s) {
       el("td", {}, p.instance),
       el("td", { class: p.alive ? "alive" : "dead" }, p.alive ? "alive" : "DEAD"),
       el("td", { class: "num" }, `${(p.heartbeat_age_ms / 1000).toFixed(1)} s ago`),
-      el("td", { class: "num" }, p.clients)));
+      el("td", { class: "num" }, p.owned)));
   }
   if (!s.producers.length) producers.append(el("tr", {}, el("td", { colSpan: 4, class: "hint" }, "no producer registered")));
   const groups = $("groups").querySelector("tbody");
@@ -133,7 +133,9 @@ function renderStatus(s) {
   const dl = $("pipeline");
   dl.replaceChildren();
   const facts = [
-    ["clients with a stash", s.clients],
+    ["clients known", s.clients],
+    ["clients owned", s.owned_clients],
+    ["clients with a backlog", s.clients_with_backlog],
     ["stash backlog", s.stash_backlog],
     ["largest flush lag", s.max_flush_lag ? `${s.max_flush_lag[1]} (${s.max_flush_lag[0]})` : 0],
     ["in Kafka, not counted", s.uncounted],
@@ -168,8 +170,7 @@ function drawChart() {
   g.scale(ratio, ratio);
   g.clearRect(0, 0, width, height);
   const left = 48, bottom = height - 18, top = 8, right = width - 8;
-  const max = Math.max(1, ...history.map((h) => h.rate || 0));
-  const scale = niceCeil(max);
+  const scale = axisScale(Math.max(0, ...history.map((h) => h.rate || 0)));
   g.strokeStyle = "#d9dde6";
   g.fillStyle = "#6b7385";
   g.font = "11px system-ui, sans-serif";
@@ -191,6 +192,13 @@ function drawChart() {
     if (i === 0) g.moveTo(x0, y); else g.lineTo(x0 + step * i, y);
   });
   g.stroke();
+}
+
+// The chart's top value for rates up to `max`: four equal steps of 1, 2 or 5 × 10^k,
+// at least 1 each, so the five labels are whole numbers and all different (a top
+// of 1 would label 0, 0.25, 0.5, … and round them to 0, 0, 1, 1, 1).
+function axisScale(max) {
+  return 4 * niceCeil(Math.max(1, max / 4));
 }
 
 function niceCeil(x) {
@@ -230,7 +238,9 @@ function onTick(data) {
     if (w) { w.flash = w.count !== m.count; w.count = m.count; changed = true; }
   }
   if (changed) renderWatched();
-  const errors = Object.entries(data.errors || {}).map(([k, v]) => `${k}: ${v}`);
+  // Errors arrive apart from the values (`errors`, by what failed); a failed
+  // sampler leaves its value as it was and is reported here, never in its place.
+  const errors = Object.entries(data.errors || {}).map(([k, v]) => `${k} unavailable (${v})`);
   showError("errors", errors.join(" · "));
 }
 
