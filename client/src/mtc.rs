@@ -74,6 +74,9 @@ pub struct MtcOutcome {
     pub failures: Vec<(String, SessionError)>,
     /// Merged ACK latency, µs.
     pub latency_us: Histogram<u64>,
+    /// `ERR unavailable` answers the completed sessions got (each closed a
+    /// connection; the session reconnected and resent).
+    pub err_unavailable: u64,
     /// Whether the run resumed an earlier one.
     pub resumed: bool,
 }
@@ -201,10 +204,12 @@ pub async fn execute(
     let mut latency = latency_histogram();
     let mut failures = Vec::new();
     let mut acked = 0;
+    let mut err_unavailable = 0;
     while let Some(joined) = sessions.join_next().await {
         match joined {
             Ok((_, Ok(report))) => {
                 acked += report.acked;
+                err_unavailable += unavailable_answers(&report.errors);
                 merge(&mut latency, &report);
             }
             Ok((id, Err(e))) => failures.push((id.as_str().to_string(), e)),
@@ -234,11 +239,37 @@ pub async fn execute(
         manifest,
         failures,
         latency_us: latency,
+        err_unavailable,
         resumed,
     })
+}
+
+/// How many of a session's `ERR` lines were `ERR unavailable`.
+fn unavailable_answers(errors: &[String]) -> u64 {
+    errors
+        .iter()
+        .filter(|e| e.starts_with("ERR unavailable"))
+        .count() as u64
 }
 
 fn merge(into: &mut Histogram<u64>, report: &SessionReport) {
     // Both histograms auto-resize and share their precision, so adding cannot fail.
     let _ = into.add(&report.ack_latency_us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_answers_are_counted() {
+        let errors = [
+            "ERR unavailable redis: timed out".to_owned(),
+            "ERR superseded".to_owned(),
+            "ERR unavailable kafka".to_owned(),
+            "WELCOME x 3".to_owned(),
+        ];
+        assert_eq!(unavailable_answers(&errors), 2);
+        assert_eq!(unavailable_answers(&[]), 0);
+    }
 }
