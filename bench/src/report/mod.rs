@@ -28,6 +28,7 @@ mod format;
 mod headline;
 mod markdown;
 mod summary;
+mod sustained;
 mod targets;
 mod text;
 
