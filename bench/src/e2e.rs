@@ -272,6 +272,7 @@ impl Pipeline {
             window: WINDOW,
             timeout: Duration::from_secs(600),
             max_line: self.settings.producer.max_line_bytes,
+            distinct: false,
         };
         let (manifest, lines, resumed) = mtc::prepare(&plan, &self.inspector)
             .await
