@@ -6,11 +6,13 @@
 //! line sent → every client and message count exact), ACK latency of every
 //! message, and ACK → counted latency of probe messages sent alongside the load
 //! (one every [`PROBE_EVERY`], each polled until the aggregator counted it), plus
-//! every process's CPU and peak RSS ([`crate::procstat`]). A point whose counts do
-//! not come out exact fails the benchmark.
+//! every process's CPU and peak RSS ([`crate::procstat`]), and the `ERR
+//! unavailable` answers and reconnects the clients met. A point whose counts do
+//! not come out exact fails the benchmark. A window of the sustained-rate search
+//! ([`Pipeline::window`]) also reads the counting lag early and at its end.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +52,52 @@ pub struct Shape {
     pub counters: usize,
     /// `tally-aggregator` processes (one consumer group).
     pub aggregators: usize,
+}
+
+/// What the clients of one point send.
+#[derive(Debug, Clone, Copy)]
+pub struct Load<'a> {
+    /// Names the point's files and its clients' run id (unique per pipeline).
+    pub id: &'a str,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// The lines every client sends, in order.
+    pub lines: &'a [String],
+    /// Times each client sends them.
+    pub repeat: u64,
+    /// Lines per second per client (`None`: as fast as ACKs allow).
+    pub rate_per_client: Option<f64>,
+}
+
+/// Messages ACKed to the clients but not yet in their counts (the counters'
+/// backlog), during a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lag {
+    /// Some time into the window (`None`: the window ended before).
+    pub early: Option<u64>,
+    /// When the window's last line was ACKed.
+    pub end: u64,
+}
+
+/// Reads the counting lag: ACKs so far minus the clients' counts.
+struct LagReader {
+    inspector: Inspector,
+    keys: Vec<String>,
+    progress: Arc<Progress>,
+}
+
+impl LagReader {
+    async fn read(&self) -> Result<u64, BenchError> {
+        // The same order at every reading: ACKs, then counts (which may already
+        // include a few later ACKs, hence the saturating difference).
+        let acked = self.progress.acked.load(Ordering::Relaxed);
+        let counts = self
+            .inspector
+            .numbers(&self.keys)
+            .await
+            .map_err(|e| BenchError::Check(format!("read counts: {e}")))?;
+        Ok(acked.saturating_sub(counts.iter().sum()))
+    }
 }
 
 /// One producer, `Shape` counters and aggregators, on their own topics and prefix.
@@ -170,8 +218,46 @@ impl Pipeline {
         lines: &[String],
         repeat: u64,
         rate_per_client: Option<f64>,
-        mut watched: Vec<Watched>,
+        watched: Vec<Watched>,
     ) -> Result<E2ePoint, BenchError> {
+        let load = Load {
+            id,
+            clients,
+            lines,
+            repeat,
+            rate_per_client,
+        };
+        Ok(self.measure(&load, None, watched).await?.0)
+    }
+
+    /// Runs one window of the sustained-rate search: like [`Pipeline::point`],
+    /// and also reads the counting lag (messages ACKed but not yet in the
+    /// clients' counts) `early` into the window, if it lasts that long, and when
+    /// its last line was ACKed.
+    pub async fn window(
+        &mut self,
+        load: &Load<'_>,
+        early: Duration,
+        watched: Vec<Watched>,
+    ) -> Result<(E2ePoint, Lag), BenchError> {
+        let (point, lag) = self.measure(load, Some(early), watched).await?;
+        let lag = lag.ok_or_else(|| BenchError::Check("no lag reading".into()))?;
+        Ok((point, lag))
+    }
+
+    async fn measure(
+        &mut self,
+        load: &Load<'_>,
+        lag_early: Option<Duration>,
+        mut watched: Vec<Watched>,
+    ) -> Result<(E2ePoint, Option<Lag>), BenchError> {
+        let Load {
+            id,
+            clients,
+            lines,
+            repeat,
+            rate_per_client,
+        } = *load;
         let input = self.work_dir.join(format!("{id}.txt"));
         std::fs::write(&input, lines.join("\n") + "\n")
             .map_err(|e| BenchError::io(input.display().to_string(), e))?;
@@ -186,11 +272,13 @@ impl Pipeline {
             window: WINDOW,
             timeout: Duration::from_secs(600),
             max_line: self.settings.producer.max_line_bytes,
+            distinct: false,
         };
         let (manifest, lines, resumed) = mtc::prepare(&plan, &self.inspector)
             .await
             .map_err(|e| BenchError::Check(format!("mtc {id}: {e}")))?;
         let expected = manifest.per_client * manifest.clients.len() as u64;
+        let client_keys = self.client_count_keys(&manifest);
 
         watched.extend(self.processes());
         let sampler = Sampler::start(watched);
@@ -199,18 +287,46 @@ impl Pipeline {
             format!("{}-probe-{id}", self.settings.redis.prefix),
             self.inspector.clone(),
         );
+        let progress = Arc::new(Progress::default());
+        let early = lag_early.map(|after| {
+            let lag = LagReader {
+                inspector: self.inspector.clone(),
+                keys: client_keys.clone(),
+                progress: progress.clone(),
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                lag.read().await
+            })
+        });
         let started = Instant::now();
-        let outcome = mtc::execute(
-            &plan,
-            manifest,
-            lines,
-            resumed,
-            Arc::new(Progress::default()),
-        )
-        .await
-        .map_err(|e| BenchError::Check(format!("mtc {id}: {e}")))?;
+        let outcome = mtc::execute(&plan, manifest, lines, resumed, progress.clone())
+            .await
+            .map_err(|e| BenchError::Check(format!("mtc {id}: {e}")))?;
         let ingest_s = started.elapsed().as_secs_f64();
         probe.stop_sending();
+        let lag = match (lag_early, early) {
+            (Some(after), Some(task)) => {
+                let end = LagReader {
+                    inspector: self.inspector.clone(),
+                    keys: client_keys,
+                    progress,
+                }
+                .read()
+                .await?;
+                // A window shorter than `after` has no early reading.
+                let early = if started.elapsed() > after {
+                    task.await
+                        .map_err(|e| BenchError::Task(e.to_string()))?
+                        .map(Some)?
+                } else {
+                    task.abort();
+                    None
+                };
+                Some(Lag { early, end })
+            }
+            _ => None,
+        };
         if let Some((client, e)) = outcome.failures.first() {
             return Err(BenchError::Check(format!(
                 "mtc {id}: {} of {clients} clients failed (first: {client}: {e})",
@@ -223,14 +339,15 @@ impl Pipeline {
                 "mtc {id}: ACKed {acked} of {expected}"
             )));
         }
+        let reconnects = outcome.manifest.result.as_ref().map_or(0, |r| r.reconnects);
         let (exact, mismatches, counted_s) = self.wait_exact(&outcome.manifest, started).await?;
         let cost = sampler.finish(expected).await;
-        let e2e = probe.finish(PROBE_COUNT_GRACE).await;
+        let (e2e, probe_unavailable) = probe.finish(PROBE_COUNT_GRACE).await;
         for s in &mut self.services {
             s.running()?;
         }
         let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-        Ok(E2ePoint {
+        let point = E2ePoint {
             clients,
             rate_per_client,
             messages: expected,
@@ -246,7 +363,20 @@ impl Pipeline {
             exact,
             mismatches,
             cost,
-        })
+            err_unavailable: outcome.err_unavailable + probe_unavailable,
+            reconnects,
+        };
+        Ok((point, lag))
+    }
+
+    /// The Redis keys of the manifest's clients' counts.
+    fn client_count_keys(&self, manifest: &Manifest) -> Vec<String> {
+        manifest
+            .clients
+            .iter()
+            .filter_map(|c| ClientId::parse(c).ok())
+            .map(|c| self.inspector.keys().client_count(&c))
+            .collect()
     }
 
     /// Waits until the manifest's counts are exact: first the clients' counts
@@ -258,12 +388,7 @@ impl Pipeline {
         started: Instant,
     ) -> Result<(bool, Vec<String>, f64), BenchError> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        let keys: Vec<String> = manifest
-            .clients
-            .iter()
-            .filter_map(|c| ClientId::parse(c).ok())
-            .map(|c| self.inspector.keys().client_count(&c))
-            .collect();
+        let keys = self.client_count_keys(manifest);
         let want = manifest.per_client * keys.len() as u64;
         while Instant::now() < deadline {
             let counts = self
@@ -305,6 +430,7 @@ impl Pipeline {
 /// up every [`PROBE_POLL`] until its message count is 1.
 struct Probe {
     sending: Arc<AtomicBool>,
+    unavailable: Arc<AtomicU64>,
     acked: Arc<Mutex<Vec<(String, Instant)>>>,
     sender: tokio::task::JoinHandle<Result<(), String>>,
     latencies: Arc<Mutex<Histogram<u64>>>,
@@ -314,12 +440,20 @@ struct Probe {
 impl Probe {
     fn start(addr: String, client: String, inspector: Inspector) -> Self {
         let sending = Arc::new(AtomicBool::new(true));
+        let unavailable = Arc::new(AtomicU64::new(0));
         let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
         let latencies = Arc::new(Mutex::new(crate::latency_histogram()));
-        let sender = tokio::spawn(send_probes(addr, client, sending.clone(), acked.clone()));
+        let sender = tokio::spawn(send_probes(
+            addr,
+            client,
+            sending.clone(),
+            unavailable.clone(),
+            acked.clone(),
+        ));
         let poller = tokio::spawn(poll_probes(inspector, acked.clone(), latencies.clone()));
         Self {
             sending,
+            unavailable,
             acked,
             sender,
             latencies,
@@ -333,7 +467,8 @@ impl Probe {
 
     /// Stops sending, waits for the last ACKs, then up to `grace` for the ACKed
     /// probes to be counted; any still uncounted then are left out, with a warning.
-    async fn finish(self, grace: Duration) -> Histogram<u64> {
+    /// Returns the latencies and the `ERR unavailable` answers the probe got.
+    async fn finish(self, grace: Duration) -> (Histogram<u64>, u64) {
         self.stop_sending();
         match self.sender.await {
             Ok(Ok(())) => {}
@@ -350,7 +485,7 @@ impl Probe {
             tracing::warn!("{uncounted} latency probe(s) not counted within {grace:?}: left out");
         }
         let h = self.latencies.lock().await.clone();
-        h
+        (h, self.unavailable.load(Ordering::Relaxed))
     }
 }
 
@@ -361,6 +496,7 @@ async fn send_probes(
     addr: String,
     client: String,
     sending: Arc<AtomicBool>,
+    unavailable: Arc<AtomicU64>,
     acked: Arc<Mutex<Vec<(String, Instant)>>>,
 ) -> Result<(), String> {
     let stream = TcpStream::connect(&addr)
@@ -373,6 +509,12 @@ async fn send_probes(
         .await
         .map_err(|e| e.to_string())?;
     let welcome = read.next_line().await.map_err(|e| e.to_string())?;
+    if welcome
+        .as_deref()
+        .is_some_and(|l| l.starts_with("ERR unavailable"))
+    {
+        unavailable.fetch_add(1, Ordering::Relaxed);
+    }
     let last_sn: u64 = welcome
         .as_deref()
         .and_then(|w| w.strip_prefix("WELCOME "))
@@ -406,6 +548,9 @@ async fn send_probes(
             }
             line = read.next_line() => {
                 let line = line.map_err(|e| e.to_string())?;
+                if line.as_deref().is_some_and(|l| l.starts_with("ERR unavailable")) {
+                    unavailable.fetch_add(1, Ordering::Relaxed);
+                }
                 let sn: u64 = line
                     .as_deref()
                     .and_then(|l| l.strip_prefix("ACK "))

@@ -14,6 +14,7 @@ pub mod raw_kafka;
 pub mod raw_redis;
 pub mod report;
 pub mod results;
+pub mod search;
 
 /// A latency histogram in µs, 1 µs to 1 h at 3 significant digits.
 pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {

@@ -8,14 +8,20 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use rdkafka::consumer::Consumer;
 use tally_bench::cleanup;
-use tally_bench::e2e::{Pipeline, Shape};
+use tally_bench::e2e::{Load, Pipeline, Shape};
 use tally_bench::procstat::{stack_processes, Watched};
 use tally_bench::raw_kafka::{produce_ceiling, transactional_ceiling, TxnBatch};
 use tally_bench::raw_redis::script_ceilings;
 use tally_bench::report;
-use tally_bench::results::{BenchConfig, BenchResults, E2ePoint, Machine, RunResult};
+use tally_bench::results::{
+    BenchConfig, BenchResults, E2ePoint, Machine, RunResult, SustainStep, SustainedSearch, Workload,
+};
+use tally_bench::search::{judge, Bisection, Limits, Window};
 use tally_common::kafka::{ensure_topics, TopicSpec};
 use tally_common::Settings;
+
+/// End-to-end p99 a window of the sustained-rate search may have, ms.
+const SUSTAINED_E2E_P99_MS: f64 = 1_000.0;
 
 /// Raw Kafka and Redis ceilings next to tally end to end, medians over runs.
 #[derive(Debug, Parser)]
@@ -67,6 +73,78 @@ struct Args {
     /// `scripts/stack`'s state dir, for the brokers' and Redis nodes' pids.
     #[arg(long, env = "TALLY_STACK_DIR")]
     stack_dir: Option<PathBuf>,
+    /// Search the sustained rate: the highest offered rate the pipeline carries
+    /// for `--sustained-seconds` (bisection between `--search-low` and the run's
+    /// raw produce ceiling); the half-rate point then runs at half of it.
+    #[arg(long, overrides_with = "sustained")]
+    sustained: bool,
+    /// Clients of every window of the sustained-rate search.
+    #[arg(long, default_value_t = 100)]
+    sustained_clients: usize,
+    /// Seconds each window of the sustained-rate search sends for.
+    #[arg(long, default_value_t = 60.0)]
+    sustained_seconds: f64,
+    /// Lowest offered rate the search considers, msg/s.
+    #[arg(long, default_value_t = 1000.0)]
+    search_low: f64,
+    /// Most windows the search tries (plus one at `--search-low` if none carried).
+    #[arg(long, default_value_t = 8)]
+    search_steps: usize,
+    /// The search stops once the highest rate carried and the lowest not carried
+    /// are within this share of each other.
+    #[arg(long, default_value_t = 0.1)]
+    search_tolerance: f64,
+    /// One quick run for iterating (≤ 3 min after the build): implies
+    /// `--sustained`, and unless given: --runs 1, --clients 100, --messages 20000,
+    /// --raw-seconds 2, --half-rate-seconds 8, --sustained-seconds 12,
+    /// --search-steps 3, --search-tolerance 0.5.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// The arguments, with `--quick`'s values for those not given on the command
+/// line or in the environment.
+fn parse_args() -> Args {
+    use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let mut args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    if args.quick {
+        let defaulted = |id: &str| {
+            !matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        args.sustained = true;
+        if defaulted("runs") {
+            args.runs = 1;
+        }
+        if defaulted("clients") {
+            args.clients = vec![100];
+        }
+        if defaulted("messages") {
+            args.messages = 20_000;
+        }
+        if defaulted("raw_seconds") {
+            args.raw_seconds = 2.0;
+        }
+        if defaulted("half_rate_seconds") {
+            args.half_rate_seconds = 8.0;
+        }
+        if defaulted("sustained_seconds") {
+            args.sustained_seconds = 12.0;
+        }
+        if defaulted("search_steps") {
+            args.search_steps = 3;
+        }
+        if defaulted("search_tolerance") {
+            args.search_tolerance = 0.5;
+        }
+    }
+    args
 }
 
 #[tokio::main]
@@ -78,9 +156,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    let args = parse_args();
     if args.clients.is_empty() || args.clients.contains(&0) {
         bail!("--clients needs client counts above 0");
+    }
+    if args.sustained_clients == 0 || !(args.sustained_seconds > 0.0 && args.search_low > 0.0) {
+        bail!("--sustained-clients, --sustained-seconds and --search-low must be above 0");
+    }
+    if !(args.search_tolerance >= 0.0 && args.search_steps > 0) {
+        bail!("--search-steps must be above 0, --search-tolerance not below 0");
     }
     if !(args.raw_seconds > 0.0 && args.half_rate_seconds > 0.0) {
         bail!("--raw-seconds and --half-rate-seconds must be above 0");
@@ -137,16 +221,26 @@ async fn main() -> anyhow::Result<()> {
     let summary = report::summarize(&results);
     let md = report::write_markdown(&results, &summary, &args.out)?;
     let charts = report::write_charts(&results, &summary, &args.out)?;
+    let headline = report::headline(&results);
+    let summary_json = args.out.join("summary.json");
+    std::fs::write(&summary_json, serde_json::to_string_pretty(&headline)?)
+        .with_context(|| format!("write {}", summary_json.display()))?;
     println!("{}", report::summary_text(&results, &summary));
     println!("report: {}", md.display());
     for c in charts {
         println!("chart:  {}", c.display());
     }
     println!("json:   {}", args.out.join("results.json").display());
+    println!("json:   {}", summary_json.display());
+    // The output's last line.
+    println!("{}", report::headline_line(&headline));
     let inexact = results
         .runs
         .iter()
-        .flat_map(|r| &r.e2e)
+        .flat_map(|r| {
+            let windows = r.sustained.iter().flat_map(|s| &s.steps).map(|w| &w.point);
+            r.e2e.iter().chain(windows)
+        })
         .filter(|p| !p.exact)
         .count();
     if inexact > 0 {
@@ -270,11 +364,29 @@ async fn one_run(
         print_point(&point);
         e2e.push(point);
     }
-    // ACK latency at half of this run's best sustained rate.
-    let best = e2e
-        .iter()
-        .map(|p| p.end_to_end_per_s)
-        .fold(0.0_f64, f64::max);
+    let sustained = if args.sustained {
+        let search = search_sustained(
+            args,
+            &mut pipeline,
+            novel,
+            kafka_produce.per_s,
+            settings.counter.batch_max_records as u64,
+            &watch,
+        )
+        .await?;
+        Some(search)
+    } else {
+        None
+    };
+    // ACK latency at half of this run's sustained rate if searched, else of its
+    // best end-to-end rate.
+    let best = match sustained.as_ref().and_then(|s| s.rate_msg_s) {
+        Some(rate) => rate,
+        None => e2e
+            .iter()
+            .map(|p| p.end_to_end_per_s)
+            .fold(0.0_f64, f64::max),
+    };
     let clients = args.half_rate_clients.max(1);
     let rate = (best / 2.0 / clients as f64).max(0.1);
     let per_client = ((rate * args.half_rate_seconds).ceil() as u64).max(1);
@@ -308,6 +420,87 @@ async fn one_run(
         kafka_transactional,
         redis,
         e2e,
+        sustained,
+    })
+}
+
+/// The sustained-rate search of one run: windows of `--sustained-seconds` at
+/// the rates [`Bisection`] proposes, each judged by [`judge`].
+async fn search_sustained(
+    args: &Args,
+    pipeline: &mut Pipeline,
+    novel: &[String],
+    raw_produce_per_s: f64,
+    batch: u64,
+    watch: &dyn Fn(&[Watched]) -> Vec<Watched>,
+) -> anyhow::Result<SustainedSearch> {
+    let clients = args.sustained_clients;
+    let high = raw_produce_per_s.max(args.search_low * 2.0);
+    let mut bisection = Bisection::new(
+        args.search_low,
+        high,
+        args.search_tolerance,
+        args.search_steps,
+    )?;
+    let limits = Limits {
+        lag_slack: batch,
+        e2e_p99_ms: SUSTAINED_E2E_P99_MS,
+    };
+    // The early lag reading: 10 s in, or half-way through a shorter window.
+    let early = Duration::from_secs_f64((args.sustained_seconds / 2.0).min(10.0));
+    let mut steps = Vec::new();
+    while let Some(offered) = bisection.next_rate() {
+        let per_client_rate = offered / clients as f64;
+        let per_client = ((per_client_rate * args.sustained_seconds).ceil() as u64).max(1);
+        let (lines, repeat) = lines_for(novel, per_client);
+        let load = Load {
+            id: &format!("s{}", steps.len() + 1),
+            clients,
+            lines: &lines,
+            repeat,
+            rate_per_client: Some(per_client_rate),
+        };
+        let (point, lag) = pipeline.window(&load, early, watch(&[])).await?;
+        let (carried, why_not) = judge(
+            &Window {
+                offered_msg_s: offered,
+                acked_msg_s: point.ingest_per_s,
+                lag_early: lag.early,
+                lag_end: lag.end,
+                e2e_p99_ms: point.e2e_p99_ms,
+                exact: point.exact,
+            },
+            &limits,
+        );
+        eprintln!(
+            "   sustained {offered:>7.0} msg/s offered: lag {} → {}, {}",
+            lag.early.map_or("-".into(), |l| l.to_string()),
+            lag.end,
+            if carried {
+                "carried".to_owned()
+            } else {
+                format!("not carried: {}", why_not.join("; "))
+            }
+        );
+        print_point(&point);
+        bisection.record(offered, carried);
+        steps.push(SustainStep {
+            offered_msg_s: offered,
+            lag_early: lag.early,
+            lag_end: lag.end,
+            carried,
+            why_not,
+            point,
+        });
+    }
+    Ok(SustainedSearch {
+        workload: Workload::Novel,
+        clients,
+        window_s: args.sustained_seconds,
+        low_msg_s: args.search_low,
+        high_msg_s: high,
+        steps,
+        rate_msg_s: bisection.best(),
     })
 }
 

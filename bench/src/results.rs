@@ -79,6 +79,66 @@ pub struct RunResult {
     pub redis: Vec<RedisScriptResult>,
     /// tally end to end, one per client count, then the half-rate point.
     pub e2e: Vec<E2ePoint>,
+    /// The sustained-rate search (`--sustained`), if it ran.
+    #[serde(default)]
+    pub sustained: Option<SustainedSearch>,
+}
+
+/// What the clients send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Every client replays the novel: many texts repeat.
+    #[default]
+    Novel,
+}
+
+/// The search for the highest offered rate the pipeline carries for a window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SustainedSearch {
+    /// What the clients sent.
+    pub workload: Workload,
+    /// Concurrent clients of every window.
+    pub clients: usize,
+    /// Seconds each window sends for.
+    pub window_s: f64,
+    /// The search's bounds, msg/s offered (the high one is the run's raw produce ceiling).
+    pub low_msg_s: f64,
+    /// Upper bound, msg/s offered.
+    pub high_msg_s: f64,
+    /// Every window tried, in order.
+    pub steps: Vec<SustainStep>,
+    /// The highest offered rate carried (`None`: not even the low bound was).
+    pub rate_msg_s: Option<f64>,
+}
+
+impl SustainedSearch {
+    /// The window at the found rate (the last one carried at that rate).
+    pub fn at_rate(&self) -> Option<&SustainStep> {
+        let rate = self.rate_msg_s?;
+        self.steps
+            .iter()
+            .rev()
+            .find(|s| s.carried && s.offered_msg_s == rate)
+    }
+}
+
+/// One window of the sustained-rate search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SustainStep {
+    /// Offered rate over all clients, msg/s.
+    pub offered_msg_s: f64,
+    /// Messages ACKed but not yet counted by the counters, 10 s into the window
+    /// (`None` for a window shorter than that).
+    pub lag_early: Option<u64>,
+    /// The same when the window's last line was ACKed.
+    pub lag_end: u64,
+    /// Whether the window met every condition (`crate::search::judge`).
+    pub carried: bool,
+    /// Why not, when not carried.
+    pub why_not: Vec<String>,
+    /// The window's figures (exact at the end, latencies, cost).
+    pub point: E2ePoint,
 }
 
 /// Items moved in a time.
@@ -144,6 +204,12 @@ pub struct E2ePoint {
     pub mismatches: Vec<String>,
     /// CPU and memory of every process during the point.
     pub cost: Vec<ProcessCost>,
+    /// `ERR unavailable` answers the load's clients and the probe got.
+    #[serde(default)]
+    pub err_unavailable: u64,
+    /// Reconnections over the load's clients.
+    #[serde(default)]
+    pub reconnects: u64,
 }
 
 /// One process's cost during an end-to-end point.

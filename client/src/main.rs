@@ -120,6 +120,10 @@ struct MtcArgs {
     /// Give up after this long.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     timeout: Duration,
+    /// Make every message unique: client <c> sends its line n as "<c>:<n> <line>",
+    /// so every text is sent once (the manifest expects each count to be 1).
+    #[arg(long)]
+    distinct: bool,
 }
 
 #[derive(Args)]
@@ -398,6 +402,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
         window: usize::try_from(args.window).unwrap_or(usize::MAX),
         timeout: args.timeout,
         max_line: settings.producer.max_line_bytes,
+        distinct: args.distinct,
     };
     let inspector = Inspector::connect(settings).await.map_err(failed)?;
     let (manifest, lines, resumed) =

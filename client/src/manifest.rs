@@ -129,6 +129,10 @@ pub struct Manifest {
     pub clients: Vec<String>,
     /// Messages every client sends (its expected `count` and `last_sn`).
     pub per_client: u64,
+    /// Every line salted with its client and sn ([`salted_line`]), so every
+    /// text is sent once, by one client.
+    #[serde(default)]
+    pub distinct: bool,
     /// Every distinct message text.
     pub messages: Vec<MessageEntry>,
     /// Filled in when sending ended.
@@ -176,9 +180,15 @@ impl Manifest {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Expected `count` of message `entry` after the run.
+    /// Expected `count` of message `entry` after the run: every client sends it,
+    /// or in a distinct run only the client its salt names.
     pub fn expected_message_count(&self, entry: &MessageEntry) -> u64 {
-        entry.baseline + entry.per_client * self.clients.len() as u64
+        let senders = if self.distinct {
+            1
+        } else {
+            self.clients.len() as u64
+        };
+        entry.baseline + entry.per_client * senders
     }
 }
 
@@ -303,6 +313,40 @@ impl Workload {
     }
 }
 
+/// The text client `client` sends as its message `sn` in a distinct run:
+/// `<client>:<sn> <line>`. Client ids hold no `:` or space, so no two (client,
+/// sn) pairs give the same text.
+pub fn salted_line(client: &str, sn: u64, line: &str) -> String {
+    format!("{client}:{sn} {line}")
+}
+
+/// The longest salt [`salted_line`] adds for `client` sending `per_client` lines.
+pub fn salt_len(client: &str, per_client: u64) -> usize {
+    client.len() + per_client.max(1).to_string().len() + 2
+}
+
+impl Workload {
+    /// The message entries of a distinct run: one per (client, sn), each sent
+    /// once, with baselines to be filled in.
+    pub fn salted_entries(&self, clients: &[String], repeat: u64) -> Vec<MessageEntry> {
+        let per_client = self.lines.len() as u64 * repeat;
+        let mut entries = Vec::with_capacity(clients.len() * per_client as usize);
+        for client in clients {
+            for sn in 1..=per_client {
+                let line = &self.lines[((sn - 1) % self.lines.len() as u64) as usize];
+                let text = salted_line(client, sn, line);
+                entries.push(MessageEntry {
+                    hash: MessageHash::of(text.as_bytes()).to_string(),
+                    text,
+                    per_client: 1,
+                    baseline: 0,
+                });
+            }
+        }
+        entries
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -326,6 +370,7 @@ mod tests {
             repeat: 2,
             clients: vec![Manifest::client_id("r1", 0), Manifest::client_id("r1", 1)],
             per_client: 6,
+            distinct: false,
             messages: vec![MessageEntry {
                 hash: "ab".into(),
                 text: "a line".into(),
@@ -398,5 +443,43 @@ mod tests {
             Workload::load(&[empty], 64),
             Err(ManifestError::Empty)
         ));
+    }
+
+    #[test]
+    fn distinct_runs_salt_every_line_and_expect_each_text_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.txt");
+        std::fs::write(&a, b"one\ntwo\none\n").expect("write");
+        let workload = Workload::load(&[a], 64).expect("load");
+        let clients = vec![Manifest::client_id("r1", 0), Manifest::client_id("r1", 1)];
+        let entries = workload.salted_entries(&clients, 2);
+        // 2 clients × 3 lines × 2 repeats, every text different.
+        assert_eq!(entries.len(), 12);
+        let texts: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts.len(), 12);
+        assert_eq!(entries[0].text, "mtc-r1-0:1 one");
+        assert_eq!(entries[3].text, "mtc-r1-0:4 one");
+        assert_eq!(entries[11].text, "mtc-r1-1:6 one");
+        assert_eq!(
+            entries[11].hash,
+            MessageHash::of(b"mtc-r1-1:6 one").to_string()
+        );
+        assert_eq!(salted_line("c", 7, "x y"), "c:7 x y");
+        assert_eq!(salt_len("mtc-r1-1", 6), "mtc-r1-1:6 ".len());
+        assert_eq!(salt_len("c", 10), "c:10 ".len());
+
+        // Expected counts: one sender per text in a distinct run, every client
+        // otherwise.
+        let mut manifest = sample(dir.path());
+        let entry = MessageEntry {
+            hash: "ab".into(),
+            text: "t".into(),
+            per_client: 1,
+            baseline: 5,
+        };
+        assert_eq!(manifest.expected_message_count(&entry), 7);
+        manifest.distinct = true;
+        assert_eq!(manifest.expected_message_count(&entry), 6);
     }
 }

@@ -17,10 +17,12 @@ use tally_common::{ClientId, MessageHash};
 use tokio::task::JoinSet;
 
 use crate::inspect::{InspectError, Inspector};
-use crate::manifest::{Manifest, ManifestError, RunResult, Workload, MANIFEST_VERSION};
+use crate::manifest::{
+    salt_len, salted_line, Manifest, ManifestError, RunResult, Workload, MANIFEST_VERSION,
+};
 use crate::session::{
-    latency_histogram, run, Line, ListSource, Numbering, Progress, SessionError, SessionOptions,
-    SessionReport,
+    latency_histogram, run, Line, LineSource, ListSource, Numbering, Progress, SessionError,
+    SessionOptions, SessionReport,
 };
 
 /// What a mass test does.
@@ -46,6 +48,9 @@ pub struct MtcPlan {
     pub timeout: Duration,
     /// Longest line the producer accepts.
     pub max_line: usize,
+    /// Salt every line with its client and sn (`<client>:<sn> <line>`), so every
+    /// text is sent once ([`crate::manifest::salted_line`]).
+    pub distinct: bool,
 }
 
 /// Why a mass test could not run.
@@ -74,6 +79,9 @@ pub struct MtcOutcome {
     pub failures: Vec<(String, SessionError)>,
     /// Merged ACK latency, µs.
     pub latency_us: Histogram<u64>,
+    /// `ERR unavailable` answers the completed sessions got (each closed a
+    /// connection; the session reconnected and resent).
+    pub err_unavailable: u64,
     /// Whether the run resumed an earlier one.
     pub resumed: bool,
 }
@@ -89,13 +97,33 @@ pub async fn prepare(
     plan: &MtcPlan,
     inspector: &Inspector,
 ) -> Result<(Manifest, Arc<[Line]>, bool), MtcError> {
-    let workload = Workload::load(&plan.files, plan.max_line)?;
     let clients: Vec<String> = (0..plan.clients)
         .map(|i| Manifest::client_id(&plan.run_id, i))
         .collect();
+    // A salted line must still fit: the salt's room comes off the limit (the
+    // sn's digits estimated from the files' size, an upper bound of their lines).
+    let max_line = match (plan.distinct, clients.last()) {
+        (true, Some(last)) => {
+            let bytes: u64 = plan
+                .files
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum();
+            let most = bytes.saturating_add(1).saturating_mul(plan.repeat);
+            plan.max_line.saturating_sub(salt_len(last, most))
+        }
+        _ => plan.max_line,
+    };
+    let workload = Workload::load(&plan.files, max_line)?;
     for id in &clients {
         ClientId::parse(id).map_err(|_| MtcError::BadRunId(plan.run_id.clone()))?;
     }
+    let messages = if plan.distinct {
+        workload.salted_entries(&clients, plan.repeat)
+    } else {
+        workload.message_entries(plan.repeat)
+    };
     let mut manifest = Manifest {
         version: MANIFEST_VERSION,
         run_id: plan.run_id.clone(),
@@ -109,7 +137,8 @@ pub async fn prepare(
         repeat: plan.repeat,
         clients,
         per_client: workload.lines.len() as u64 * plan.repeat,
-        messages: workload.message_entries(plan.repeat),
+        distinct: plan.distinct,
+        messages,
         result: None,
     };
     let lines: Arc<[Line]> = workload.lines.into();
@@ -124,6 +153,7 @@ pub async fn prepare(
                 .map(|f| &f.sha256)
                 .eq(manifest.files.iter().map(|f| &f.sha256))
             && earlier.repeat == manifest.repeat
+            && earlier.distinct == manifest.distinct
             && earlier.clients == manifest.clients;
         if !same {
             return Err(MtcError::Conflict(format!(
@@ -184,7 +214,16 @@ pub async fn execute(
         let mut addrs = plan.addrs.clone();
         let shift = index % addrs.len().max(1);
         addrs.rotate_left(shift);
-        let source = ListSource::new(lines.clone(), plan.repeat);
+        let list = ListSource::new(lines.clone(), plan.repeat);
+        let source = if plan.distinct {
+            MtcSource::Salted(SaltedSource {
+                inner: list,
+                client: id.as_str().to_owned(),
+                sn: 0,
+            })
+        } else {
+            MtcSource::Plain(list)
+        };
         let options = SessionOptions {
             window: plan.window,
             rate: plan.rate,
@@ -201,10 +240,12 @@ pub async fn execute(
     let mut latency = latency_histogram();
     let mut failures = Vec::new();
     let mut acked = 0;
+    let mut err_unavailable = 0;
     while let Some(joined) = sessions.join_next().await {
         match joined {
             Ok((_, Ok(report))) => {
                 acked += report.acked;
+                err_unavailable += unavailable_answers(&report.errors);
                 merge(&mut latency, &report);
             }
             Ok((id, Err(e))) => failures.push((id.as_str().to_string(), e)),
@@ -234,11 +275,98 @@ pub async fn execute(
         manifest,
         failures,
         latency_us: latency,
+        err_unavailable,
         resumed,
     })
+}
+
+/// A mass-test client's lines: the files as they are, or salted.
+enum MtcSource {
+    Plain(ListSource),
+    Salted(SaltedSource),
+}
+
+impl LineSource for MtcSource {
+    async fn next_line(&mut self) -> Option<Line> {
+        match self {
+            Self::Plain(s) => s.next_line().await,
+            Self::Salted(s) => s.next_line().await,
+        }
+    }
+
+    async fn skip(&mut self, n: u64) -> u64 {
+        match self {
+            Self::Plain(s) => s.skip(n).await,
+            Self::Salted(s) => s.skip(n).await,
+        }
+    }
+}
+
+/// The list's lines, each salted with the client id and its sn (the source's
+/// i-th line is sn i: the sessions number from one).
+struct SaltedSource {
+    inner: ListSource,
+    client: String,
+    /// sn of the last line given out or skipped.
+    sn: u64,
+}
+
+impl LineSource for SaltedSource {
+    async fn next_line(&mut self) -> Option<Line> {
+        // The list's future is ready at once, so this one is cancel-safe too.
+        let line = self.inner.next_line().await?;
+        self.sn += 1;
+        Some(Line::from(salted_line(&self.client, self.sn, &line)))
+    }
+
+    async fn skip(&mut self, n: u64) -> u64 {
+        let skipped = self.inner.skip(n).await;
+        self.sn += skipped;
+        skipped
+    }
+}
+
+/// How many of a session's `ERR` lines were `ERR unavailable`.
+fn unavailable_answers(errors: &[String]) -> u64 {
+    errors
+        .iter()
+        .filter(|e| e.starts_with("ERR unavailable"))
+        .count() as u64
 }
 
 fn merge(into: &mut Histogram<u64>, report: &SessionReport) {
     // Both histograms auto-resize and share their precision, so adding cannot fail.
     let _ = into.add(&report.ack_latency_us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_answers_are_counted() {
+        let errors = [
+            "ERR unavailable redis: timed out".to_owned(),
+            "ERR superseded".to_owned(),
+            "ERR unavailable kafka".to_owned(),
+            "WELCOME x 3".to_owned(),
+        ];
+        assert_eq!(unavailable_answers(&errors), 2);
+        assert_eq!(unavailable_answers(&[]), 0);
+    }
+
+    #[tokio::test]
+    async fn a_salted_source_numbers_its_lines_from_one_across_repeats_and_skips() {
+        let lines: Arc<[Line]> = vec![Line::from("a"), Line::from("b")].into();
+        let mut source = SaltedSource {
+            inner: ListSource::new(lines, 3),
+            client: "mtc-r-0".into(),
+            sn: 0,
+        };
+        assert_eq!(source.next_line().await.as_deref(), Some("mtc-r-0:1 a"));
+        assert_eq!(source.skip(2).await, 2);
+        assert_eq!(source.next_line().await.as_deref(), Some("mtc-r-0:4 b"));
+        assert_eq!(source.skip(10).await, 2);
+        assert_eq!(source.next_line().await, None);
+    }
 }

@@ -55,6 +55,8 @@ pub(crate) fn point(clients: usize, rate: Option<f64>, e2e: f64, rss_scale: f64)
             cost("kafka-1", "kafka", 8.0, 900.0),
             cost("redis-7000", "redis", 1.0, 10.0),
         ],
+        err_unavailable: 0,
+        reconnects: 0,
     }
 }
 
@@ -89,6 +91,7 @@ pub(crate) fn run(n: usize, kafka: f64, e2e_by_clients: [f64; 4]) -> RunResult {
             },
         ],
         e2e,
+        sustained: None,
     }
 }
 

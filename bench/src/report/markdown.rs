@@ -21,7 +21,7 @@ use crate::results::{BenchResults, RunResult, Throughput};
 /// (median and each run's value) and the Redis call latencies; the end-to-end
 /// table (clients | rate | ingest | end to end | ratio to raw Kafka | ACK p50/p99 |
 /// e2e p50/p99 | exact) and each run's end-to-end rate with its within-run ratio;
-/// the cost per process and per role at the full-speed point with the most
+/// the sustained-rate search's windows, if any run searched; the cost per process and per role at the full-speed point with the most
 /// clients; the mismatches of any inexact point; links to `throughput.png` and
 /// `latency.png` (written by [`write_charts`]).
 pub fn write_markdown(
@@ -99,6 +99,7 @@ fn markdown(results: &BenchResults, s: &Summary) -> String {
 
     raw_tables(&mut md, results, s);
     e2e_tables(&mut md, results, s);
+    super::sustained::sustained_tables(&mut md, results);
     cost_tables(&mut md, s);
 
     let mut inexact = results

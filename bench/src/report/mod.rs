@@ -1,5 +1,6 @@
 //! The benchmark's report: a [`Summary`] of [`BenchResults`], `report.md`,
-//! `throughput.png`, `latency.png` and a plain-text summary for the terminal.
+//! `throughput.png`, `latency.png`, a plain-text summary for the terminal, and
+//! `summary.json` with the `summary:` line the output ends with ([`headline`]).
 //!
 //! What this module guarantees:
 //! - Every figure is the **median over the runs** ([`median`]: non-finite values
@@ -24,12 +25,17 @@ mod charts;
 #[cfg(test)]
 mod fixtures;
 mod format;
+mod headline;
 mod markdown;
 mod summary;
+mod sustained;
 mod targets;
 mod text;
 
 pub use charts::write_charts;
+pub use headline::{
+    headline, headline_line, CpuPerMessage, Headline, PointHealth, WorkloadHeadline,
+};
 pub use markdown::write_markdown;
 pub use summary::{median, summarize, CostSummary, PointSummary, ScriptSummary, Summary};
 pub use targets::{

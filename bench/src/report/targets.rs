@@ -3,7 +3,7 @@
 //! conditions), never met by default and never a panic.
 
 use super::format::{mib, ms, ratio_text, small_rate, thousands};
-use super::summary::{PointSummary, Summary};
+use super::summary::{median, PointSummary, Summary};
 use crate::results::BenchResults;
 use serde::Serialize;
 
@@ -80,6 +80,43 @@ fn point_name(p: &PointSummary) -> String {
     }
 }
 
+/// The sustained-rate target judged on the search's rate (median over the runs
+/// that searched; a search that carried nothing counts as not met), if any run
+/// searched.
+fn searched_check(results: &BenchResults, s: &Summary, goal: &str) -> Option<TargetCheck> {
+    let searches: Vec<_> = results
+        .runs
+        .iter()
+        .filter_map(|r| r.sustained.as_ref())
+        .collect();
+    let first = searches.first()?;
+    let rates: Vec<f64> = searches.iter().filter_map(|x| x.rate_msg_s).collect();
+    let windows_exact = searches
+        .iter()
+        .flat_map(|x| &x.steps)
+        .all(|w| w.point.exact);
+    let name = "sustained rate (search)";
+    Some(match median(&rates) {
+        None => check(name, goal, "nothing carried".into(), Some(false)),
+        Some(v) => check(
+            name,
+            goal,
+            format!(
+                "{} msg/s carried for {} s at {} clients, {}",
+                thousands(v),
+                first.window_s,
+                first.clients,
+                if windows_exact && s.all_exact {
+                    "all exact"
+                } else {
+                    "NOT all exact"
+                }
+            ),
+            Some(v >= TARGET_SUSTAINED_PER_S && windows_exact && s.all_exact),
+        ),
+    })
+}
+
 pub(super) fn targets(results: &BenchResults, s: &Summary) -> Vec<TargetCheck> {
     let mut out = Vec::new();
 
@@ -121,6 +158,10 @@ pub(super) fn targets(results: &BenchResults, s: &Summary) -> Vec<TargetCheck> {
             )
         }
     });
+
+    if let Some(check) = searched_check(results, s, &goal) {
+        out.push(check);
+    }
 
     let half = s.half_rate(results.config.half_rate_clients);
     let ack_goal = format!("≤ {} ms", TARGET_ACK_P99_MS);
@@ -324,5 +365,48 @@ mod tests {
         assert_eq!(s.targets.len(), 7);
         assert!(s.targets.iter().all(|t| t.met.is_none()), "{:?}", s.targets);
         assert!(!s.all_exact);
+    }
+
+    #[test]
+    fn the_searched_rate_is_its_own_target() {
+        use crate::results::{SustainStep, SustainedSearch, Workload};
+        let mut r = crate::report::fixtures::three_runs();
+        let name = "sustained rate (search)";
+        let s = crate::report::summary::summarize(&r);
+        assert!(
+            s.targets.iter().all(|t| t.name != name),
+            "no search, no row"
+        );
+        let search = |rate: Option<f64>| SustainedSearch {
+            workload: Workload::Novel,
+            clients: 100,
+            window_s: 60.0,
+            low_msg_s: 1_000.0,
+            high_msg_s: 200_000.0,
+            steps: vec![SustainStep {
+                offered_msg_s: 60_000.0,
+                lag_early: Some(0),
+                lag_end: 0,
+                carried: rate.is_some(),
+                why_not: Vec::new(),
+                point: crate::report::fixtures::point(100, Some(600.0), 60_000.0, 1.0),
+            }],
+            rate_msg_s: rate,
+        };
+        r.runs[0].sustained = Some(search(Some(60_000.0)));
+        let s = crate::report::summary::summarize(&r);
+        let t = s.targets.iter().find(|t| t.name == name).expect("row");
+        assert_eq!(t.met, Some(true), "{t:?}");
+        assert!(
+            t.measured.starts_with("60,000 msg/s carried for 60 s"),
+            "{t:?}"
+        );
+        r.runs[0].sustained = Some(search(None));
+        let s = crate::report::summary::summarize(&r);
+        let t = s.targets.iter().find(|t| t.name == name).expect("row");
+        assert_eq!(
+            (t.met, t.measured.as_str()),
+            (Some(false), "nothing carried")
+        );
     }
 }
