@@ -39,7 +39,15 @@ async fn every_sn_reaches_kafka_across_a_redis_master_kill() {
         PER_CLIENT,
         Duration::from_secs(180),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill while the first client is mid-stream: once its first batch is stored.
+    // A fixed pause lost the race: at full speed a client can store all its
+    // messages within a few hundred milliseconds, and a victim serving only
+    // finished clients interrupts nobody.
+    wait_until_started(
+        &settings,
+        &keys.client_meta(&ClientId::parse(&ids[0]).expect("id")),
+    )
+    .await;
     let killed = RestoreNode::kill(&victim);
     // Past cluster-node-timeout, so the replica is promoted, then bring the old one back.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -86,4 +94,32 @@ async fn every_sn_reaches_kafka_across_a_redis_master_kill() {
         "{victim} killed; {interrupted} of {CLIENTS} clients resumed; all sns complete in Kafka"
     );
     producer.shutdown().await.expect("clean shutdown");
+}
+
+/// Waits (at most 30 s) until the client whose meta hash is `meta_key` has stored
+/// at least one message, polling its `sn` every few milliseconds.
+async fn wait_until_started(settings: &tally_common::Settings, meta_key: &str) {
+    let client = redis::cluster::ClusterClient::new(settings.redis.nodes.clone())
+        .unwrap_or_else(|e| panic!("redis cluster client: {e}"));
+    let mut conn = client
+        .get_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("redis connect: {e}"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let sn: Option<u64> = redis::cmd("HGET")
+            .arg(meta_key)
+            .arg(tally_common::schema::meta::SN)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        if sn.unwrap_or(0) > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{meta_key}: no message stored within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
