@@ -327,6 +327,34 @@ kafka_describe_topics() {
 
 # ---------------------------------------------------------------- topics and status
 
+# Deletes the topics tests (`it.<name>.*`) and benchmarks (`bench-*`) left behind
+# whose partition 0 on the first broker's disk was last written more than $1
+# minutes ago (0: all of them). A broker's CPU grows with every partition it hosts,
+# idle or not: ~1,000 leftover topics made the same consume run 3x slower.
+# Prints how many it deleted.
+kafka_prune_topics() {
+	local minutes=$1 topic dir now names=() regex
+	now=$(date +%s)
+	dir=$(node_dir "${KAFKA_NODES[0]}")/data
+	while IFS= read -r topic; do
+		[[ $topic =~ ^(it\.|bench-) ]] || continue
+		# Not on this broker's disk (fewer replicas): its age is unknown; keep it.
+		if ((minutes > 0)) && { [[ ! -d $dir/$topic-0 ]] ||
+			(((now - $(stat -c %Y "$dir/$topic-0")) < minutes * 60)); }; then
+			continue
+		fi
+		names+=("$topic")
+	done < <(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_live_bootstrap)" \
+		--command-config "$STACK_DIR/kafka-admin.properties" --list --exclude-internal)
+	if ((${#names[@]})); then
+		# TopicCommand takes one topic regex; dots in names are literal.
+		regex=$(printf '%s\n' "${names[@]}" | sed 's/[.]/\\./g' | paste -sd'|')
+		kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_live_bootstrap)" \
+			--command-config "$STACK_DIR/kafka-admin.properties" --delete --topic "($regex)" >/dev/null
+	fi
+	echo "${#names[@]}"
+}
+
 kafka_create_topics() {
 	local topic pids=() failed=0 out
 	out=$(mktemp -d)
