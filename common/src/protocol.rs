@@ -14,8 +14,12 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::keys::{ClientId, ClientIdError};
 
-/// Bytes requested from the socket per read.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes requested from the socket by the first read, and after a read that did
+/// not fill what it asked for.
+const MIN_READ: usize = 2 * 1024;
+/// Most bytes requested from the socket per read: a sender that keeps filling
+/// every read doubles the request up to this.
+const MAX_READ: usize = 64 * 1024;
 
 /// One thing a client said.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,9 +57,16 @@ pub enum ProtocolError {
 
 /// Splits a byte stream into lines: `\n` ends a line, a trailing `\r` is dropped,
 /// empty lines are skipped.
+///
+/// The buffer grows with the sender's pace (reads of [`MIN_READ`] doubling to
+/// [`MAX_READ`] while each read fills what it asked for) and can be given back
+/// whenever everything read was consumed ([`LineReader::release_if_empty`]): ten
+/// thousand idle connections must not each hold a burst-sized buffer.
 pub struct LineReader {
     buf: BytesMut,
     max_line: usize,
+    /// Bytes the next read asks for.
+    next_read: usize,
     /// Inside an over-long line: drop bytes up to the next `\n`.
     discarding: bool,
     eof: bool,
@@ -74,8 +85,9 @@ impl LineReader {
     /// A reader for lines of at most `max_line` bytes.
     pub fn new(max_line: usize) -> Self {
         Self {
-            buf: BytesMut::with_capacity(READ_CHUNK.min(max_line + 2)),
+            buf: BytesMut::new(),
             max_line,
+            next_read: MIN_READ,
             discarding: false,
             eof: false,
         }
@@ -91,10 +103,29 @@ impl LineReader {
         self.eof
     }
 
+    /// Whether everything read so far was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Frees the buffer if it holds nothing (the next read allocates again), so a
+    /// connection waiting for its next line holds no read buffer.
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Reads more bytes; returns false at end of stream.
     pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<bool> {
-        self.buf.reserve(READ_CHUNK);
+        self.buf.reserve(self.next_read);
+        let asked = self.buf.capacity() - self.buf.len();
         let n = reader.read_buf(&mut self.buf).await?;
+        self.next_read = if n >= asked {
+            (self.next_read * 2).min(MAX_READ)
+        } else {
+            MIN_READ
+        };
         if n == 0 {
             self.eof = true;
         }
@@ -130,10 +161,8 @@ impl LineReader {
                 None if self.eof && !self.buf.is_empty() => self.buf.len(),
                 None => return None,
             };
-            let mut line = self.buf.split_to(end).to_vec();
-            if newline.is_some() {
-                self.buf.advance(1);
-            }
+            let mut line = self.buf[..end].to_vec();
+            self.buf.advance(end + usize::from(newline.is_some()));
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
@@ -297,6 +326,34 @@ mod tests {
             vec![text("0123456789"), text("0123456789")]
         );
         assert_eq!(lines(&[b"0123456789A\n"], 10), vec![Line::TooLong]);
+    }
+
+    #[tokio::test]
+    async fn reads_grow_with_the_sender_and_an_emptied_buffer_is_released() {
+        let input: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        let mut r = LineReader::new(100);
+        assert_eq!(r.buf.capacity(), 0, "nothing allocated before a read");
+        let mut source = &input[..];
+        let (mut got, mut largest) = (0, 0);
+        while r.fill(&mut source).await.unwrap_or(false) {
+            largest = largest.max(r.next_read);
+            while let Some(line) = r.next_line() {
+                assert_eq!(line, text(&format!("line {got}")));
+                got += 1;
+            }
+        }
+        assert_eq!(got, 20_000);
+        assert_eq!(largest, MAX_READ, "a sender filling every read doubles it");
+        r.release_if_empty();
+        assert_eq!(r.buf.capacity(), 0);
+        // A partial line is kept.
+        let mut r = LineReader::new(100);
+        r.fill(&mut &b"part"[..]).await.unwrap_or(false);
+        r.release_if_empty();
+        assert!(!r.is_empty());
+        assert_eq!(r.next_read, MIN_READ, "a read that did not fill resets the size");
     }
 
     #[test]

