@@ -87,14 +87,27 @@ impl Sink {
         match self {
             Self::Transactional(txn) => {
                 let group = consumer.group_metadata().ok_or(TxnError::NotMember)?;
+                // Where a transaction's time goes (debug): waiting for the previous
+                // transaction's markers shows up in `offsets_ms` and `commit_ms`.
+                let started = std::time::Instant::now();
                 txn.begin().await?;
+                let begun = started.elapsed();
                 if !out.is_empty() {
                     txn.produce(out).await?;
                 }
+                let produced = started.elapsed();
                 failpoint::hit(failpoints.after_produce);
                 txn.send_offsets(offsets, group).await?;
+                let offsets_sent = started.elapsed();
                 failpoint::hit(failpoints.before_commit);
                 txn.commit().await?;
+                tracing::debug!(
+                    begin_ms = begun.as_millis() as u64,
+                    produce_ms = (produced - begun).as_millis() as u64,
+                    offsets_ms = (offsets_sent - produced).as_millis() as u64,
+                    commit_ms = (started.elapsed() - offsets_sent).as_millis() as u64,
+                    "transaction committed"
+                );
                 Ok(())
             }
             Self::Plain(producer) => {
