@@ -353,7 +353,10 @@ mod tests {
         r.fill(&mut &b"part"[..]).await.unwrap_or(false);
         r.release_if_empty();
         assert!(!r.is_empty());
-        assert_eq!(r.next_read, MIN_READ, "a read that did not fill resets the size");
+        assert_eq!(
+            r.next_read, MIN_READ,
+            "a read that did not fill resets the size"
+        );
     }
 
     #[test]
