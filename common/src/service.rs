@@ -1,14 +1,19 @@
 //! The skeleton every service binary shares (`tally-producer`, `tally-counter`,
-//! `tally-aggregator`): arguments, settings, logging, the observe endpoint, and the
-//! signals that start a graceful shutdown.
+//! `tally-aggregator`): arguments, settings, logging, the observe endpoint, the
+//! instance's id and its entry in the instance registry, and the signals that
+//! start a graceful shutdown.
 //!
 //! Invariants: a service's `main.rs` holds no logic, only its [`Role`] and the
 //! call of its library's `run`. A configuration error exits with code 2 before
-//! anything is bound or connected; `--check-config` validates and exits. A running
-//! service gets one shutdown future, which completes on SIGTERM or SIGINT after
-//! `/ready` turned false (so a load balancer stops sending work while it drains).
-//! Any error that ends the service exits with code 1 and its whole cause chain, on
-//! stderr and in the log.
+//! anything is bound or connected; `--check-config` validates and exits. The
+//! instance id is resolved once, here (configured, or generated), and
+//! written back into the settings, so the service, its logs and its registry
+//! entry (`common::registry`: role, id, the bound `/metrics` address) name the
+//! same instance. A running service gets one shutdown future, which completes on
+//! SIGTERM or SIGINT after `/ready` turned false (so a load balancer stops sending
+//! work while it drains); after it, the registry entry is withdrawn. Any error
+//! that ends the service exits with code 1 and its whole cause chain, on stderr
+//! and in the log.
 
 use std::error::Error;
 use std::future::Future;
@@ -17,9 +22,11 @@ use std::pin::Pin;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use tracing::info;
 
 use crate::observe::{Observer, Readiness};
-use crate::Settings;
+use crate::registry::{InstanceEntry, Registration};
+use crate::{Keys, Settings};
 
 /// The three services; what distinguishes one binary from another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +72,50 @@ impl Role {
             Self::Producer => &settings.producer.observe_listen,
             Self::Counter => &settings.counter.observe_listen,
             Self::Aggregator => &settings.aggregator.observe_listen,
+        }
+    }
+
+    /// Its `instance_id` setting, where it has one (the aggregator has none).
+    fn instance_id_setting(self, settings: &mut Settings) -> Option<&mut Option<String>> {
+        match self {
+            Self::Producer => Some(&mut settings.producer.instance_id),
+            Self::Counter => Some(&mut settings.counter.instance_id),
+            Self::Aggregator => None,
+        }
+    }
+
+    /// A fresh instance id: `p-`, `c-` or `a-`, the process id and the clock's
+    /// nanoseconds in hex.
+    pub fn generate_instance_id(self) -> String {
+        let letter = match self {
+            Self::Producer => 'p',
+            Self::Counter => 'c',
+            Self::Aggregator => 'a',
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        format!("{letter}-{}-{nanos:x}", std::process::id())
+    }
+
+    /// The instance id: the configured one, or a generated one, which is then
+    /// written into `settings` so the service uses the same.
+    fn resolve_instance_id(self, settings: &mut Settings) -> String {
+        let section = self.name();
+        match self.instance_id_setting(settings) {
+            Some(Some(id)) => id.clone(),
+            Some(slot) => {
+                let id = self.generate_instance_id();
+                *slot = Some(id.clone());
+                info!(
+                    instance = %id,
+                    "no {section}.instance_id set: generated one; set it so a restart \
+                     under the same id takes over from this run at once"
+                );
+                id
+            }
+            None => self.generate_instance_id(),
         }
     }
 }
@@ -129,27 +180,33 @@ where
             return ExitCode::from(1);
         }
     };
+    let mut settings = settings;
     runtime.block_on(async move {
+        let fail = |message: String| {
+            tracing::error!("{message}");
+            eprintln!("{}: {message}", role.binary());
+            ExitCode::from(1)
+        };
         let listen = role.observe_listen(&settings).to_owned();
         let observer = match Observer::start(&listen, role.name()).await {
             Ok(observer) => observer,
-            Err(e) => {
-                eprintln!("{}: {e}", role.binary());
-                return ExitCode::from(1);
-            }
+            Err(e) => return fail(e.to_string()),
         };
+        let instance = role.resolve_instance_id(&mut settings);
+        let registration = Registration::spawn(
+            settings.redis.clone(),
+            &Keys::new(&settings.redis.prefix),
+            InstanceEntry::new(role.name(), &instance, observer.local_addr()),
+        );
         let started = Started {
             readiness: observer.readiness(),
             shutdown: Box::pin(observer.until_shutdown(crate::telemetry::shutdown_signal())),
         };
-        match run(settings, started).await {
+        let result = run(settings, started).await;
+        registration.withdraw().await;
+        match result {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                let message = cause_chain(e.into().as_ref());
-                tracing::error!("{message}");
-                eprintln!("{}: {message}", role.binary());
-                ExitCode::from(1)
-            }
+            Err(e) => fail(cause_chain(e.into().as_ref())),
         }
     })
 }

@@ -43,6 +43,7 @@ use tally_common::counting::{CountStore, Outcome};
 use tally_common::observe::{names, Readiness};
 use tally_common::records::{ClientMessage, RecordError};
 use tally_common::redis::RedisOpError;
+use tally_common::service::Role;
 use tally_common::{ClientId, Settings};
 use tally_consume::{
     BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership, Polled, Processed,
@@ -69,15 +70,14 @@ pub enum CounterError {
     Txn(#[from] TxnError),
 }
 
-/// The configured instance id, or a generated one (`c-<pid>-<random>`).
+/// The configured instance id, or a generated one (`c-<pid>-<random>`; the
+/// binary's skeleton has already written its generated one into the settings).
 pub fn instance_id(settings: &Settings) -> String {
-    settings.counter.instance_id.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        format!("c-{}-{nanos:x}", std::process::id())
-    })
+    settings
+        .counter
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| Role::Counter.generate_instance_id())
 }
 
 /// The `transactional.id` of a counter instance: `<prefix>-<instance_id>`, where the

@@ -140,8 +140,9 @@ pub struct ProducerSettings {
     #[serde(default = "defaults::producer_listen")]
     pub listen: String,
     /// Address of the producer's HTTP endpoint: `/metrics` (Prometheus), `/health`,
-    /// `/ready`. Port 0 picks a free port (the bound address is logged).
-    #[serde(default = "defaults::producer_observe_listen")]
+    /// `/ready`. Port 0 (the default) picks a free port; the bound address is
+    /// logged and published in the instance registry (`tally status`).
+    #[serde(default = "defaults::observe_listen")]
     pub observe_listen: String,
     /// Stable instance id (owner of client stashes). Generated and logged when unset;
     /// set it so a restarted instance re-adopts its clients at once.
@@ -200,8 +201,9 @@ pub struct CounterSettings {
     #[serde(default = "defaults::counter_group")]
     pub transactional_id_prefix: String,
     /// Address of the counter's HTTP endpoint: `/metrics` (Prometheus), `/health`,
-    /// `/ready`. Port 0 picks a free port (the bound address is logged).
-    #[serde(default = "defaults::counter_observe_listen")]
+    /// `/ready`. Port 0 (the default) picks a free port; the bound address is
+    /// logged and published in the instance registry (`tally status`).
+    #[serde(default = "defaults::observe_listen")]
     pub observe_listen: String,
     /// Most records applied in one Kafka transaction.
     #[serde(default = "defaults::batch_max_records")]
@@ -226,8 +228,9 @@ pub struct AggregatorSettings {
     #[serde(default = "defaults::aggregator_group")]
     pub group_id: String,
     /// Address of the aggregator's HTTP endpoint: `/metrics` (Prometheus), `/health`,
-    /// `/ready`. Port 0 picks a free port (the bound address is logged).
-    #[serde(default = "defaults::aggregator_observe_listen")]
+    /// `/ready`. Port 0 (the default) picks a free port; the bound address is
+    /// logged and published in the instance registry (`tally status`).
+    #[serde(default = "defaults::observe_listen")]
     pub observe_listen: String,
     /// Most records applied per offset commit.
     #[serde(default = "defaults::batch_max_records")]
@@ -334,14 +337,10 @@ mod defaults {
     pub fn producer_listen() -> String {
         "127.0.0.1:7400".into()
     }
-    pub fn producer_observe_listen() -> String {
-        "127.0.0.1:9464".into()
-    }
-    pub fn counter_observe_listen() -> String {
-        "127.0.0.1:9465".into()
-    }
-    pub fn aggregator_observe_listen() -> String {
-        "127.0.0.1:9466".into()
+    /// Loopback, any free port: several instances of a service can share a host
+    /// with the defaults; each publishes the bound address (`common::registry`).
+    pub fn observe_listen() -> String {
+        "127.0.0.1:0".into()
     }
     pub fn max_line_bytes() -> usize {
         64 * 1024
