@@ -97,6 +97,10 @@ pub struct KafkaSettings {
     /// Dead-letter topic for records that cannot be applied, with a reason header.
     #[serde(default = "defaults::dlq_topic")]
     pub dlq_topic: String,
+    /// Whether a service that finds its topics missing at start creates them (as
+    /// `tally admin init-topics` would). Off: it stops at once, naming the command.
+    #[serde(default)]
+    pub create_topics: bool,
     /// Partitions `tally admin init-topics` creates each topic with.
     #[serde(default = "defaults::partitions")]
     pub partitions: i32,

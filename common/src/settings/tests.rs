@@ -193,6 +193,7 @@ fn observe_listen_is_per_service_and_port_0_is_allowed() {
     ] {
         assert_eq!(default, "127.0.0.1:0");
     }
+    assert!(!s.kafka.create_topics, "creating topics is opt-in");
     let s = Settings::load_from(
         Some(f.path()),
         env(&[("TALLY__COUNTER__OBSERVE_LISTEN", "0.0.0.0:0")]),
