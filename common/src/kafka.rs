@@ -14,6 +14,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
 
 use crate::settings::KafkaSettings;
 
@@ -238,13 +239,16 @@ pub async fn missing_topics(
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = config.create()?;
         let metadata = consumer.fetch_metadata(None, timeout)?;
+        // A listed topic exists even if it reports an error for the moment (no
+        // leader yet, say); only an unknown one is missing.
+        let unknown = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
         Ok(names
             .into_iter()
             .filter(|name| {
                 !metadata
                     .topics()
                     .iter()
-                    .any(|t| t.name() == name && t.error().is_none())
+                    .any(|t| t.name() == name && t.error() != Some(unknown))
             })
             .collect())
     })
