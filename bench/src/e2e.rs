@@ -129,6 +129,7 @@ impl Pipeline {
         settings.kafka.message_aggregation_topic = format!("{name}.message_aggregation");
         settings.kafka.dlq_topic = format!("{name}.dlq");
         settings.counter.group_id = format!("{name}.counter");
+        settings.counter.transactional_id_prefix = settings.counter.group_id.clone();
         settings.aggregator.group_id = format!("{name}.aggregator");
         create_topics(&settings.kafka, partitions, Duration::from_secs(60)).await?;
 

@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use tally_common::kafka::{group_positions, PartitionPosition};
 use tally_common::redis::{masters, to_node, RedisOpError};
+use tally_common::registry::InstanceEntry;
 use tally_common::stash::{MetaReadError, StashMeta};
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 
@@ -102,6 +103,21 @@ pub struct ProducerView {
     pub owned: u64,
 }
 
+/// A running service instance, from the instance registry (`common::registry`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceView {
+    /// `producer`, `counter` or `aggregator`.
+    pub role: String,
+    /// Its instance id.
+    pub instance: String,
+    /// Its `/metrics` URL (the address its observe endpoint bound).
+    pub metrics: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Milliseconds since it last refreshed its entry.
+    pub refreshed_age_ms: u64,
+}
+
 /// A consumer group's position on its input topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GroupView {
@@ -120,6 +136,9 @@ pub struct GroupView {
 /// The whole pipeline at a glance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StatusView {
+    /// Every running instance (producers, counters, aggregators) with its
+    /// `/metrics` address, by role and id.
+    pub instances: Vec<InstanceView>,
     /// Producer instances in the registry.
     pub producers: Vec<ProducerView>,
     /// Clients the pipeline knows: every client that ever had a message stored
@@ -291,8 +310,44 @@ impl Inspector {
         Ok(views)
     }
 
-    /// Producers, stashes, consumer groups and the DLQ.
+    /// Every instance in the instance registry, by role and id; an entry that
+    /// expires while it is read, or that tally did not write, is left out.
+    pub async fn instances(&self) -> Result<Vec<InstanceView>, InspectError> {
+        let keys = self
+            .scan(&format!("{}*", glob_escape(&self.keys.instances())))
+            .await?;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let mut views = Vec::new();
+        for key in keys {
+            let text: Option<String> = self.conn.clone().get(&key).await?;
+            let Some(entry) = text.and_then(|t| InstanceEntry::decode(&t).ok()) else {
+                continue;
+            };
+            views.push(InstanceView {
+                metrics: entry.metrics_url(),
+                refreshed_age_ms: u64::try_from(now_ms - entry.refreshed_ms).unwrap_or(0),
+                role: entry.role,
+                instance: entry.instance,
+                pid: entry.pid,
+            });
+        }
+        let rank = |role: &str| {
+            ["producer", "counter", "aggregator"]
+                .iter()
+                .position(|r| *r == role)
+        };
+        views.sort_by(|a, b| {
+            (rank(&a.role), &a.role, &a.instance).cmp(&(rank(&b.role), &b.role, &b.instance))
+        });
+        Ok(views)
+    }
+
+    /// Instances, producers, stashes, consumer groups and the DLQ.
     pub async fn status(&self) -> Result<StatusView, InspectError> {
+        let instances = self.instances().await?;
         let mut conn = self.conn.clone();
         let heartbeats: Vec<(String, f64)> =
             conn.zrange_withscores(self.keys.producers(), 0, -1).await?;
@@ -388,6 +443,7 @@ impl Inspector {
             }
         }
         Ok(StatusView {
+            instances,
             producers,
             clients: views.len() as u64,
             owned_clients,

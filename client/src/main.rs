@@ -53,7 +53,8 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 20)]
         n: usize,
     },
-    /// Producers and their clients, stash backlog, consumer lag, stalled clients, DLQ.
+    /// Running instances with their /metrics addresses, producers and their clients,
+    /// stash backlog, consumer lag, stalled clients, DLQ.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -696,6 +697,17 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     if json {
         outln!("{}", serde_json::to_string_pretty(&view).map_err(failed)?);
         return Ok(());
+    }
+    outln!("instances ({}):", view.instances.len());
+    for i in &view.instances {
+        outln!(
+            "  {:<10} {:<24} {}  (pid {}, refreshed {} ms ago)",
+            i.role,
+            i.instance,
+            i.metrics,
+            i.pid,
+            i.refreshed_age_ms
+        );
     }
     outln!("producers ({}):", view.producers.len());
     for p in &view.producers {

@@ -14,6 +14,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
 
 use crate::settings::KafkaSettings;
 
@@ -129,6 +130,26 @@ pub enum TopicSetupError {
         /// What went wrong.
         detail: String,
     },
+    /// Topics a service needs do not exist, and `kafka.create_topics` is off.
+    #[error(
+        "topic{} {} missing: create {} with `tally admin init-topics` (or set kafka.create_topics = true)",
+        if .0.len() == 1 { "" } else { "s" },
+        .0.join(", "),
+        if .0.len() == 1 { "it" } else { "them" }
+    )]
+    Missing(Vec<String>),
+}
+
+/// What [`require_topics`] found.
+#[derive(Debug)]
+pub enum TopicCheck {
+    /// Every topic exists.
+    Present,
+    /// Some were missing and were created (`kafka.create_topics`).
+    Created(Vec<TopicReport>),
+    /// The cluster did not answer, so nothing is known: the caller starts anyway
+    /// and its readiness reports Kafka until it answers.
+    Unreachable(KafkaError),
 }
 
 /// The layout a topic should have.
@@ -203,6 +224,66 @@ pub fn tally_topics(settings: &KafkaSettings) -> Vec<TopicSpec> {
         min_insync_replicas: settings.min_insync_replicas,
     })
     .collect()
+}
+
+/// The topics among `names` that the cluster does not have. Reads the metadata of
+/// all topics (asking for one by name may create it on brokers that auto-create).
+pub async fn missing_topics(
+    settings: &KafkaSettings,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, KafkaError> {
+    let config = admin_config(settings);
+    let names = names.to_vec();
+    // Metadata calls block; keep them off the async runtime.
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(None, timeout)?;
+        // A listed topic exists even if it reports an error for the moment (no
+        // leader yet, say); only an unknown one is missing.
+        let unknown = RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+        Ok(names
+            .into_iter()
+            .filter(|name| {
+                !metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error() != Some(unknown))
+            })
+            .collect())
+    })
+    .await
+    // The blocking task panicked or was cancelled: nothing is known.
+    .unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// What a service does with its topics at start: fine when they exist; when some
+/// are missing, creates them (as `tally admin init-topics` would, through
+/// [`ensure_topics`]) if `kafka.create_topics` is set, and otherwise fails with
+/// [`TopicSetupError::Missing`], which names `tally admin init-topics`. `names`
+/// must be among [`tally_topics`].
+pub async fn require_topics(
+    settings: &KafkaSettings,
+    names: &[String],
+    timeout: Duration,
+) -> Result<TopicCheck, TopicSetupError> {
+    let missing = match missing_topics(settings, names, timeout).await {
+        Ok(missing) => missing,
+        Err(e) => return Ok(TopicCheck::Unreachable(e)),
+    };
+    if missing.is_empty() {
+        return Ok(TopicCheck::Present);
+    }
+    if !settings.create_topics {
+        return Err(TopicSetupError::Missing(missing));
+    }
+    let specs: Vec<TopicSpec> = tally_topics(settings)
+        .into_iter()
+        .filter(|spec| missing.contains(&spec.name))
+        .collect();
+    Ok(TopicCheck::Created(
+        ensure_topics(settings, &specs, timeout).await?,
+    ))
 }
 
 /// Creates each topic that does not exist yet and reports how every topic looks.

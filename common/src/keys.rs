@@ -197,6 +197,18 @@ impl Keys {
     pub fn producer_clients(&self, instance: &str) -> String {
         format!("{}:p:{{{instance}}}:clients", self.prefix)
     }
+
+    /// A running instance's registry entry (`common::registry`): its role, id and
+    /// `/metrics` address, with a time-to-live. One key per instance, each on its
+    /// own, so no hash tag.
+    pub fn instance(&self, role: &str, instance: &str) -> String {
+        format!("{}{role}:{instance}", self.instances())
+    }
+
+    /// What every instance entry's key starts with: `<prefix>:i:`.
+    pub fn instances(&self) -> String {
+        format!("{}:i:", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +290,10 @@ mod tests {
         }
         assert_eq!(keys.producers(), "test-run.1:producers");
         assert_eq!(keys.producer_clients("p-1"), "test-run.1:p:{p-1}:clients");
+        assert_eq!(keys.instance("counter", "c-1"), "test-run.1:i:counter:c-1");
+        assert!(keys
+            .instance("counter", "c-1")
+            .starts_with(&keys.instances()));
     }
 
     /// Redis Cluster's rule: the tag is between the first `{` and the next `}`.

@@ -15,6 +15,7 @@ pub mod observe;
 pub mod protocol;
 pub mod records;
 pub mod redis;
+pub mod registry;
 pub mod ring;
 pub mod schema;
 pub mod service;

@@ -43,6 +43,7 @@ use tally_common::counting::{CountStore, Outcome};
 use tally_common::observe::{names, Readiness};
 use tally_common::records::{ClientMessage, RecordError};
 use tally_common::redis::RedisOpError;
+use tally_common::service::Role;
 use tally_common::{ClientId, Settings};
 use tally_consume::{
     BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership, Polled, Processed,
@@ -69,23 +70,23 @@ pub enum CounterError {
     Txn(#[from] TxnError),
 }
 
-/// The configured instance id, or a generated one (`c-<pid>-<random>`).
+/// The configured instance id, or a generated one (`c-<pid>-<random>`; the
+/// binary's skeleton has already written its generated one into the settings).
 pub fn instance_id(settings: &Settings) -> String {
-    settings.counter.instance_id.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        format!("c-{}-{nanos:x}", std::process::id())
-    })
+    settings
+        .counter
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| Role::Counter.generate_instance_id())
 }
 
-/// The `transactional.id` of a counter instance: `<group_id>-<instance_id>`, which
-/// is `tally-counter-<instance_id>` with the default group. Transactional ids are
-/// global to a Kafka cluster; naming the group keeps two deployments (or test runs)
+/// The `transactional.id` of a counter instance: `<prefix>-<instance_id>`, where the
+/// prefix is `counter.transactional_id_prefix` (the counter's group unless set), so
+/// `tally-counter-<instance_id>` by default. Transactional ids are global to a
+/// Kafka cluster; a prefix per pipeline keeps two deployments (or test runs)
 /// sharing a cluster from fencing each other's producers.
-pub fn transactional_id(group: &str, instance: &str) -> String {
-    format!("{group}-{instance}")
+pub fn transactional_id(prefix: &str, instance: &str) -> String {
+    format!("{prefix}-{instance}")
 }
 
 /// Runs the counter until `shutdown` completes, then finishes (or abandons, if it
@@ -118,7 +119,7 @@ pub async fn run_with_readiness(
     // open transaction is aborted and the committed offsets are stable.
     let txn = Transactions::start(
         &settings.kafka,
-        &transactional_id(&settings.counter.group_id, &instance),
+        &transactional_id(&settings.counter.transactional_id_prefix, &instance),
         names::COUNTER_PRODUCER_RECREATIONS,
     )
     .await?;

@@ -4,8 +4,9 @@
 //! Invariants: a [`ServiceProcess`] is killed (SIGKILL) and reaped when dropped, so
 //! a failing test or an aborted benchmark leaves no service running; its stderr
 //! goes to its own log file, with plain (not JSON) log lines; and its `/metrics`
-//! endpoint listens on a free port unless the caller names one, because several
-//! services share this host. A service asked to arm a failpoint
+//! endpoint listens on a free port (the services' default; an `observe_listen`
+//! inherited from this process's environment is not passed on) unless the caller
+//! names one, because several services share this host. A service asked to arm a failpoint
 //! (`TALLY_FAILPOINT`) is refused when its binary was built without them, rather
 //! than run a test that could never fire.
 
@@ -92,7 +93,8 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary` as the process called `name` with `--config config` and the
     /// `env` overrides (`TALLY__SECTION__KEY` pairs, applied after the defaults:
-    /// plain logs, `/metrics` on a free port); its stderr goes to `log`.
+    /// plain logs, `/metrics` on a free port — the services' own default); its
+    /// stderr goes to `log`.
     pub fn spawn<K, V>(
         binary: &Path,
         name: &str,
@@ -117,11 +119,12 @@ impl ServiceProcess {
         cmd.arg("--config")
             .arg(config)
             .env("TALLY__LOG__FORMAT", "plain")
-            // Several services share this host (and tests run side by side): any
-            // free port for /metrics, unless the caller names one in `env`.
-            .env("TALLY__PRODUCER__OBSERVE_LISTEN", "127.0.0.1:0")
-            .env("TALLY__COUNTER__OBSERVE_LISTEN", "127.0.0.1:0")
-            .env("TALLY__AGGREGATOR__OBSERVE_LISTEN", "127.0.0.1:0")
+            // Several services share this host (and tests run side by side): the
+            // default, any free port for /metrics, unless the caller names one in
+            // `env`.
+            .env_remove("TALLY__PRODUCER__OBSERVE_LISTEN")
+            .env_remove("TALLY__COUNTER__OBSERVE_LISTEN")
+            .env_remove("TALLY__AGGREGATOR__OBSERVE_LISTEN")
             .stdout(Stdio::null())
             .stderr(file);
         for (k, v) in env {

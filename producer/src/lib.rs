@@ -26,6 +26,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use tally_common::kafka::idempotent_producer_config;
 use tally_common::observe::{self, Readiness};
 use tally_common::redis::{connect, RedisOpError, Replication};
+use tally_common::service::Role;
 use tally_common::stash::StashStore;
 use tally_common::{Keys, Settings};
 use tokio::net::TcpListener;
@@ -68,15 +69,14 @@ pub enum ProducerError {
     Io(#[from] std::io::Error),
 }
 
-/// The configured instance id, or a generated one (`p-<pid>-<random>`).
+/// The configured instance id, or a generated one (`p-<pid>-<random>`; the
+/// binary's skeleton has already written its generated one into the settings).
 pub fn instance_id(settings: &Settings) -> String {
-    settings.producer.instance_id.clone().unwrap_or_else(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        format!("p-{}-{nanos:x}", std::process::id())
-    })
+    settings
+        .producer
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| Role::Producer.generate_instance_id())
 }
 
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully: stop

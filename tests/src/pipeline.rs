@@ -135,6 +135,8 @@ pub async fn isolated(what: &str, partitions: i32) -> Settings {
     let mut s = crate::isolated_settings(what, partitions).await;
     s.counter.group_id = unique(&format!("{what}-counter"));
     s.aggregator.group_id = unique(&format!("{what}-aggregator"));
+    // Derived from the group at load time; set with it, as loading would have.
+    s.counter.transactional_id_prefix = s.counter.group_id.clone();
     // The broker's minimum: a killed member's partitions move on sooner.
     s.kafka.session_timeout_ms = 6_000;
     s

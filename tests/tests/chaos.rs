@@ -451,7 +451,7 @@ async fn s08_coordinator_kill() {
         },
     )
     .await;
-    let txn_id = format!("{}-c0", h.settings.counter.group_id);
+    let txn_id = tally_counter::transactional_id(&h.settings.counter.transactional_id_prefix, "c0");
     let group = h.settings.counter.group_id.clone();
     for (k, (kind, id)) in [("txn", txn_id), ("group", group)].into_iter().enumerate() {
         h.wait_counted(at(k, 2), SETTLE).await;

@@ -88,7 +88,8 @@ async fn the_transaction_coordinator_killed_mid_stream() {
     let aggregator = start_aggregator(&settings, &small);
     wait_progress(&settings, 1, &counter).await;
 
-    let transactional_id = tally_counter::transactional_id(&settings.counter.group_id, instance);
+    let transactional_id =
+        tally_counter::transactional_id(&settings.counter.transactional_id_prefix, instance);
     let victim = stack(&["coordinator", "txn", &transactional_id])
         .trim()
         .to_owned();

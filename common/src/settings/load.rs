@@ -54,11 +54,24 @@ impl Settings {
         for (section, value) in env {
             merge(&mut root, section, value);
         }
+        let namespace = match root.remove(NAMESPACE) {
+            None => String::new(),
+            Some(value) => value.into_string().unwrap_or_else(|_| {
+                issues.push(ConfigIssue {
+                    key: NAMESPACE.into(),
+                    problem: "must be a string".into(),
+                });
+                String::new()
+            }),
+        };
         for key in root.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 issues.push(ConfigIssue {
                     key: key.clone(),
-                    problem: format!("unknown section (expected one of {})", SECTIONS.join(", ")),
+                    problem: format!(
+                        "unknown section (expected `{NAMESPACE}` or one of {})",
+                        SECTIONS.join(", ")
+                    ),
                 });
             }
         }
@@ -81,7 +94,8 @@ impl Settings {
                 Some(client),
                 Some(log),
             ) if issues.is_empty() => {
-                let settings = Settings {
+                let mut settings = Settings {
+                    namespace,
                     redis,
                     kafka,
                     producer,
@@ -90,6 +104,11 @@ impl Settings {
                     client,
                     log,
                 };
+                // An invalid namespace is reported once, by `validate`, rather than
+                // through every name derived from it.
+                if namespace::is_valid(&settings.namespace) {
+                    namespace::apply(&mut settings, |section, key| is_set(&root, section, key));
+                }
                 let problems = settings.validate();
                 if problems.is_empty() {
                     Ok(settings)
@@ -99,6 +118,17 @@ impl Settings {
             }
             _ => Err(ConfigError::Invalid(issues)),
         }
+    }
+}
+
+/// The one top-level key that is not a section.
+const NAMESPACE: &str = "namespace";
+
+/// Whether the merged layers set `section.key` (a file or the environment named it).
+fn is_set(root: &config::Map<String, config::Value>, section: &str, key: &str) -> bool {
+    match root.get(section).map(|v| &v.kind) {
+        Some(config::ValueKind::Table(table)) => table.contains_key(key),
+        _ => false,
     }
 }
 

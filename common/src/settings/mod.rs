@@ -8,7 +8,8 @@
 //! `tally config check` fixes a whole file.
 //!
 //! Here: the settings and their defaults; `load` reads and layers them, `validate`
-//! checks values that parse but make no sense.
+//! checks values that parse but make no sense, `namespace` derives the names of a
+//! pipeline (key prefix, topics, groups, transactional ids) from one setting.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +29,10 @@ pub const ENV_PREFIX: &str = "TALLY";
 /// while [`Settings::load`] collects every unknown key with `serde_ignored`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
+    /// Top-level `namespace`: the names of this pipeline's keys, topics, consumer
+    /// groups and transactional ids are derived from it unless set on their own
+    /// (see [`namespace`]). Empty (the default): tally's historical names.
+    pub namespace: String,
     /// Redis Cluster connection and key layout.
     pub redis: RedisSettings,
     /// Kafka connection, topic names and client tuning.
@@ -53,6 +58,7 @@ pub struct RedisSettings {
     pub nodes: Vec<String>,
     /// Prefix of every key tally writes (`<prefix>:c:{client}:count`, ...). Lets several
     /// deployments or test runs share one cluster without seeing each other's counts.
+    /// Derived from the namespace unless set.
     #[serde(default = "defaults::redis_prefix")]
     pub prefix: String,
     /// Time allowed to open a connection to a node, in milliseconds.
@@ -81,7 +87,8 @@ pub struct RedisSettings {
 pub struct KafkaSettings {
     /// Bootstrap brokers, comma-separated `host:port` (Kafka's `bootstrap.servers`). Required.
     pub brokers: String,
-    /// Topic the producer flushes client messages to (key = client id).
+    /// Topic the producer flushes client messages to (key = client id). Derived from
+    /// the namespace unless set, as are the next two.
     #[serde(default = "defaults::client_message_topic")]
     pub client_message_topic: String,
     /// Topic the counter forwards counted messages to (key = message hash).
@@ -90,6 +97,10 @@ pub struct KafkaSettings {
     /// Dead-letter topic for records that cannot be applied, with a reason header.
     #[serde(default = "defaults::dlq_topic")]
     pub dlq_topic: String,
+    /// Whether a service that finds its topics missing at start creates them (as
+    /// `tally admin init-topics` would). Off: it stops at once, naming the command.
+    #[serde(default)]
+    pub create_topics: bool,
     /// Partitions `tally admin init-topics` creates each topic with.
     #[serde(default = "defaults::partitions")]
     pub partitions: i32,
@@ -133,8 +144,9 @@ pub struct ProducerSettings {
     #[serde(default = "defaults::producer_listen")]
     pub listen: String,
     /// Address of the producer's HTTP endpoint: `/metrics` (Prometheus), `/health`,
-    /// `/ready`. Port 0 picks a free port (the bound address is logged).
-    #[serde(default = "defaults::producer_observe_listen")]
+    /// `/ready`. Port 0 (the default) picks a free port; the bound address is
+    /// logged and published in the instance registry (`tally status`).
+    #[serde(default = "defaults::observe_listen")]
     pub observe_listen: String,
     /// Stable instance id (owner of client stashes). Generated and logged when unset;
     /// set it so a restarted instance re-adopts its clients at once.
@@ -184,12 +196,18 @@ pub struct CounterSettings {
     /// Stable instance id; the transactional id is derived from it. Generated when unset.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// Kafka consumer group of the counters.
+    /// Kafka consumer group of the counters. Derived from the namespace unless set.
     #[serde(default = "defaults::counter_group")]
     pub group_id: String,
+    /// Transactional ids are `<transactional_id_prefix>-<instance_id>`; they are
+    /// global to a Kafka cluster, so two pipelines sharing one need different
+    /// prefixes. The counter's `group_id` unless set.
+    #[serde(default = "defaults::counter_group")]
+    pub transactional_id_prefix: String,
     /// Address of the counter's HTTP endpoint: `/metrics` (Prometheus), `/health`,
-    /// `/ready`. Port 0 picks a free port (the bound address is logged).
-    #[serde(default = "defaults::counter_observe_listen")]
+    /// `/ready`. Port 0 (the default) picks a free port; the bound address is
+    /// logged and published in the instance registry (`tally status`).
+    #[serde(default = "defaults::observe_listen")]
     pub observe_listen: String,
     /// Most records applied in one Kafka transaction.
     #[serde(default = "defaults::batch_max_records")]
@@ -210,12 +228,13 @@ pub struct CounterSettings {
 /// `[aggregator]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AggregatorSettings {
-    /// Kafka consumer group of the aggregators.
+    /// Kafka consumer group of the aggregators. Derived from the namespace unless set.
     #[serde(default = "defaults::aggregator_group")]
     pub group_id: String,
     /// Address of the aggregator's HTTP endpoint: `/metrics` (Prometheus), `/health`,
-    /// `/ready`. Port 0 picks a free port (the bound address is logged).
-    #[serde(default = "defaults::aggregator_observe_listen")]
+    /// `/ready`. Port 0 (the default) picks a free port; the bound address is
+    /// logged and published in the instance registry (`tally status`).
+    #[serde(default = "defaults::observe_listen")]
     pub observe_listen: String,
     /// Most records applied per offset commit.
     #[serde(default = "defaults::batch_max_records")]
@@ -263,8 +282,10 @@ pub enum LogFormat {
 }
 
 mod defaults {
+    use super::namespace::DerivedNames;
+
     pub fn redis_prefix() -> String {
-        "tally".into()
+        DerivedNames::of("").redis_prefix
     }
     pub fn redis_connect_timeout_ms() -> u64 {
         2_000
@@ -282,13 +303,13 @@ mod defaults {
         1_000
     }
     pub fn client_message_topic() -> String {
-        "client_message".into()
+        DerivedNames::of("").client_message_topic
     }
     pub fn message_aggregation_topic() -> String {
-        "message_aggregation".into()
+        DerivedNames::of("").message_aggregation_topic
     }
     pub fn dlq_topic() -> String {
-        "tally.dlq".into()
+        DerivedNames::of("").dlq_topic
     }
     pub fn partitions() -> i32 {
         12
@@ -320,14 +341,10 @@ mod defaults {
     pub fn producer_listen() -> String {
         "127.0.0.1:7400".into()
     }
-    pub fn producer_observe_listen() -> String {
-        "127.0.0.1:9464".into()
-    }
-    pub fn counter_observe_listen() -> String {
-        "127.0.0.1:9465".into()
-    }
-    pub fn aggregator_observe_listen() -> String {
-        "127.0.0.1:9466".into()
+    /// Loopback, any free port: several instances of a service can share a host
+    /// with the defaults; each publishes the bound address (`common::registry`).
+    pub fn observe_listen() -> String {
+        "127.0.0.1:0".into()
     }
     pub fn max_line_bytes() -> usize {
         64 * 1024
@@ -363,10 +380,10 @@ mod defaults {
         10_000
     }
     pub fn counter_group() -> String {
-        "tally-counter".into()
+        DerivedNames::of("").counter_group
     }
     pub fn aggregator_group() -> String {
-        "tally-aggregator".into()
+        DerivedNames::of("").aggregator_group
     }
     /// 5,000, not 1,000: a transaction's fixed cost (markers on every partition it
     /// touched, the offset commit) is then spread over 5× the records; measured
@@ -473,11 +490,14 @@ fn join_issues(issues: &[ConfigIssue]) -> String {
 }
 
 impl Settings {
-    /// The `TALLY__SECTION__KEY` overrides that point another tally process at the
-    /// same brokers, Redis nodes, key prefix, topics and consumer groups as these
-    /// settings: for tools and tests that start the services as processes.
+    /// The `TALLY__…` overrides that point another tally process at the same
+    /// brokers, Redis nodes, key prefix, topics, consumer groups and
+    /// transactional-id prefix as these settings: for tools and tests that start
+    /// the services as processes. Every derived name is passed explicitly (it may
+    /// have been changed after loading), so the child's file cannot re-derive it.
     pub fn pipeline_env(&self) -> Vec<(&'static str, String)> {
         vec![
+            ("TALLY__NAMESPACE", self.namespace.clone()),
             ("TALLY__REDIS__PREFIX", self.redis.prefix.clone()),
             ("TALLY__REDIS__NODES", self.redis.nodes.join(",")),
             ("TALLY__KAFKA__BROKERS", self.kafka.brokers.clone()),
@@ -491,6 +511,10 @@ impl Settings {
             ),
             ("TALLY__KAFKA__DLQ_TOPIC", self.kafka.dlq_topic.clone()),
             ("TALLY__COUNTER__GROUP_ID", self.counter.group_id.clone()),
+            (
+                "TALLY__COUNTER__TRANSACTIONAL_ID_PREFIX",
+                self.counter.transactional_id_prefix.clone(),
+            ),
             (
                 "TALLY__AGGREGATOR__GROUP_ID",
                 self.aggregator.group_id.clone(),
@@ -523,6 +547,7 @@ where
 }
 
 mod load;
+pub mod namespace;
 mod validate;
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ fn defaults_fill_everything_not_required() {
     assert_eq!(s.kafka.partitions, 12);
     assert_eq!(s.kafka.client_message_topic, "client_message");
     assert_eq!(s.counter.group_id, "tally-counter");
+    assert_eq!(s.counter.transactional_id_prefix, "tally-counter");
     assert_eq!(s.counter.batch_max_records, 5000);
     assert_eq!(s.counter.batch_max_ms, 100);
     assert_eq!(s.producer.max_line_bytes, 65536);
@@ -183,19 +184,16 @@ fn type_errors_and_invalid_values_come_together() {
 fn observe_listen_is_per_service_and_port_0_is_allowed() {
     let f = file(MINIMAL);
     let s = Settings::load_from(Some(f.path()), env(&[])).expect("valid");
-    // Distinct defaults, so the three services can share a host and a file.
-    let defaults = [
+    // Loopback, any free port: any number of instances of every service can
+    // share a host and a file (each publishes the port it got).
+    for default in [
         &s.producer.observe_listen,
         &s.counter.observe_listen,
         &s.aggregator.observe_listen,
-    ];
-    assert_eq!(
-        defaults
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-        3
-    );
+    ] {
+        assert_eq!(default, "127.0.0.1:0");
+    }
+    assert!(!s.kafka.create_topics, "creating topics is opt-in");
     let s = Settings::load_from(
         Some(f.path()),
         env(&[("TALLY__COUNTER__OBSERVE_LISTEN", "0.0.0.0:0")]),
@@ -227,6 +225,21 @@ fn local_stack_file_is_valid() {
     let s = Settings::load_from(Some(&path), env(&[])).expect("deploy/local/tally.toml");
     assert_eq!(s.redis.nodes.len(), 6);
     assert_eq!(s.kafka.brokers.split(',').count(), 3);
+    // It names nothing the namespace derives, so one variable moves all of it.
+    assert_eq!(names(&s), HISTORICAL.map(String::from));
+    let other = Settings::load_from(Some(&path), env(&[("TALLY__NAMESPACE", "second")]))
+        .expect("deploy/local/tally.toml");
+    assert_eq!(
+        names(&other),
+        names(
+            &Settings::load_from(
+                Some(file(&format!("namespace = \"second\"\n{MINIMAL}")).path()),
+                env(&[])
+            )
+            .expect("valid")
+        )
+    );
+    assert_eq!(other.redis.prefix, "second");
 }
 
 #[test]
@@ -238,6 +251,14 @@ fn every_key_is_documented() {
     let tree = serde_json::to_value(&s).expect("serializable");
     let sections = tree.as_object().expect("table");
     for (section, keys) in sections {
+        if !keys.is_object() {
+            // A top-level key (`namespace`), documented in its own table.
+            assert!(
+                doc.contains(&format!("| `{section}` |")),
+                "top-level key {section} undocumented"
+            );
+            continue;
+        }
         assert!(
             doc.contains(&format!("## `[{section}]`")),
             "section [{section}] undocumented"
@@ -249,4 +270,174 @@ fn every_key_is_documented() {
             );
         }
     }
+}
+
+/// Every name the namespace derives, in a fixed order.
+fn names(s: &Settings) -> [String; 7] {
+    [
+        s.redis.prefix.clone(),
+        s.kafka.client_message_topic.clone(),
+        s.kafka.message_aggregation_topic.clone(),
+        s.kafka.dlq_topic.clone(),
+        s.counter.group_id.clone(),
+        s.aggregator.group_id.clone(),
+        s.counter.transactional_id_prefix.clone(),
+    ]
+}
+
+/// tally's names before the namespace existed; deployments depend on them.
+const HISTORICAL: [&str; 7] = [
+    "tally",
+    "client_message",
+    "message_aggregation",
+    "tally.dlq",
+    "tally-counter",
+    "tally-aggregator",
+    "tally-counter",
+];
+
+#[test]
+fn no_namespace_and_the_empty_one_keep_the_historical_names() {
+    let f = file(MINIMAL);
+    let unset = Settings::load_from(Some(f.path()), env(&[])).expect("valid");
+    assert_eq!(unset.namespace, "");
+    assert_eq!(names(&unset), HISTORICAL.map(String::from));
+    let empty =
+        Settings::load_from(Some(f.path()), env(&[("TALLY__NAMESPACE", "")])).expect("valid");
+    assert_eq!(names(&empty), HISTORICAL.map(String::from));
+    let in_file = file(&format!("namespace = \"\"\n{MINIMAL}"));
+    let empty = Settings::load_from(Some(in_file.path()), env(&[])).expect("valid");
+    assert_eq!(names(&empty), HISTORICAL.map(String::from));
+}
+
+#[test]
+fn a_namespace_derives_every_name() {
+    let f = file(MINIMAL);
+    let s =
+        Settings::load_from(Some(f.path()), env(&[("TALLY__NAMESPACE", "blue")])).expect("valid");
+    assert_eq!(s.namespace, "blue");
+    assert_eq!(
+        names(&s),
+        [
+            "blue",
+            "blue.client_message",
+            "blue.message_aggregation",
+            "blue.dlq",
+            "blue-counter",
+            "blue-aggregator",
+            "blue-counter",
+        ]
+        .map(String::from)
+    );
+    // The same from the file's top level.
+    let f = file(&format!("namespace = \"blue\"\n{MINIMAL}"));
+    let from_file = Settings::load_from(Some(f.path()), env(&[])).expect("valid");
+    assert_eq!(names(&from_file), names(&s));
+}
+
+#[test]
+fn two_pipelines_differ_in_one_variable() {
+    let f = file(MINIMAL);
+    let load = |ns: &str| {
+        Settings::load_from(Some(f.path()), env(&[("TALLY__NAMESPACE", ns)])).expect("valid")
+    };
+    let (default, a, b) = (load(""), load("a"), load("b"));
+    for (i, ((d, a), b)) in names(&default)
+        .iter()
+        .zip(names(&a))
+        .zip(names(&b))
+        .enumerate()
+    {
+        assert!(d != &a && d != &b && a != b, "name {i}: {d} / {a} / {b}");
+    }
+}
+
+#[test]
+fn an_explicit_name_wins_over_the_namespace() {
+    let f = file(
+        r#"
+namespace = "blue"
+[redis]
+nodes = ["redis://127.0.0.1:7000"]
+[kafka]
+brokers = "127.0.0.1:9092"
+dlq_topic = "shared.dlq"
+"#,
+    );
+    let s = Settings::load_from(
+        Some(f.path()),
+        env(&[
+            ("TALLY__COUNTER__GROUP_ID", "counters-of-blue"),
+            ("TALLY__REDIS__PREFIX", "blue-keys"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(
+        names(&s),
+        [
+            "blue-keys",
+            "blue.client_message",
+            "blue.message_aggregation",
+            "shared.dlq",
+            "counters-of-blue",
+            "blue-aggregator",
+            // Follows the counter's group, as the transactional id always did.
+            "counters-of-blue",
+        ]
+        .map(String::from)
+    );
+    // Set on its own, the transactional-id prefix wins too; and an explicit
+    // name wins over the default namespace as well.
+    let s = Settings::load_from(
+        Some(f.path()),
+        env(&[
+            ("TALLY__NAMESPACE", ""),
+            ("TALLY__COUNTER__TRANSACTIONAL_ID_PREFIX", "txn-blue"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(s.kafka.dlq_topic, "shared.dlq");
+    assert_eq!(s.kafka.client_message_topic, "client_message");
+    assert_eq!(s.counter.group_id, "tally-counter");
+    assert_eq!(s.counter.transactional_id_prefix, "txn-blue");
+}
+
+#[test]
+fn an_invalid_namespace_is_one_clear_error() {
+    let f = file(MINIMAL);
+    for bad in ["a b", "x{y}", "über", &"n".repeat(65)] {
+        let found = issues(
+            Settings::load_from(Some(f.path()), env(&[("TALLY__NAMESPACE", bad)])).unwrap_err(),
+        );
+        assert_eq!(found.len(), 1, "{bad:?}: {found:?}");
+        assert_eq!(found[0].key, "namespace", "{found:?}");
+        assert!(found[0].problem.contains("[A-Za-z0-9._-]"), "{found:?}");
+    }
+    let f = file(&format!("namespace = [\"a\"]\n{MINIMAL}"));
+    let found = issues(Settings::load_from(Some(f.path()), env(&[])).unwrap_err());
+    assert_eq!(found[0].key, "namespace", "{found:?}");
+}
+
+#[test]
+fn pipeline_env_points_a_child_at_the_same_pipeline() {
+    let f = file(MINIMAL);
+    let mut parent = Settings::load_from(
+        Some(f.path()),
+        env(&[
+            ("TALLY__NAMESPACE", "green"),
+            ("TALLY__KAFKA__DLQ_TOPIC", "green-dead"),
+        ]),
+    )
+    .expect("valid");
+    // A name changed after loading (as the tests do) reaches the child too.
+    parent.counter.group_id = "green-counter-2".into();
+    let vars = parent.pipeline_env();
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The child reads a file of another namespace: the environment still wins.
+    let other = file(&format!("namespace = \"red\"\n{MINIMAL}"));
+    let child = Settings::load_from(Some(other.path()), env(&pairs)).expect("valid");
+    assert_eq!(child.namespace, "green");
+    assert_eq!(names(&child), names(&parent));
+    assert_eq!(child.redis.nodes, parent.redis.nodes);
+    assert_eq!(child.kafka.brokers, parent.kafka.brokers);
 }

@@ -15,6 +15,12 @@ impl Settings {
             }
         };
         check(
+            namespace::is_valid(&self.namespace),
+            "namespace",
+            "must be empty or 1-64 characters of [A-Za-z0-9._-] (it names Kafka topics, \
+             consumer groups and transactional ids, and prefixes Redis keys)",
+        );
+        check(
             !self.redis.nodes.is_empty(),
             "redis.nodes",
             "needs at least one node",
@@ -174,6 +180,16 @@ impl Settings {
             ("aggregator.batch_max_ms", self.aggregator.batch_max_ms),
         ] {
             check(ms > 0, key, "must be > 0");
+        }
+        for (key, name) in [
+            ("counter.group_id", &self.counter.group_id),
+            (
+                "counter.transactional_id_prefix",
+                &self.counter.transactional_id_prefix,
+            ),
+            ("aggregator.group_id", &self.aggregator.group_id),
+        ] {
+            check(!name.trim().is_empty(), key, "must not be empty");
         }
         for (key, id) in [
             ("producer.instance_id", &self.producer.instance_id),
