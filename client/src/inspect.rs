@@ -474,7 +474,7 @@ pub fn pending_records(position: &PartitionPosition, probed: Option<i64>) -> i64
 /// between its committed offset (or log start) and its high watermark; `None` for the others
 /// and for those not read to their end within `timeout`. Blocking. Uses a
 /// throwaway consumer that never joins a group or commits.
-fn probe_remainders(
+pub(crate) fn probe_remainders(
     kafka: &tally_common::settings::KafkaSettings,
     topic: &str,
     positions: &[PartitionPosition],
@@ -529,7 +529,7 @@ fn probe_remainders(
 
 /// The probe's consumer context: librdkafka reports every end of partition as an
 /// error event too, and the probe asks for those, so they are not logged.
-struct ProbeContext;
+pub(crate) struct ProbeContext;
 
 impl rdkafka::ClientContext for ProbeContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
