@@ -190,6 +190,27 @@ impl Inspector {
             .await
     }
 
+    /// Each client's `count` and `last_sn`, in order, read together (one `MGET`
+    /// per client: both keys share its slot, and the count script writes both at
+    /// once, so the pair is never torn by a count in between).
+    pub async fn client_counts(&self, ids: &[ClientId]) -> Result<Vec<(u64, u64)>, InspectError> {
+        futures::stream::iter(ids.iter())
+            .map(|id| {
+                let mut conn = self.conn.clone();
+                let keys = [self.keys.client_count(id), self.keys.client_last_sn(id)];
+                async move {
+                    let values: Vec<Option<String>> = conn.mget(&keys).await?;
+                    let mut values = values.into_iter();
+                    let count = parse_count(&keys[0], values.next().flatten())?;
+                    let last_sn = parse_count(&keys[1], values.next().flatten())?;
+                    Ok((count, last_sn))
+                }
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
     /// A client's counts and stash state.
     pub async fn client(&self, id: &ClientId) -> Result<ClientView, InspectError> {
         let numbers = self

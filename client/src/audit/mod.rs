@@ -339,27 +339,23 @@ pub async fn run(
     let mut client_candidates: Vec<ClientCandidate> = Vec::new();
     let mut overflow = false;
     let ids = replay.client_ids();
-    for chunk in ids.chunks(READ_CHUNK / 2) {
+    for chunk in ids.chunks(READ_CHUNK) {
         let mut parsed = Vec::with_capacity(chunk.len());
-        let mut redis_keys = Vec::with_capacity(chunk.len() * 2);
+        let mut client_ids = Vec::with_capacity(chunk.len());
         for id in chunk {
             // Every id passed `ClientMessage::parse`, which checks it.
             let Ok(client) = ClientId::from_record(id) else {
                 continue;
             };
-            redis_keys.push(keys.client_count(&client));
-            redis_keys.push(keys.client_last_sn(&client));
+            client_ids.push(client);
             parsed.push(*id);
         }
-        let numbers = inspector.numbers(&redis_keys).await?;
-        for (id, pair) in parsed.iter().zip(numbers.chunks(2)) {
+        let numbers = inspector.client_counts(&client_ids).await?;
+        for (id, (count, last_sn)) in parsed.iter().zip(numbers) {
             let Some(state) = replay.client(id) else {
                 continue;
             };
-            let found = ClientCounts {
-                count: pair[0],
-                last_sn: pair[1],
-            };
+            let found = ClientCounts { count, last_sn };
             clients.checked += 1;
             match rules::judge_client(state, found) {
                 Verdict::Match => clients.matching += 1,
