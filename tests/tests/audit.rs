@@ -273,3 +273,95 @@ async fn audit_throughput() {
     );
     assert_eq!(again.status.code(), Some(0), "{}", show(&again));
 }
+
+/// On a live pipeline the counts move past the audit's snapshot while it reads
+/// them: those are re-checked against the records appended since and reported as
+/// moved, never as differences. Audits run while `tally mtc` is sending exit 0, and
+/// so does one after the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_during_a_live_load_reports_no_false_difference() {
+    let settings = isolated("it-audit-live", 3).await;
+    let prefix = settings.redis.prefix.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("workload.txt");
+    let text: String = (0..100)
+        .map(|i| format!("{prefix} line {}\n", i % 40))
+        .collect();
+    std::fs::write(&file, text).expect("write");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = service_env(&settings, &[]);
+    env.push(("TALLY__PRODUCER__LISTEN", addr.clone()));
+    let producer = ServiceProcess::start("tally-producer", &env);
+    let counter = start_counter(&settings, "live", &[]);
+    let aggregator = start_aggregator(&settings, &[]);
+    wait_listening(&addr, Duration::from_secs(30)).await;
+
+    // 4 clients × 100 lines × 30 at 150 messages/s each: ~20 s of load.
+    let mut cmd = Command::new(binary("tally"));
+    cmd.arg("--config")
+        .arg(repo_root().join("deploy/local/tally.toml"))
+        .args([
+            "mtc",
+            "--clients",
+            "4",
+            "--file",
+            &file.display().to_string(),
+            "--repeat",
+            "30",
+            "--rate",
+            "150",
+            "--addr",
+            &addr,
+            "--manifest",
+            &dir.path().join("run.json").display().to_string(),
+        ])
+        .env("TALLY_RUNS_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in ServiceProcess::env_for(&settings) {
+        cmd.env(k, v);
+    }
+    let mut load = cmd.spawn().expect("start tally mtc");
+
+    let mut moved = 0;
+    let mut appended = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let audit = tally(
+            &settings,
+            &["audit", "--messages", "--json", "--wait", "60s"],
+        );
+        assert_eq!(
+            audit.status.code(),
+            Some(0),
+            "{}\ncounter:\n{}\naggregator:\n{}",
+            show(&audit),
+            counter.log_tail(),
+            aggregator.log_tail()
+        );
+        let report = json(&audit);
+        assert_eq!(report["verdict"], "match", "{report:#}");
+        moved += report["clients"]["moved"].as_u64().unwrap_or(0)
+            + report["messages"]["moved"].as_u64().unwrap_or(0);
+        appended += report["appended_during_audit"].as_i64().unwrap_or(0);
+    }
+    eprintln!(
+        "during the load: {appended} record(s) appended while auditing, {moved} value(s) moved"
+    );
+    assert!(appended > 0, "the load must still run during the audits");
+
+    let status = tokio::task::spawn_blocking(move || load.wait())
+        .await
+        .expect("join")
+        .expect("wait for tally mtc");
+    assert!(
+        status.success(),
+        "tally mtc failed\n{}",
+        producer.log_tail()
+    );
+    let after = tally(&settings, &["audit", "--messages"]);
+    assert_eq!(after.status.code(), Some(0), "{}", show(&after));
+    let out = String::from_utf8_lossy(&after.stdout);
+    assert!(out.contains("MATCH"), "{}", show(&after));
+}
