@@ -15,7 +15,11 @@ use tally_tests::pipeline::{
 use tally_tests::{binary, free_port, repo_root, unique, wait_listening, ServiceProcess};
 
 fn tally(settings: &Settings, args: &[&str]) -> Output {
-    let mut cmd = Command::new(binary("tally"));
+    tally_at(&binary("tally"), settings, args)
+}
+
+fn tally_at(bin: &std::path::Path, settings: &Settings, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin);
     cmd.arg("--config")
         .arg(repo_root().join("deploy/local/tally.toml"))
         .args(args)
@@ -219,9 +223,10 @@ async fn audit_matches_a_real_load_and_catches_a_changed_client_and_message_coun
 }
 
 /// Measures `tally audit --messages` on a larger log: `TALLY_AUDIT_RECORDS` records
-/// (default 200,000) of 1,000 clients over 20,000 texts, written straight to an
-/// isolated 12-partition topic and counted by a real counter and aggregator. A
-/// measurement, not part of `scripts/test`:
+/// (default 200,000) of 1,000 clients over `TALLY_AUDIT_TEXTS` texts (default
+/// 20,000), written straight to an isolated 12-partition topic and counted by a
+/// real counter and aggregator; the audit binary is `TALLY_AUDIT_BIN` (e.g. a
+/// release build) or the workspace's. A measurement, not part of `scripts/test`:
 /// `cargo test -p tally-tests --test audit -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
@@ -230,6 +235,13 @@ async fn audit_throughput() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
+    let texts: u64 = std::env::var("TALLY_AUDIT_TEXTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let bin = std::env::var_os("TALLY_AUDIT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| binary("tally"));
     let clients = 1_000;
     let settings = isolated("it-audit-speed", 12).await;
     let prefix = settings.redis.prefix.clone();
@@ -240,7 +252,7 @@ async fn audit_throughput() {
                 RawRecord::message(
                     &format!("{prefix}-c{c}"),
                     sn,
-                    &format!("text {}", (c * 31 + sn) % 20_000),
+                    &format!("text {}", (c * 31 + sn * 1_000) % texts),
                 )
             })
         })
@@ -250,9 +262,10 @@ async fn audit_throughput() {
     }
     let counter = start_counter(&settings, "speed", &[]);
     let aggregator = start_aggregator(&settings, &[]);
-    let audit = tally(
+    let audit = tally_at(
+        &bin,
         &settings,
-        &["audit", "--messages", "--wait", "600s", "--json"],
+        &["audit", "--messages", "--wait", "900s", "--json"],
     );
     assert_eq!(
         audit.status.code(),
@@ -265,7 +278,7 @@ async fn audit_throughput() {
     let report = json(&audit);
     eprintln!("{report:#}");
     let timed = std::time::Instant::now();
-    let again = tally(&settings, &["audit", "--messages"]);
+    let again = tally_at(&bin, &settings, &["audit", "--messages"]);
     eprintln!(
         "{}\nsecond audit (pipeline idle): {:.2} s wall",
         show(&again),

@@ -590,10 +590,13 @@ async fn compare_messages(
     for b in 0..buckets.len() {
         let counts = buckets.counts(b)?;
         for chunk in counts.chunks(READ_CHUNK) {
-            let redis_keys: Vec<String> =
-                chunk.iter().map(|(h, _)| keys.message_count(h)).collect();
-            let found = inspector.numbers(&redis_keys).await?;
+            let redis_keys: Vec<Vec<String>> = chunk
+                .iter()
+                .map(|(h, _)| vec![keys.message_count(h)])
+                .collect();
+            let found = inspector.counts_by_group(&redis_keys).await?;
             for ((hash, expected), found) in chunk.iter().zip(found) {
+                let found = found.first().copied().unwrap_or_default();
                 summary.checked += 1;
                 match rules::judge_message(*expected, found, lower_bound) {
                     Verdict::Match => summary.matching += 1,
