@@ -48,6 +48,17 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reading stops with an error when no record arrived for this long.
 const READ_STALL: Duration = Duration::from_secs(60);
 
+/// The audit consumer's prefetch: per partition (KiB, records), per fetch request
+/// and per partition in a request (bytes), and how soon a partition whose queue
+/// was full is fetched again (ms). librdkafka's defaults (64 MiB and 100,000
+/// records per partition, 50 MiB per request) let the fetcher run far ahead of
+/// the replay and hold most of a large log in memory.
+const QUEUED_KBYTES: &str = "2048";
+const QUEUED_MESSAGES: &str = "2000";
+const FETCH_MAX_BYTES: &str = "1048576";
+const PARTITION_FETCH_BYTES: &str = "262144";
+const FETCH_BACKOFF_MS: &str = "10";
+
 /// Keys read from Redis per request wave.
 const READ_CHUNK: usize = 10_000;
 
@@ -331,7 +342,7 @@ pub async fn run(
     ));
 
     // 3. Wait until the pipeline counted everything up to the snapshot.
-    let waited = wait_counted(settings, &partitions, options.wait).await?;
+    let waited = wait_counted(settings, &partitions, options.wait, options.messages).await?;
 
     // 4. Compare.
     let keys = inspector.keys().clone();
@@ -633,13 +644,14 @@ async fn compare_messages(
 }
 
 /// Waits until the counter group has committed the snapshot's end of every
-/// partition, then until the aggregator group has committed everything written to
-/// `message_aggregation` by then (a remainder of transaction markers is no lag).
-/// Returns how long it waited.
+/// partition, then, when message counts are audited, until the aggregator group has
+/// committed everything written to `message_aggregation` by then (a remainder of
+/// transaction markers is no lag). Returns how long it waited.
 async fn wait_counted(
     settings: &Settings,
     partitions: &[PartitionRange],
     wait: Duration,
+    messages: bool,
 ) -> Result<Duration, AuditError> {
     let started = Instant::now();
     let ends: HashMap<i32, i64> = partitions.iter().map(|p| (p.partition, p.end)).collect();
@@ -678,6 +690,9 @@ async fn wait_counted(
             });
         }
         tokio::time::sleep(poll).await;
+    }
+    if !messages {
+        return Ok(started.elapsed());
     }
     // The aggregator: up to the end of `message_aggregation` now, which holds every
     // forward of a record below the snapshot.
@@ -768,7 +783,13 @@ fn read_log(
     // Records expiring under the reader must fail the audit, not be skipped.
     config
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "error");
+        .set("auto.offset.reset", "error")
+        // Bounded prefetch: what the audit holds of the log at once.
+        .set("queued.max.messages.kbytes", QUEUED_KBYTES)
+        .set("queued.min.messages", QUEUED_MESSAGES)
+        .set("fetch.max.bytes", FETCH_MAX_BYTES)
+        .set("max.partition.fetch.bytes", PARTITION_FETCH_BYTES)
+        .set("fetch.queue.backoff.ms", FETCH_BACKOFF_MS);
     let consumer: BaseConsumer<ProbeContext> = config.create_with_context(ProbeContext)?;
     consumer.assign(&tpl)?;
     let mut read = 0u64;
