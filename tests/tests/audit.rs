@@ -378,3 +378,101 @@ async fn audit_during_a_live_load_reports_no_false_difference() {
     let out = String::from_utf8_lossy(&after.stdout);
     assert!(out.contains("MATCH"), "{}", show(&after));
 }
+
+/// Records beyond retention: once the start of a partition is gone (deleted here
+/// with DeleteRecords, as retention deletes old segments), a client whose first
+/// retained record has sn > 1 is reported as truncated, not as a difference, and
+/// message counts become lower bounds; a truncated client whose count no longer
+/// equals its last_sn is still a difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_early_records_expired_is_reported_not_judged() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+
+    let settings = isolated("it-audit-trim", 1).await;
+    let (early, late) = (unique("early"), unique("late"));
+    let shared = format!("{} shared", settings.redis.prefix);
+    let mut records: Vec<RawRecord> = (1..=6)
+        .map(|sn| RawRecord::message(&early, sn, &format!("{early} {sn}")))
+        .collect();
+    records.extend((1..=3).map(|sn| RawRecord::message(&late, sn, &shared)));
+    records.extend((7..=8).map(|sn| RawRecord::message(&early, sn, &shared)));
+    produce(&settings, &records).await;
+    let counter = start_counter(&settings, "trim", &[]);
+    let aggregator = start_aggregator(&settings, &[]);
+
+    let before = tally(&settings, &["audit", "--messages", "--json"]);
+    assert_eq!(
+        before.status.code(),
+        Some(0),
+        "{}\ncounter:\n{}\naggregator:\n{}",
+        show(&before),
+        counter.log_tail(),
+        aggregator.log_tail()
+    );
+    let report = json(&before);
+    assert_eq!(report["clients"]["matching"], 2, "{report:#}");
+    assert_eq!(report["messages"]["lower_bound"], false, "{report:#}");
+
+    // The first 4 records expire: `early`'s sn 1..=4.
+    let admin: AdminClient<DefaultClientContext> =
+        tally_common::kafka::admin_config(&settings.kafka)
+            .create()
+            .expect("admin client");
+    let mut cut = rdkafka::TopicPartitionList::new();
+    cut.add_partition_offset(
+        &settings.kafka.client_message_topic,
+        0,
+        rdkafka::Offset::Offset(4),
+    )
+    .expect("offset");
+    let deleted = admin
+        .delete_records(&cut, &AdminOptions::new())
+        .await
+        .expect("DeleteRecords");
+    assert!(
+        deleted.elements().iter().all(|e| e.error().is_ok()),
+        "{deleted:?}"
+    );
+
+    let after = tally(&settings, &["audit", "--messages"]);
+    eprintln!("{}", show(&after));
+    assert_eq!(after.status.code(), Some(0), "{}", show(&after));
+    let out = String::from_utf8_lossy(&after.stdout);
+    assert!(out.contains("1 trimmed by retention"), "{}", show(&after));
+    assert!(
+        out.contains("1 client(s) truncated by retention"),
+        "{}",
+        show(&after)
+    );
+    assert!(
+        out.contains("message counts are lower bounds"),
+        "{}",
+        show(&after)
+    );
+    let report = json(&tally(&settings, &["audit", "--messages", "--json"]));
+    assert_eq!(report["verdict"], "match", "{report:#}");
+    assert_eq!(report["records_read"], 7, "{report:#}");
+    assert_eq!(report["clients"]["matching"], 1, "{report:#}");
+    assert_eq!(report["clients"]["truncated"], 1, "{report:#}");
+    assert_eq!(report["clients"]["not_judged"], 1, "{report:#}");
+    assert_eq!(report["messages"]["lower_bound"], true, "{report:#}");
+    // `shared`: late's 3 are in the log; early's 2 are counted in Redis but early
+    // is not replayed, so 5 is above the retained 3: not judged.
+    assert_eq!(report["messages"]["above_retained"], 1, "{report:#}");
+
+    // Still checked: a truncated client's count equals its last_sn.
+    let keys = Keys::new(settings.redis.prefix.clone());
+    let early_count = keys.client_count(&ClientId::parse(&early).expect("id"));
+    add(&settings, &early_count, -1).await;
+    let caught = tally(&settings, &["audit"]);
+    assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
+    let out = String::from_utf8_lossy(&caught.stdout);
+    assert!(
+        out.contains(&early_count)
+            && out.contains("count expected 8 found 7")
+            && out.contains("truncated by retention"),
+        "{}",
+        show(&caught)
+    );
+}
