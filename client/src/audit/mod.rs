@@ -45,6 +45,9 @@ const AUDIT_GROUP: &str = "tally-audit";
 /// Kafka metadata and offset requests give up after this.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the marker probe of a consumer group's remainder may read.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Reading stops with an error when no record arrived for this long.
 const READ_STALL: Duration = Duration::from_secs(60);
 
@@ -295,7 +298,7 @@ pub async fn run(
     .await?;
     let total: i64 = partitions.iter().map(|p| (p.end - p.low).max(0)).sum();
     (options.progress)(format!(
-        "snapshot of {topic}: {} partition(s), {total} record(s) retained, {} trimmed by retention",
+        "snapshot of {topic}: {} partition(s), {total} offset(s) retained (records and transaction markers), {} trimmed by retention",
         partitions.len(),
         partitions.iter().filter(|p| p.trimmed()).count()
     ));
@@ -342,7 +345,14 @@ pub async fn run(
     ));
 
     // 3. Wait until the pipeline counted everything up to the snapshot.
-    let waited = wait_counted(settings, &partitions, options.wait, options.messages).await?;
+    let waited = wait_counted(
+        settings,
+        &partitions,
+        options.wait,
+        options.messages,
+        &*options.progress,
+    )
+    .await?;
 
     // 4. Compare.
     let keys = inspector.keys().clone();
@@ -400,7 +410,7 @@ pub async fn run(
 
     let lower_bound = partitions.iter().any(PartitionRange::trimmed) || replay.any_incomplete();
     let mut message_candidates: BTreeMap<MessageHash, MessageCandidate> = BTreeMap::new();
-    let messages = match &spill {
+    let mut messages = match &spill {
         None => None,
         Some(buckets) => Some(
             compare_messages(
@@ -414,8 +424,8 @@ pub async fn run(
             .await?,
         ),
     };
+    // The bucket files are removed here.
     drop(spill);
-    let mut messages = messages;
 
     // 5. Values that moved after the snapshot: re-check against the records
     // appended since, read after every value above was.
@@ -652,101 +662,101 @@ async fn wait_counted(
     partitions: &[PartitionRange],
     wait: Duration,
     messages: bool,
+    progress: &(dyn Fn(String) + Send + Sync),
 ) -> Result<Duration, AuditError> {
     let started = Instant::now();
-    let ends: HashMap<i32, i64> = partitions.iter().map(|p| (p.partition, p.end)).collect();
+    let mut last_note = Instant::now();
+    let mut note = |group: &str, lag: i64| {
+        if last_note.elapsed() >= Duration::from_secs(5) {
+            last_note = Instant::now();
+            progress(format!(
+                "waiting for the {group} group: {lag} record(s) short of the snapshot"
+            ));
+        }
+    };
     let poll = Duration::from_millis(500);
-    // The counter: committed offsets reach the snapshot's ends (`client_message`
-    // has no transaction markers; its writers are idempotent, not transactional).
-    loop {
-        let positions = blocking({
-            let kafka = settings.kafka.clone();
-            let group = settings.counter.group_id.clone();
-            move || {
-                Ok(group_positions(
-                    &kafka,
-                    Some(&group),
-                    &kafka.client_message_topic,
-                    KAFKA_TIMEOUT,
-                )?)
+    let phases = [
+        (
+            settings.counter.group_id.clone(),
+            settings.kafka.client_message_topic.clone(),
+        ),
+        (
+            settings.aggregator.group_id.clone(),
+            settings.kafka.message_aggregation_topic.clone(),
+        ),
+    ];
+    // The counter up to the snapshot's ends; then the aggregator up to the end of
+    // `message_aggregation` at that moment, which holds every forward of a record
+    // below the snapshot.
+    let mut ends: HashMap<i32, i64> = partitions.iter().map(|p| (p.partition, p.end)).collect();
+    for (phase, (group, topic)) in phases.into_iter().enumerate() {
+        if phase == 1 {
+            if !messages {
+                break;
             }
-        })
-        .await?;
-        let behind: i64 = positions
-            .iter()
-            .map(|p| {
-                let end = ends.get(&p.partition).copied().unwrap_or(p.low);
-                (end - p.committed.unwrap_or(p.low).max(p.low)).max(0)
-            })
-            .sum();
-        if behind == 0 {
-            break;
-        }
-        if started.elapsed() >= wait {
-            return Err(AuditError::Lagging {
-                waited: started.elapsed(),
-                group: settings.counter.group_id.clone(),
-                lag: behind,
-            });
-        }
-        tokio::time::sleep(poll).await;
-    }
-    if !messages {
-        return Ok(started.elapsed());
-    }
-    // The aggregator: up to the end of `message_aggregation` now, which holds every
-    // forward of a record below the snapshot.
-    let agg_ends: HashMap<i32, i64> = blocking({
-        let kafka = settings.kafka.clone();
-        move || {
-            Ok(group_positions(
-                &kafka,
-                None,
-                &kafka.message_aggregation_topic,
-                KAFKA_TIMEOUT,
-            )?
-            .into_iter()
-            .map(|p| (p.partition, p.high))
-            .collect())
-        }
-    })
-    .await?;
-    loop {
-        let pending = blocking({
-            let kafka = settings.kafka.clone();
-            let group = settings.aggregator.group_id.clone();
-            let agg_ends = agg_ends.clone();
-            move || {
-                let topic = kafka.message_aggregation_topic.clone();
-                let positions: Vec<PartitionPosition> =
-                    group_positions(&kafka, Some(&group), &topic, KAFKA_TIMEOUT)?
+            ends = blocking({
+                let (kafka, topic) = (settings.kafka.clone(), topic.clone());
+                move || {
+                    Ok(group_positions(&kafka, None, &topic, KAFKA_TIMEOUT)?
                         .into_iter()
-                        .map(|p| PartitionPosition {
-                            high: agg_ends.get(&p.partition).copied().unwrap_or(p.low),
-                            ..p
-                        })
-                        .collect();
-                let probed = probe_remainders(&kafka, &topic, &positions, Duration::from_secs(3))?;
-                Ok(positions
-                    .iter()
-                    .zip(probed)
-                    .map(|(p, records)| pending_records(p, records))
-                    .sum::<i64>())
+                        .map(|p| (p.partition, p.high))
+                        .collect())
+                }
+            })
+            .await?;
+        }
+        loop {
+            let pending = blocking({
+                let (kafka, group, topic, ends) = (
+                    settings.kafka.clone(),
+                    group.clone(),
+                    topic.clone(),
+                    ends.clone(),
+                );
+                move || pending_below(&kafka, &group, &topic, &ends)
+            })
+            .await?;
+            if pending == 0 {
+                break;
             }
-        })
-        .await?;
-        if pending == 0 {
-            return Ok(started.elapsed());
+            note(&group, pending);
+            if started.elapsed() >= wait {
+                return Err(AuditError::Lagging {
+                    waited: started.elapsed(),
+                    group,
+                    lag: pending,
+                });
+            }
+            tokio::time::sleep(poll).await;
         }
-        if started.elapsed() >= wait {
-            return Err(AuditError::Lagging {
-                waited: started.elapsed(),
-                group: settings.aggregator.group_id.clone(),
-                lag: pending,
-            });
-        }
-        tokio::time::sleep(poll).await;
     }
+    Ok(started.elapsed())
+}
+
+/// Records below `ends` on `topic` that `group` has not committed, over all
+/// partitions; a remainder of transaction markers or aborted records (which no
+/// read_committed consumer gets, so none commits past them until a record
+/// follows) is no lag, as in `tally status`. Blocking.
+fn pending_below(
+    kafka: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    ends: &HashMap<i32, i64>,
+) -> Result<i64, AuditError> {
+    let positions: Vec<PartitionPosition> =
+        group_positions(kafka, Some(group), topic, KAFKA_TIMEOUT)?
+            .into_iter()
+            .map(|p| PartitionPosition {
+                high: ends.get(&p.partition).copied().unwrap_or(p.low),
+                ..p
+            })
+            .collect();
+    let probed = probe_remainders(kafka, topic, &positions, PROBE_TIMEOUT)?;
+    Ok(positions
+        .iter()
+        .zip(probed)
+        .map(|(p, records)| pending_records(p, records))
+        .sum())
 }
 
 /// Reads `topic` read_committed, each partition from its given offset up to its
