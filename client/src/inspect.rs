@@ -12,16 +12,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use redis::cluster_async::ClusterConnection;
-use redis::AsyncCommands;
+use redis::cluster_routing::SingleNodeRoutingInfo;
+use redis::{AsyncCommands, Value};
 use serde::Serialize;
 use tally_common::kafka::{group_positions, PartitionPosition};
-use tally_common::redis::{masters, to_node, RedisOpError};
+use tally_common::keys::slot;
+use tally_common::redis::{cluster_slots, masters, to_node, Node, RedisOpError};
 use tally_common::registry::InstanceEntry;
 use tally_common::stash::{MetaReadError, StashMeta};
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 
 /// Concurrent reads in flight on the cluster connection.
 const READ_CONCURRENCY: usize = 64;
+
+/// Commands per pipeline of [`Inspector::counts_by_group`].
+const PIPELINE_GROUPS: usize = 500;
+
+/// Pipelines in flight at once in [`Inspector::counts_by_group`].
+const PIPELINES_IN_FLIGHT: usize = 8;
 
 /// A partition whose uncommitted remainder is at most this many offsets is read to
 /// tell records from transaction markers: a transactional writer leaves one commit
@@ -207,6 +215,121 @@ impl Inspector {
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await
+    }
+
+    /// Each client's `count` and `last_sn`, in order, read together (one `MGET`
+    /// per client: both keys share its slot, and the count script writes both at
+    /// once, so the pair is never torn by a count in between).
+    pub async fn client_counts(&self, ids: &[ClientId]) -> Result<Vec<(u64, u64)>, InspectError> {
+        let groups: Vec<Vec<String>> = ids
+            .iter()
+            .map(|id| vec![self.keys.client_count(id), self.keys.client_last_sn(id)])
+            .collect();
+        Ok(self
+            .counts_by_group(&groups)
+            .await?
+            .into_iter()
+            .map(|pair| (pair[0], pair[1]))
+            .collect())
+    }
+
+    /// Reads many counters fast, in order; a missing key reads as 0. Each group's
+    /// keys must share a slot and are read with one `MGET` (atomically). The groups
+    /// are sorted by the master serving their slot (`CLUSTER SLOTS`) and sent as
+    /// pipelines of [`PIPELINE_GROUPS`] commands straight to that master, several
+    /// at once. A pipeline that fails, or whose answers include an error (a slot
+    /// moved: a failover or resharding during the read), is read again group by
+    /// group through the cluster client, which follows redirections.
+    pub async fn counts_by_group(
+        &self,
+        groups: &[Vec<String>],
+    ) -> Result<Vec<Vec<u64>>, InspectError> {
+        let mut conn = self.conn.clone();
+        let table = cluster_slots(&mut conn).await?;
+        let node_of = |group: &[String]| {
+            let slot = group.first().map(|k| slot(k.as_bytes()))?;
+            table
+                .iter()
+                .find(|(first, last, _)| (*first..=*last).contains(&slot))
+                .map(|(_, _, node)| node.clone())
+        };
+        let mut by_node: std::collections::BTreeMap<Node, Vec<usize>> = Default::default();
+        let mut retry: Vec<usize> = Vec::new();
+        for (i, group) in groups.iter().enumerate() {
+            match node_of(group) {
+                Some(node) => by_node.entry(node).or_default().push(i),
+                None => retry.push(i),
+            }
+        }
+        let batches: Vec<(Node, Vec<usize>)> = by_node
+            .into_iter()
+            .flat_map(|(node, indices)| {
+                indices
+                    .chunks(PIPELINE_GROUPS)
+                    .map(|c| (node.clone(), c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let answers: Vec<(Vec<usize>, Option<Vec<Value>>)> = futures::stream::iter(batches)
+            .map(|((host, port), indices)| {
+                let mut conn = self.conn.clone();
+                let mut pipe = redis::pipe();
+                for &i in &indices {
+                    pipe.cmd("MGET").arg(&groups[i]);
+                }
+                async move {
+                    let route = SingleNodeRoutingInfo::ByAddress { host, port };
+                    let values = conn
+                        .route_pipeline(pipe, 0, indices.len(), route)
+                        .await
+                        .ok()
+                        .filter(|v| v.len() == indices.len());
+                    (indices, values)
+                }
+            })
+            .buffer_unordered(PIPELINES_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut out: Vec<Vec<u64>> = vec![Vec::new(); groups.len()];
+        for (indices, values) in answers {
+            let Some(values) = values else {
+                retry.extend(indices);
+                continue;
+            };
+            for (i, value) in indices.into_iter().zip(values) {
+                match redis::from_redis_value::<Vec<Option<String>>>(value) {
+                    Ok(found) if found.len() == groups[i].len() => {
+                        out[i] = groups[i]
+                            .iter()
+                            .zip(found)
+                            .map(|(key, v)| parse_count(key, v))
+                            .collect::<Result<_, _>>()?;
+                    }
+                    _ => retry.push(i),
+                }
+            }
+        }
+        let again: Vec<(usize, Vec<u64>)> = futures::stream::iter(retry)
+            .map(|i| {
+                let mut conn = self.conn.clone();
+                let keys = &groups[i];
+                async move {
+                    let found: Vec<Option<String>> = conn.mget(keys).await?;
+                    let numbers = keys
+                        .iter()
+                        .zip(found)
+                        .map(|(key, v)| parse_count(key, v))
+                        .collect::<Result<Vec<u64>, _>>()?;
+                    Ok::<_, InspectError>((i, numbers))
+                }
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (i, numbers) in again {
+            out[i] = numbers;
+        }
+        Ok(out)
     }
 
     /// A client's counts and stash state.
@@ -530,7 +653,7 @@ pub fn pending_records(position: &PartitionPosition, probed: Option<i64>) -> i64
 /// between its committed offset (or log start) and its high watermark; `None` for the others
 /// and for those not read to their end within `timeout`. Blocking. Uses a
 /// throwaway consumer that never joins a group or commits.
-fn probe_remainders(
+pub(crate) fn probe_remainders(
     kafka: &tally_common::settings::KafkaSettings,
     topic: &str,
     positions: &[PartitionPosition],
@@ -585,7 +708,7 @@ fn probe_remainders(
 
 /// The probe's consumer context: librdkafka reports every end of partition as an
 /// error event too, and the probe asks for those, so they are not logged.
-struct ProbeContext;
+pub(crate) struct ProbeContext;
 
 impl rdkafka::ClientContext for ProbeContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {

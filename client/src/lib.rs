@@ -1,6 +1,7 @@
 //! The `tally` client library: the resuming session every client uses, and the
 //! commands of the `tally` tool (including `tally serve`, the API and dashboard).
 
+pub mod audit;
 pub mod inspect;
 pub mod manifest;
 pub mod mtc;

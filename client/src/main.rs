@@ -15,6 +15,7 @@ use anyhow::anyhow;
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tally_client::audit::{self, AuditOptions};
 use tally_client::inspect::Inspector;
 use tally_client::manifest::{self, Manifest, ManifestError};
 use tally_client::mtc::{self, MtcError, MtcPlan};
@@ -45,6 +46,9 @@ enum Command {
     Mtc(MtcArgs),
     /// Wait for a run to drain, then check every count against its manifest.
     Verify(VerifyArgs),
+    /// Recompute every client's count (and, with --messages, every message's) from
+    /// Kafka itself and compare with Redis: no manifest needed.
+    Audit(AuditArgs),
     /// Look up one client's or one message's counts.
     Count(CountArgs),
     /// The most counted messages.
@@ -141,6 +145,32 @@ struct VerifyArgs {
     /// Mismatches to print.
     #[arg(long, default_value_t = 10)]
     show: usize,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// Also recompute and compare every message's count (hashes spilled to bucket
+    /// files, counted one bucket at a time).
+    #[arg(long)]
+    messages: bool,
+    /// Differences to print.
+    #[arg(long, default_value_t = 10)]
+    show: usize,
+    /// How long to wait for the counter and aggregator to count everything up to
+    /// the snapshot before judging (the audit fails without a verdict after it).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    wait: Duration,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Where to create the spill directory for --messages (default: the system's
+    /// temporary directory); it is removed at the end.
+    #[arg(long)]
+    spill_dir: Option<PathBuf>,
+    /// Records per message bucket, about: one bucket's distinct messages are held
+    /// in memory at a time (~60 bytes each).
+    #[arg(long, default_value_t = audit::RECORDS_PER_BUCKET, value_parser = clap::value_parser!(u64).range(1..))]
+    bucket_records: u64,
 }
 
 #[derive(Args)]
@@ -274,6 +304,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Send(args) => send(&settings, args).await,
         Command::Mtc(args) => mass_test(&settings, args).await,
         Command::Verify(args) => verify_run(&settings, args).await,
+        Command::Audit(args) => audit(&settings, args).await,
         Command::Count(args) => count(&settings, args).await,
         Command::Top { n } => top(&settings, n).await,
         Command::Status { json } => status(&settings, json).await,
@@ -635,6 +666,153 @@ async fn verify_run(settings: &Settings, args: VerifyArgs) -> Result<(), Failure
         verdict.mismatches.len(),
         waited.as_secs_f64()
     )))
+}
+
+async fn audit(settings: &Settings, args: AuditArgs) -> Result<(), Failure> {
+    let spill_dir = args.spill_dir.unwrap_or_else(std::env::temp_dir);
+    if !spill_dir.is_dir() {
+        return Err(usage(anyhow!(
+            "--spill-dir {}: not a directory",
+            spill_dir.display()
+        )));
+    }
+    let options = AuditOptions {
+        messages: args.messages,
+        show: args.show,
+        wait: args.wait,
+        spill_dir,
+        records_per_bucket: args.bucket_records,
+        progress: Arc::new(|line: String| eprintln!("tally: audit: {line}")),
+    };
+    let inspector = Inspector::connect(settings).await.map_err(failed)?;
+    let report = audit::run(settings, &inspector, &options)
+        .await
+        .map_err(failed)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
+    } else {
+        print_audit(&report)?;
+    }
+    if report.matches() {
+        return Ok(());
+    }
+    let messages = report.messages.as_ref().map_or(0, |m| m.differing);
+    Err(failed(anyhow!(
+        "DIFFERENCES: {} client(s) and {messages} message(s) differ from what {} implies",
+        report.clients.differing,
+        report.topic
+    )))
+}
+
+fn print_audit(r: &audit::AuditReport) -> Result<(), Failure> {
+    let trimmed = r.partitions.iter().filter(|p| p.trimmed()).count();
+    outln!(
+        "audit of {} ({} partition(s), {trimmed} trimmed by retention) against keys under {}",
+        r.topic,
+        r.partitions.len(),
+        r.prefix
+    );
+    outln!(
+        "read {} record(s) ({} invalid, dead-lettered by the counter) in {:.2} s: {:.0} records/s",
+        r.records_read,
+        r.invalid_records,
+        r.read_seconds,
+        r.records_per_second
+    );
+    outln!(
+        "waited {:.1} s for the counter and aggregator to reach the snapshot; {} record(s) appended during the audit; {:.2} s in all",
+        r.waited_seconds,
+        r.appended_during_audit,
+        r.total_seconds
+    );
+    outln!();
+    outln!(
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>11}",
+        "",
+        "checked",
+        "match",
+        "differ",
+        "moved",
+        "not judged"
+    );
+    let c = &r.clients;
+    outln!(
+        "{:<10} {:>10} {:>10} {:>10} {:>10} {:>11}",
+        "clients",
+        c.checked,
+        c.matching,
+        c.differing,
+        c.moved,
+        c.not_judged
+    );
+    if let Some(m) = &r.messages {
+        outln!(
+            "{:<10} {:>10} {:>10} {:>10} {:>10} {:>11}",
+            "messages",
+            m.checked,
+            m.matching,
+            m.differing,
+            m.moved,
+            m.above_retained
+        );
+    }
+    if c.truncated > 0 {
+        outln!(
+            "note: {} client(s) truncated by retention (first retained sn > 1): only count = last_sn is checked",
+            c.truncated
+        );
+    }
+    if c.split > 0 {
+        outln!(
+            "note: {} client(s) with records in several partitions (partitions added?): not judged",
+            c.split
+        );
+    }
+    if let Some(m) = &r.messages {
+        if m.lower_bound {
+            outln!("note: records expired, so message counts are lower bounds: only a count below the log's is a difference");
+        }
+        outln!(
+            "messages counted in {} bucket(s), at most {} sighting(s) in one, {} byte(s) spilled",
+            m.buckets,
+            m.largest_bucket,
+            m.spilled_bytes
+        );
+    }
+    if r.matches() {
+        outln!(
+            "MATCH: every judged count in Redis is what {} implies",
+            r.topic
+        );
+        return Ok(());
+    }
+    outln!();
+    outln!("first differences:");
+    for d in &r.differences {
+        let text = d
+            .text
+            .as_deref()
+            .map(|t| format!("  {}", printable(&shorten(t, 60))))
+            .unwrap_or_default();
+        let sn = match (d.expected_last_sn, d.found_last_sn) {
+            (Some(e), Some(f)) => format!(", last_sn expected {e} found {f}"),
+            (None, Some(f)) => format!(", last_sn {f}"),
+            _ => String::new(),
+        };
+        let note = d
+            .note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
+        outln!(
+            "  {:<8} {}  count expected {} found {}{sn}{note}{text}",
+            d.kind,
+            d.key,
+            d.expected_count,
+            d.found_count
+        );
+    }
+    Ok(())
 }
 
 async fn count(settings: &Settings, args: CountArgs) -> Result<(), Failure> {

@@ -47,6 +47,23 @@ impl Outcome {
         matches!(self, Self::Applied | Self::Duplicate)
     }
 
+    /// The rule of `lua/count_client.lua` for one record, stated in Rust for readers
+    /// that recompute counts from Kafka (`tally audit`): given the client's
+    /// `last_sn` so far, `sn == last_sn + 1` is applied, `sn <= last_sn` a
+    /// duplicate, anything above a gap. The script's only other behaviour —
+    /// stopping a call before a record that would fill a gap behind a gap of the
+    /// same call — changes where offsets are committed, not what is counted: the
+    /// stopped records are processed again, in order, by the next batch.
+    pub fn of(last_sn: u64, sn: u64) -> Self {
+        if sn <= last_sn {
+            Self::Duplicate
+        } else if sn == last_sn + 1 {
+            Self::Applied
+        } else {
+            Self::Gap
+        }
+    }
+
     fn from_code(code: u8) -> Option<Self> {
         match code {
             b'A' => Some(Self::Applied),
@@ -235,5 +252,20 @@ impl CountStore {
     async fn get_number(&self, key: String) -> Result<u64, RedisOpError> {
         let value: Option<u64> = self.conn.clone().get(key).await?;
         Ok(value.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn the_rule_applies_only_the_next_sn() {
+        assert_eq!(Outcome::of(0, 1), Outcome::Applied);
+        assert_eq!(Outcome::of(41, 42), Outcome::Applied);
+        assert_eq!(Outcome::of(42, 42), Outcome::Duplicate);
+        assert_eq!(Outcome::of(42, 1), Outcome::Duplicate);
+        assert_eq!(Outcome::of(42, 44), Outcome::Gap);
+        assert_eq!(Outcome::of(0, 2), Outcome::Gap);
     }
 }

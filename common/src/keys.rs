@@ -91,6 +91,16 @@ impl MessageHash {
     pub fn of(message: &[u8]) -> Self {
         Self(xxhash_rust::xxh3::xxh3_128(message))
     }
+
+    /// The hash as a number (for bucketing and compact storage).
+    pub fn to_bits(self) -> u128 {
+        self.0
+    }
+
+    /// The hash whose [`MessageHash::to_bits`] is `bits`.
+    pub fn from_bits(bits: u128) -> Self {
+        Self(bits)
+    }
 }
 
 impl fmt::Display for MessageHash {
