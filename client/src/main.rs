@@ -318,7 +318,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config {
             command: ConfigCommand::Show,
         } => {
-            let text = serde_json::to_string_pretty(&settings).map_err(failed)?;
+            // Credentials (Redis URL passwords, librdkafka secrets) are shown as `***`.
+            let text = serde_json::to_string_pretty(&settings.redacted()).map_err(failed)?;
             outln!("{text}");
             Ok(())
         }

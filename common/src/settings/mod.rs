@@ -9,7 +9,8 @@
 //!
 //! Here: the settings and their defaults; `load` reads and layers them, `validate`
 //! checks values that parse but make no sense, `namespace` derives the names of a
-//! pipeline (key prefix, topics, groups, transactional ids) from one setting.
+//! pipeline (key prefix, topics, groups, transactional ids) from one setting,
+//! `redact` hides credentials in what is shown.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -548,6 +549,7 @@ where
 
 mod load;
 pub mod namespace;
+pub mod redact;
 mod validate;
 
 #[cfg(test)]

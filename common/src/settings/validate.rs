@@ -29,7 +29,10 @@ impl Settings {
             check(
                 node.starts_with("redis://") || node.starts_with("rediss://"),
                 "redis.nodes",
-                &format!("`{node}` is not a redis:// or rediss:// URL"),
+                &format!(
+                    "`{}` is not a redis:// or rediss:// URL",
+                    super::redact::redact_url(node)
+                ),
             );
         }
         check(
