@@ -938,13 +938,30 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
 }
 
 async fn serve(settings: &Settings, args: ServeArgs) -> Result<(), Failure> {
+    let token = match &settings.serve.token_file {
+        Some(path) => Some(serve::BearerToken::read(path).map_err(usage)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| failed(anyhow!("--listen {}: {e}", args.listen)))?;
     let addr = listener.local_addr().map_err(failed)?;
-    eprintln!("tally: serving the dashboard on http://{addr}/ (API under /api)");
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(usage(anyhow!(
+            "--listen {addr} is beyond loopback: set serve.token_file so every request \
+             must carry a bearer token (docs/configuration.md), or listen on 127.0.0.1"
+        )));
+    }
+    match token {
+        Some(_) => eprintln!(
+            "tally: serving the dashboard on http://{addr}/?token=… (API under /api; \
+             every request needs the token of serve.token_file)"
+        ),
+        None => eprintln!("tally: serving the dashboard on http://{addr}/ (API under /api)"),
+    }
     let options = serve::ServeOptions {
         max_streams: usize::try_from(args.max_streams).unwrap_or(usize::MAX),
+        token,
         ..serve::ServeOptions::default()
     };
     serve::run(

@@ -17,6 +17,10 @@
 //!   only the few counters its page watches, once a second.
 //! - Redis or Kafka failures become `503 {"error": …}` (or an `error` field in the
 //!   stream), never a panic.
+//! - **Bearer token.** With a token (`serve.token_file`) every request must carry
+//!   it (`Authorization: Bearer …`, or `?token=…` for the page and its event
+//!   stream, which a browser cannot give a header) or gets `401`; without one the
+//!   command refuses any listen address beyond loopback (`tally serve` in main.rs).
 //!
 //! HTTP: axum, the same stack (and features: `tokio`, `http1`) as
 //! `tally_common::observe`; its router, path extraction and `Sse` response are all
@@ -79,6 +83,8 @@ pub struct ServeOptions {
     pub max_streams: usize,
     /// Messages in the top list pushed on the event stream.
     pub stream_top: usize,
+    /// The token every request must carry, if any.
+    pub token: Option<BearerToken>,
 }
 
 impl Default for ServeOptions {
@@ -86,8 +92,97 @@ impl Default for ServeOptions {
         Self {
             max_streams: 64,
             stream_top: 10,
+            token: None,
         }
     }
+}
+
+/// Shortest token accepted: shorter ones are guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The bearer token of `tally serve`.
+#[derive(Clone)]
+pub struct BearerToken(Arc<str>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
+}
+
+/// Why a token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The file could not be read.
+    #[error("serve.token_file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token is too short or holds characters a header cannot carry.
+    #[error("serve.token_file {path}: the token must be one line of at least {MIN_TOKEN_LEN} visible ASCII characters")]
+    Invalid {
+        /// The file.
+        path: String,
+    },
+}
+
+impl BearerToken {
+    /// Reads the token from the first line of `path`.
+    pub fn read(path: &std::path::Path) -> Result<Self, TokenError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::new(text.lines().next().unwrap_or("").trim())
+            .ok_or(TokenError::Invalid { path: shown })
+    }
+
+    /// A token, if it is long enough and fits in a header.
+    pub fn new(token: &str) -> Option<Self> {
+        (token.len() >= MIN_TOKEN_LEN && token.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| Self(token.into()))
+    }
+
+    /// Whether `offered` is the token, in time independent of where they differ.
+    fn matches(&self, offered: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), offered.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// Whether a request carries the token, in its `Authorization` header or its
+    /// `token` query parameter.
+    fn admits(&self, headers: &axum::http::HeaderMap, query: Option<&str>) -> bool {
+        let header = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if header.is_some_and(|t| self.matches(t)) {
+            return true;
+        }
+        query.is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "token" && self.matches(&v))
+        })
+    }
+}
+
+async fn require_token(
+    State(token): State<BearerToken>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if token.admits(request.headers(), request.uri().query()) {
+        return next.run(request).await;
+    }
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required").into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// Why the server could not run.
@@ -163,7 +258,12 @@ pub async fn run(
         tokio::spawn(sample_top(shared.clone(), options.stream_top)),
         tokio::spawn(sample_status(shared.clone())),
     ];
-    let app = router(shared);
+    let app = match options.token {
+        Some(token) => {
+            router(shared).layer(axum::middleware::from_fn_with_state(token, require_token))
+        }
+        None => router(shared),
+    };
     let server = {
         let stop = stop.clone();
         axum::serve(listener, app).with_graceful_shutdown(async move {

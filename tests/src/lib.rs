@@ -302,9 +302,24 @@ pub async fn stash_store(settings: &Settings) -> tally_common::stash::StashStore
 
 /// One plain HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_with(addr, path, &[]).await
+}
+
+/// One plain HTTP/1.1 GET with extra `headers` (`("Authorization", "Bearer …")`):
+/// (status, body).
+pub async fn http_get_with(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(

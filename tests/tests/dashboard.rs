@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use tally_client::session::send_all;
 use tally_common::{ClientId, MessageHash};
 use tally_tests::pipeline::{isolated, service_env, start_aggregator, start_counter};
-use tally_tests::{binary, free_port, http_get, repo_root, unique, wait_listening, ServiceProcess};
+use tally_tests::{
+    binary, free_port, http_get, http_get_with, repo_root, unique, wait_listening, ServiceProcess,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Times the test message is sent (its client's and its own expected count).
@@ -62,12 +64,16 @@ struct Serve {
 
 impl Serve {
     fn start(env: &[(&str, String)], max_streams: u32) -> Self {
+        Self::start_on("127.0.0.1:0", env, max_streams)
+    }
+
+    fn start_on(listen: &str, env: &[(&str, String)], max_streams: u32) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique("tally-serve")));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = std::process::Command::new(binary("tally"));
         cmd.arg("--config")
             .arg(repo_root().join("deploy/local/tally.toml"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--max-streams"])
+            .args(["serve", "--listen", listen, "--max-streams"])
             .arg(max_streams.to_string())
             .env("TALLY__LOG__FORMAT", "plain")
             .stdout(Stdio::null())
@@ -405,4 +411,90 @@ async fn dashboard_shows_a_message_sent_while_it_is_open() {
         assert!(Instant::now() < deadline, "tally serve ignored SIGTERM");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `tally serve` beyond loopback: refused without `serve.token_file`; with one,
+/// every request needs the token (header or `?token=`), and a short token file is
+/// refused at start.
+#[tokio::test]
+async fn serve_requires_a_bearer_token_beyond_loopback() {
+    let settings = tally_tests::isolated_settings("serve-auth", 1).await;
+    let base = service_env(&settings, &[]);
+
+    let mut refused = Serve::start_on("0.0.0.0:0", &base, 4);
+    let status = wait_exit(&mut refused.child, Duration::from_secs(30));
+    assert_eq!(
+        status,
+        Some(2),
+        "no token beyond loopback:\n{}",
+        refused.log_text()
+    );
+    assert!(
+        refused.log_text().contains("serve.token_file"),
+        "{}",
+        refused.log_text()
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "too-short\n").expect("write token");
+    let mut env = base.clone();
+    env.push(("TALLY__SERVE__TOKEN_FILE", short.display().to_string()));
+    let mut rejected = Serve::start_on("127.0.0.1:0", &env, 4);
+    let status = wait_exit(&mut rejected.child, Duration::from_secs(30));
+    assert_eq!(status, Some(2), "short token:\n{}", rejected.log_text());
+
+    let token = "0123456789abcdef-tally-test-token";
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).expect("write token");
+    let mut env = base.clone();
+    env.push(("TALLY__SERVE__TOKEN_FILE", file.display().to_string()));
+    let mut serve = Serve::start_on("0.0.0.0:0", &env, 4);
+    let port = serve
+        .addr()
+        .await
+        .rsplit(':')
+        .next()
+        .map(str::to_owned)
+        .expect("port");
+    let addr = format!("127.0.0.1:{port}");
+    for path in ["/", "/api/status", "/api/top?n=3"] {
+        let (status, _) = http_get(&addr, path).await.expect("GET");
+        assert_eq!(status, 401, "{path} without the token");
+        let (status, _) = http_get_with(
+            &addr,
+            path,
+            &[("Authorization", "Bearer wrong-token-0123456789")],
+        )
+        .await
+        .expect("GET");
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let bearer = format!("Bearer {token}");
+        let (status, _) = http_get_with(&addr, path, &[("Authorization", &bearer)])
+            .await
+            .expect("GET");
+        assert_eq!(
+            status,
+            200,
+            "{path} with the token in the header:\n{}",
+            serve.log_text()
+        );
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (status, _) = http_get(&addr, &format!("{path}{sep}token={token}"))
+            .await
+            .expect("GET");
+        assert_eq!(status, 200, "{path} with the token in the query");
+    }
+}
+
+/// The exit code of `child` once it exits within `limit`; `None` if it did not.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }

@@ -13,6 +13,13 @@ const watched = new Map(); // key "client:<id>" | "message:<hash>" -> entry
 const history = [];        // [{t, rate}] bounded by HISTORY
 let events = null;
 let ticks = 0;
+// With serve.token_file, the page is opened as /?token=…; every request carries it.
+const TOKEN = new URLSearchParams(location.search).get("token");
+
+function withToken(path) {
+  if (!TOKEN) return path;
+  return `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(TOKEN)}`;
+}
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -26,7 +33,7 @@ function el(tag, attrs, ...children) {
 }
 
 async function getJSON(path) {
-  const response = await fetch(path, { cache: "no-store" });
+  const response = await fetch(withToken(path), { cache: "no-store" });
   let body = null;
   try { body = await response.json(); } catch (_) { /* not JSON */ }
   if (!response.ok) {
@@ -248,6 +255,7 @@ function openEvents() {
   if (events) events.close();
   const params = new URLSearchParams();
   for (const w of watched.values()) params.append(w.kind, w.id);
+  if (TOKEN) params.append("token", TOKEN);
   events = new EventSource(`/api/events?${params}`);
   events.onopen = () => setConnected(true);
   const mine = events;

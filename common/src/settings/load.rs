@@ -82,9 +82,12 @@ impl Settings {
         let counter = section::<CounterSettings>(&root, "counter", false, &mut issues);
         let aggregator = section::<AggregatorSettings>(&root, "aggregator", false, &mut issues);
         let client = section::<ClientSettings>(&root, "client", false, &mut issues);
+        let serve = section::<ServeSettings>(&root, "serve", false, &mut issues);
         let log = section::<LogSettings>(&root, "log", false, &mut issues);
 
-        match (redis, kafka, producer, counter, aggregator, client, log) {
+        match (
+            redis, kafka, producer, counter, aggregator, client, serve, log,
+        ) {
             (
                 Some(redis),
                 Some(kafka),
@@ -92,6 +95,7 @@ impl Settings {
                 Some(counter),
                 Some(aggregator),
                 Some(client),
+                Some(serve),
                 Some(log),
             ) if issues.is_empty() => {
                 let mut settings = Settings {
@@ -102,6 +106,7 @@ impl Settings {
                     counter,
                     aggregator,
                     client,
+                    serve,
                     log,
                 };
                 // An invalid namespace is reported once, by `validate`, rather than
@@ -133,13 +138,14 @@ fn is_set(root: &config::Map<String, config::Value>, section: &str, key: &str) -
 }
 
 /// Section names, in the order they appear in a file.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "redis",
     "kafka",
     "producer",
     "counter",
     "aggregator",
     "client",
+    "serve",
     "log",
 ];
 

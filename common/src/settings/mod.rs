@@ -46,6 +46,8 @@ pub struct Settings {
     pub aggregator: AggregatorSettings,
     /// The `tally` command-line tool.
     pub client: ClientSettings,
+    /// `tally serve`, the read-only HTTP API and dashboard.
+    pub serve: ServeSettings,
     /// Logging of every process.
     pub log: LogSettings,
 }
@@ -256,6 +258,16 @@ pub struct ClientSettings {
     pub producer_addr: String,
 }
 
+/// `[serve]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeSettings {
+    /// File holding the bearer token `tally serve` requires of every request (one
+    /// line, at least 16 characters). Without one, `tally serve` listens only on
+    /// loopback addresses.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogSettings {
@@ -423,6 +435,7 @@ section_defaults!(
     CounterSettings,
     AggregatorSettings,
     ClientSettings,
+    ServeSettings,
     LogSettings
 );
 
