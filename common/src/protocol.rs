@@ -244,6 +244,12 @@ pub fn unavailable(detail: &str) -> String {
     format!("ERR unavailable {}\n", single_line(detail))
 }
 
+/// `ERR <code> <detail>` for a connection an abuse limit refuses (`too_many_connections`,
+/// `first_line_timeout`): nothing of it was stored; the connection closes.
+pub fn refused(code: &str, detail: &str) -> String {
+    format!("ERR {code} {}\n", single_line(detail))
+}
+
 /// `ERR superseded <detail>`: the id connected again; this connection closes.
 pub fn superseded(detail: &str) -> String {
     format!("ERR superseded {}\n", single_line(detail))

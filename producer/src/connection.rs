@@ -64,6 +64,27 @@ struct Connection {
     /// The `ERR` for a line rejected after messages of the current batch: sent
     /// after that batch's `ACK`, so replies stay in line order.
     deferred_err: Option<String>,
+    /// Until the first complete line arrived: when it must have (abuse limit).
+    first_line_due: Option<tokio::time::Instant>,
+}
+
+/// How long a refused connection's `ERR` line may take to be written.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Answers a connection an abuse limit refused with `ERR <code> <detail>` and
+/// closes it; nothing of it is read. `permit` (its connection slot) is held until
+/// then.
+pub async fn refuse<P: Send>(mut socket: TcpStream, code: &'static str, detail: String, permit: P) {
+    metrics::counter!(tally_common::observe::names::PRODUCER_REFUSED_CONNECTIONS, "reason" => code)
+        .increment(1);
+    debug!(code, "connection refused: {detail}");
+    let reply = protocol::refused(code, &detail);
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        let _ = socket.write_all(reply.as_bytes()).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+    drop(permit);
 }
 
 /// Serves one accepted socket until it closes.
@@ -78,6 +99,7 @@ pub async fn serve(
     async move {
         let _ = socket.set_nodelay(true);
         let (read_half, write_half) = socket.into_split();
+        let shared_first_line_timeout_ms = shared.settings.producer.first_line_timeout_ms;
         let mut conn = Connection {
             reader: LineReader::new(shared.settings.producer.max_line_bytes),
             shared,
@@ -90,6 +112,9 @@ pub async fn serve(
             shutdown,
             carried: None,
             deferred_err: None,
+            first_line_due: Some(
+                tokio::time::Instant::now() + Duration::from_millis(shared_first_line_timeout_ms),
+            ),
         };
         metrics::gauge!(tally_common::observe::names::PRODUCER_CONNECTIONS).increment(1.0);
         match conn.run().await {
@@ -124,6 +149,7 @@ impl Connection {
                     let Some(line) = self.reader.next_line() else {
                         break;
                     };
+                    self.first_line_due = None;
                     let hello_allowed = self.identity.is_none();
                     match protocol::parse(line, self.reader_max(), hello_allowed) {
                         Request::Message(text) => {
@@ -181,10 +207,25 @@ impl Connection {
                     }
                     reader.fill(read_half).await
                 };
+                // Before its first complete line, a connection waits at most until
+                // the first-line deadline, however it trickles bytes.
+                let read_until = match self.first_line_due {
+                    Some(due) => due.min(tokio::time::Instant::now() + idle),
+                    None => tokio::time::Instant::now() + idle,
+                };
                 tokio::select! {
-                    read = tokio::time::timeout(idle, read) => {
+                    read = tokio::time::timeout_at(read_until, read) => {
                         match read {
                             Ok(result) => { result?; }
+                            Err(_) if self.first_line_due.is_some_and(|due| tokio::time::Instant::now() >= due) => {
+                                let timeout = self.shared.settings.producer.first_line_timeout_ms;
+                                metrics::counter!(tally_common::observe::names::PRODUCER_REFUSED_CONNECTIONS, "reason" => "first_line_timeout").increment(1);
+                                self.write(&protocol::refused(
+                                    "first_line_timeout",
+                                    &format!("no complete line within producer.first_line_timeout_ms ({timeout} ms)"),
+                                )).await?;
+                                return Err(ConnectionEnd::Closed("first line timeout"));
+                            }
                             Err(_) => return Err(ConnectionEnd::Closed("idle timeout")),
                         }
                     }

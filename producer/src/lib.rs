@@ -43,6 +43,7 @@ mod budget;
 mod connection;
 mod flush_state;
 mod flusher;
+pub mod limits;
 mod ownership;
 pub use tally_common::protocol;
 mod registry;
@@ -148,6 +149,8 @@ pub async fn run_with_readiness(
     let stop_connections = CancellationToken::new();
     let connections = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(shared.settings.producer.max_connections));
+    let per_address =
+        limits::AddressLimit::new(shared.settings.producer.max_connections_per_address);
     let next_conn_id = AtomicU64::new(1);
     tokio::pin!(shutdown);
     loop {
@@ -164,10 +167,24 @@ pub async fn run_with_readiness(
         };
         match accepted {
             Ok((socket, peer)) => {
+                let Some(address_slot) = per_address.admit(peer.ip()) else {
+                    connections.spawn(connection::refuse(
+                        socket,
+                        "too_many_connections",
+                        format!(
+                            "{} holds producer.max_connections_per_address ({}) connections already",
+                            peer.ip(),
+                            shared.settings.producer.max_connections_per_address
+                        ),
+                        permit,
+                    ));
+                    continue;
+                };
                 let conn_id = next_conn_id.fetch_add(1, Ordering::Relaxed);
                 let (shared, stop) = (shared.clone(), stop_connections.clone());
                 connections.spawn(async move {
                     connection::serve(shared, socket, peer, conn_id, stop).await;
+                    drop(address_slot);
                     drop(permit);
                 });
             }

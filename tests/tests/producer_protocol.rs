@@ -240,6 +240,86 @@ async fn idle_connections_are_closed_and_half_closed_ones_get_their_acks() {
     producer.shutdown().await.expect("clean shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_limits_refuse_extra_connections_and_slow_first_lines() {
+    let mut settings = isolated_settings("it-proto-limits", 3).await;
+    settings.producer.max_connections_per_address = 2;
+    settings.producer.first_line_timeout_ms = 800;
+    let producer = InProcessProducer::start(settings.clone()).await;
+
+    // A client trickling its first line one byte at a time is cut off at the
+    // first-line deadline although it never goes idle, and nothing is stored.
+    let mut slow = Raw::connect(&producer.addr).await;
+    let started = Instant::now();
+    for byte in b"HELLO slowloris".iter() {
+        if slow.writer.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_millis(1_400) {
+            break;
+        }
+    }
+    let reply = slow.line().await;
+    assert!(
+        reply.starts_with("ERR first_line_timeout "),
+        "slow client: {reply}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "cut off before the deadline: {:?}",
+        started.elapsed()
+    );
+    slow.expect_closed().await;
+    // Nothing was claimed or stored under the id it was spelling out.
+    // (This connection stays open: it is the first of the two admitted below.)
+    let mut first = Raw::connect(&producer.addr).await;
+    first.send(b"HELLO slowloris\n").await;
+    assert_eq!(first.line().await, "WELCOME slowloris 0");
+
+    // Two connections from 127.0.0.1 are admitted (once the slow one's slot is
+    // back); the third is refused at once.
+    let second = admitted(&producer.addr, "limit-2").await;
+    let mut third = Raw::connect(&producer.addr).await;
+    third.send(b"HELLO slowloris\nstolen\n").await;
+    let refusal = third.line().await;
+    assert!(
+        refusal.starts_with("ERR too_many_connections "),
+        "third connection: {refusal}"
+    );
+    third.expect_closed().await;
+    // It superseded nothing: the first connection still has its id.
+    first.send(b"mine\n").await;
+    assert_eq!(first.line().await, "ACK 1");
+
+    // A slot comes back when a connection ends.
+    drop(second);
+    let mut again = admitted(&producer.addr, "limit-3").await;
+    again.send(b"x\n").await;
+    assert_eq!(again.line().await, "ACK 1");
+
+    producer.shutdown().await.expect("clean shutdown");
+}
+
+/// A connection that said `HELLO id` and got its WELCOME, retrying while the
+/// per-address limit still counts a connection that just ended.
+async fn admitted(addr: &str, id: &str) -> Raw {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let mut c = Raw::connect(addr).await;
+        c.send(format!("HELLO {id}\n").as_bytes()).await;
+        let line = c.line().await;
+        if line == format!("WELCOME {id} 0") {
+            return c;
+        }
+        assert!(
+            line.starts_with("ERR too_many_connections ") && Instant::now() < deadline,
+            "no slot for {id}: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Peak resident memory of a process, from /proc.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

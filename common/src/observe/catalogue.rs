@@ -15,6 +15,8 @@ pub mod names {
     pub const PRODUCER_MESSAGES_FLUSHED: &str = "tally_producer_messages_flushed_total";
     /// Lines answered with `ERR` and not stored, by `reason` (counter).
     pub const PRODUCER_REJECTED_LINES: &str = "tally_producer_rejected_lines_total";
+    /// Connections refused by an abuse limit, by `reason` (counter).
+    pub const PRODUCER_REFUSED_CONNECTIONS: &str = "tally_producer_refused_connections_total";
     /// Time from the stash call to its replicated answer, per batch (histogram).
     pub const PRODUCER_ACK_LATENCY: &str = "tally_producer_ack_latency_seconds";
     /// Lines per stash call (histogram).
@@ -142,6 +144,12 @@ pub const METRICS: &[MetricDoc] = {
             Counter,
             &["reason"],
             "lines answered with ERR and not stored",
+        ),
+        doc(
+            PRODUCER_REFUSED_CONNECTIONS,
+            Counter,
+            &["reason"],
+            "connections answered with ERR and closed by an abuse limit",
         ),
         doc(
             PRODUCER_ACK_LATENCY,

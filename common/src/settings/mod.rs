@@ -161,6 +161,16 @@ pub struct ProducerSettings {
     /// Most concurrent client connections; further connections wait for a free slot.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Most connections one source address may hold at once; further ones get
+    /// `ERR too_many_connections` and are closed. `0`: no limit (the default, as
+    /// load generators and proxies connect from one address).
+    #[serde(default)]
+    pub max_connections_per_address: usize,
+    /// A new connection must send its first complete line within this long, or it
+    /// gets `ERR first_line_timeout` and is closed (a client trickling a line byte by
+    /// byte would otherwise hold a connection slot for as long as it likes).
+    #[serde(default = "defaults::first_line_timeout_ms")]
+    pub first_line_timeout_ms: u64,
     /// A connection that sends nothing for this long is closed, in milliseconds.
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
@@ -363,6 +373,9 @@ mod defaults {
         64 * 1024
     }
     pub fn max_connections() -> usize {
+        10_000
+    }
+    pub fn first_line_timeout_ms() -> u64 {
         10_000
     }
     pub fn idle_timeout_ms() -> u64 {

@@ -125,6 +125,11 @@ impl Settings {
             "must be ≥ 1",
         );
         check(
+            p.first_line_timeout_ms >= 1,
+            "producer.first_line_timeout_ms",
+            "must be ≥ 1",
+        );
+        check(
             p.batch_max_lines >= 1,
             "producer.batch_max_lines",
             "must be ≥ 1",
