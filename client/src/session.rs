@@ -518,6 +518,10 @@ async fn receive(
         } else if is_retryable_error(&line) {
             session.report().errors.push(line.clone());
             return Ok(Attempt::Retry(line));
+        } else if tally_common::protocol::is_refusal(&line) {
+            return Err(SessionError::Protocol(format!(
+                "the producer refused the connection: {line}"
+            )));
         } else if line.starts_with("ERR ") {
             // The lines were checked with the producer's own rules, so a rejection
             // means the two disagree (e.g. a smaller producer.max_line_bytes) and the

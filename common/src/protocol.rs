@@ -244,8 +244,28 @@ pub fn unavailable(detail: &str) -> String {
     format!("ERR unavailable {}\n", single_line(detail))
 }
 
-/// `ERR <code> <detail>` for a connection an abuse limit refuses (`too_many_connections`,
-/// `first_line_timeout`): nothing of it was stored; the connection closes.
+/// The code of `ERR too_many_connections`: the peer's address holds the most
+/// connections `producer.max_connections_per_address` allows.
+pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
+/// The code of `ERR first_line_timeout`: no complete line within
+/// `producer.first_line_timeout_ms` of connecting.
+pub const FIRST_LINE_TIMEOUT: &str = "first_line_timeout";
+
+/// Whether a reply is an abuse limit's refusal (the connection was closed and
+/// nothing of it stored).
+pub fn is_refusal(reply: &str) -> bool {
+    [TOO_MANY_CONNECTIONS, FIRST_LINE_TIMEOUT]
+        .iter()
+        .any(|code| {
+            reply
+                .strip_prefix("ERR ")
+                .is_some_and(|r| r.starts_with(code))
+        })
+}
+
+/// `ERR <code> <detail>` for a connection an abuse limit refuses
+/// ([`TOO_MANY_CONNECTIONS`], [`FIRST_LINE_TIMEOUT`]): nothing of it was stored; the
+/// connection closes.
 pub fn refused(code: &str, detail: &str) -> String {
     format!("ERR {code} {}\n", single_line(detail))
 }
@@ -363,6 +383,15 @@ mod tests {
             r.next_read, MIN_READ,
             "a read that did not fill resets the size"
         );
+    }
+
+    #[test]
+    fn refusals_are_told_from_other_errors() {
+        assert!(is_refusal(&refused(TOO_MANY_CONNECTIONS, "x")));
+        assert!(is_refusal(&refused(FIRST_LINE_TIMEOUT, "x")));
+        assert!(!is_refusal(&unavailable("x")));
+        assert!(!is_refusal(&err(&ProtocolError::HelloTooLate)));
+        assert!(!is_refusal("first_line_timeout without ERR"));
     }
 
     #[test]

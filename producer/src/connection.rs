@@ -219,9 +219,9 @@ impl Connection {
                             Ok(result) => { result?; }
                             Err(_) if self.first_line_due.is_some_and(|due| tokio::time::Instant::now() >= due) => {
                                 let timeout = self.shared.settings.producer.first_line_timeout_ms;
-                                metrics::counter!(tally_common::observe::names::PRODUCER_REFUSED_CONNECTIONS, "reason" => "first_line_timeout").increment(1);
+                                metrics::counter!(tally_common::observe::names::PRODUCER_REFUSED_CONNECTIONS, "reason" => protocol::FIRST_LINE_TIMEOUT).increment(1);
                                 self.write(&protocol::refused(
-                                    "first_line_timeout",
+                                    protocol::FIRST_LINE_TIMEOUT,
                                     &format!("no complete line within producer.first_line_timeout_ms ({timeout} ms)"),
                                 )).await?;
                                 return Err(ConnectionEnd::Closed("first line timeout"));

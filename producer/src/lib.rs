@@ -170,7 +170,7 @@ pub async fn run_with_readiness(
                 let Some(address_slot) = per_address.admit(peer.ip()) else {
                     connections.spawn(connection::refuse(
                         socket,
-                        "too_many_connections",
+                        tally_common::protocol::TOO_MANY_CONNECTIONS,
                         format!(
                             "{} holds producer.max_connections_per_address ({}) connections already",
                             peer.ip(),

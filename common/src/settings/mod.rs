@@ -376,7 +376,7 @@ mod defaults {
         10_000
     }
     pub fn first_line_timeout_ms() -> u64 {
-        10_000
+        30_000
     }
     pub fn idle_timeout_ms() -> u64 {
         300_000
