@@ -118,7 +118,8 @@ struct Args {
     /// producer's RSS is read again.
     #[arg(long, default_value_t = 5.0)]
     many_settle_seconds: f64,
-    /// One quick run for iterating (≤ 3 min after the build): implies
+    /// One quick run for iterating (both workloads and the many-clients point
+    /// at small sizes; `--workloads novel --many-clients 0` for less): implies
     /// `--sustained`, and unless given: --runs 1, --clients 100, --messages 20000,
     /// --raw-seconds 2, --half-rate-seconds 8, --sustained-seconds 12,
     /// --search-steps 3, --search-tolerance 0.5, --consume-records 50000.

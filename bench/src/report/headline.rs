@@ -73,8 +73,8 @@ pub struct WorkloadHeadline {
     pub sustained_over_raw: Option<f64>,
     /// Counters and aggregators cold on a pre-loaded topic, records/s.
     pub consume_only_rec_s: Option<f64>,
-    /// CPU µs per record of the consume-only point (`producer` and `load` stay
-    /// empty: neither runs).
+    /// CPU µs per record of the consume-only point (`producer` stays empty: none
+    /// runs; `load` is the bench reading the counts).
     pub consume_only_cpu_us_per_rec: CpuPerMessage,
     /// CPU µs per message at the sustained rate.
     pub cpu_us_per_msg: CpuPerMessage,

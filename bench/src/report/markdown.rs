@@ -75,6 +75,22 @@ fn markdown(results: &BenchResults, s: &Summary) -> String {
         c.counters,
         c.aggregators
     );
+    let workloads: Vec<&str> = c.workloads.iter().map(|w| w.name()).collect();
+    let _ = writeln!(
+        md,
+        "Workloads: {}; consume-only: {}; many clients: {}.\n",
+        workloads.join(", "),
+        c.consume_records
+            .map_or("not measured".to_owned(), |n| format!(
+                "{} records",
+                thousands(n as f64)
+            )),
+        c.many_clients
+            .map_or("not measured".to_owned(), |n| format!(
+                "{} clients",
+                thousands(n as f64)
+            ))
+    );
     let _ = write!(md, "{}", method_line(s.runs));
     if s.runs != c.runs {
         let _ = write!(md, " ({} runs were asked for.)", c.runs);
@@ -526,6 +542,12 @@ mod tests {
         );
         assert_eq!(row(&md, "producer RSS")[3], "n/a");
         assert!(md.contains("## End to end, novel (median)"), "{md}");
+        assert!(
+            md.contains(
+                "Workloads: novel; consume-only: not measured; many clients: not measured."
+            ),
+            "{md}"
+        );
         assert!(!md.contains("distinct (median)"), "{md}");
         assert!(!md.contains("## Consume-only") && !md.contains("## Many clients"));
         assert_eq!(
