@@ -1,6 +1,9 @@
 //! tally end to end: the three services as processes (the release binaries next
 //! to `tally-bench`), fed by `tally mtc`'s own sessions at full speed (or at a set
-//! rate), each point waited for until `tally verify`'s check is exact.
+//! rate), replaying the lines as they are or, for the all-distinct workload,
+//! salted as `tally mtc --distinct` salts them, each point waited for until
+//! `tally verify`'s check is exact ([`wait_exact`], also the consume-only and
+//! many-clients points' judge).
 //!
 //! Per point it measures ingest (first line sent → last ACK), end to end (first
 //! line sent → every client and message count exact), ACK latency of every
@@ -42,6 +45,10 @@ const PROBE_COUNT_GRACE: Duration = Duration::from_secs(30);
 const PROBE_POLL: Duration = Duration::from_millis(5);
 /// Longest a point may take to come out exact after its last ACK.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the counts may stand still before a point is judged as it is.
+const SETTLE: Duration = Duration::from_secs(60);
+/// How often the counts are read while waiting for them.
+const POLL: Duration = Duration::from_millis(20);
 /// Un-ACKed lines per client: `tally mtc`'s default.
 const WINDOW: usize = 1000;
 
@@ -67,6 +74,8 @@ pub struct Load<'a> {
     pub repeat: u64,
     /// Lines per second per client (`None`: as fast as ACKs allow).
     pub rate_per_client: Option<f64>,
+    /// Every line salted with its client and sn (`tally mtc --distinct`).
+    pub distinct: bool,
 }
 
 /// Messages ACKed to the clients but not yet in their counts (the counters'
@@ -111,6 +120,84 @@ pub struct Pipeline {
     work_dir: PathBuf,
 }
 
+/// `base` with its own key prefix, topics and consumer groups, all named after
+/// `name`, so a benchmark pipeline shares nothing with anything else on the stack.
+pub fn isolated_settings(base: &Settings, name: &str) -> Settings {
+    let mut settings = base.clone();
+    settings.redis.prefix = name.to_owned();
+    settings.kafka.client_message_topic = format!("{name}.client_message");
+    settings.kafka.message_aggregation_topic = format!("{name}.message_aggregation");
+    settings.kafka.dlq_topic = format!("{name}.dlq");
+    settings.counter.group_id = format!("{name}.counter");
+    settings.counter.transactional_id_prefix = settings.counter.group_id.clone();
+    settings.aggregator.group_id = format!("{name}.aggregator");
+    settings
+}
+
+/// Starts the release binaries next to `tally-bench` on `settings` (see
+/// [`isolated_settings`]): a producer listening on `producer_addr` if given (with
+/// `producer.max_connections` from `settings`), then `shape`'s counters and
+/// aggregators. Each process logs to `<work_dir>/<label>.log`.
+pub fn spawn_services(
+    settings: &Settings,
+    name: &str,
+    config: &Path,
+    work_dir: &Path,
+    shape: Shape,
+    producer_addr: Option<&str>,
+) -> Result<Vec<ServiceProcess>, BenchError> {
+    // Every /metrics endpoint on a free port: ServiceProcess's default.
+    let env = settings.pipeline_env();
+    let bin_dir = bin_dir()?;
+    std::fs::create_dir_all(work_dir)
+        .map_err(|e| BenchError::io(work_dir.display().to_string(), e))?;
+    // One process called `label` running `binary`; its log is `<label>.log`.
+    let start = |binary: &str, label: &str, env: &[(&str, String)]| {
+        ServiceProcess::spawn(
+            &bin_dir.join(binary),
+            label,
+            config,
+            env.iter().map(|(k, v)| (*k, v.as_str())),
+            work_dir.join(format!("{label}.log")),
+        )
+    };
+    let mut services = Vec::new();
+    if let Some(addr) = producer_addr {
+        let mut env = env.clone();
+        env.extend([
+            ("TALLY__PRODUCER__LISTEN", addr.to_owned()),
+            ("TALLY__PRODUCER__INSTANCE_ID", format!("{name}-p")),
+            (
+                "TALLY__PRODUCER__MAX_CONNECTIONS",
+                settings.producer.max_connections.to_string(),
+            ),
+        ]);
+        services.push(start("tally-producer", "tally-producer", &env)?);
+    }
+    for i in 0..shape.counters {
+        let mut env = env.clone();
+        env.push(("TALLY__COUNTER__INSTANCE_ID", format!("{name}-c{i}")));
+        services.push(start("tally-counter", &format!("tally-counter-{i}"), &env)?);
+    }
+    for i in 0..shape.aggregators {
+        let label = format!("tally-aggregator-{i}");
+        services.push(start("tally-aggregator", &label, &env)?);
+    }
+    Ok(services)
+}
+
+/// Processes to watch, named as they were started.
+pub fn watched(services: &[ServiceProcess]) -> Vec<Watched> {
+    services
+        .iter()
+        .map(|s| Watched {
+            name: s.name().to_owned(),
+            role: "tally".into(),
+            pid: s.pid(),
+        })
+        .collect()
+}
+
 impl Pipeline {
     /// Creates the topics (RF and min ISR from `base`, `partitions` each) and
     /// starts the services; returns once a first small run came out exact.
@@ -123,48 +210,18 @@ impl Pipeline {
         producer_port: u16,
         shape: Shape,
     ) -> Result<Self, BenchError> {
-        let mut settings = base.clone();
-        settings.redis.prefix = name.to_owned();
-        settings.kafka.client_message_topic = format!("{name}.client_message");
-        settings.kafka.message_aggregation_topic = format!("{name}.message_aggregation");
-        settings.kafka.dlq_topic = format!("{name}.dlq");
-        settings.counter.group_id = format!("{name}.counter");
-        settings.counter.transactional_id_prefix = settings.counter.group_id.clone();
-        settings.aggregator.group_id = format!("{name}.aggregator");
+        let settings = isolated_settings(base, name);
         create_topics(&settings.kafka, partitions, Duration::from_secs(60)).await?;
-
         let producer_addr = format!("127.0.0.1:{producer_port}");
-        let mut env = settings.pipeline_env();
-        // Every /metrics endpoint on a free port: ServiceProcess's default.
-        env.extend([
-            ("TALLY__PRODUCER__LISTEN", producer_addr.clone()),
-            ("TALLY__PRODUCER__INSTANCE_ID", format!("{name}-p")),
-        ]);
-        // The release binaries next to tally-bench.
-        let bin_dir = bin_dir()?;
         let work_dir = work_dir.join(name);
-        std::fs::create_dir_all(&work_dir)
-            .map_err(|e| BenchError::io(work_dir.display().to_string(), e))?;
-        // One process called `label` running `binary`; its log is `<label>.log`.
-        let start = |binary: &str, label: &str, env: &[(&str, String)]| {
-            ServiceProcess::spawn(
-                &bin_dir.join(binary),
-                label,
-                config,
-                env.iter().map(|(k, v)| (*k, v.as_str())),
-                work_dir.join(format!("{label}.log")),
-            )
-        };
-        let mut services = vec![start("tally-producer", "tally-producer", &env)?];
-        for i in 0..shape.counters {
-            let mut env = env.clone();
-            env.push(("TALLY__COUNTER__INSTANCE_ID", format!("{name}-c{i}")));
-            services.push(start("tally-counter", &format!("tally-counter-{i}"), &env)?);
-        }
-        for i in 0..shape.aggregators {
-            let label = format!("tally-aggregator-{i}");
-            services.push(start("tally-aggregator", &label, &env)?);
-        }
+        let services = spawn_services(
+            &settings,
+            name,
+            config,
+            &work_dir,
+            shape,
+            Some(&producer_addr),
+        )?;
         let inspector = Inspector::connect(&settings)
             .await
             .map_err(|e| BenchError::Check(format!("inspector: {e}")))?;
@@ -177,6 +234,32 @@ impl Pipeline {
         };
         pipeline.wait_listening(Duration::from_secs(60)).await?;
         Ok(pipeline)
+    }
+
+    /// The inspector reading this pipeline's counts.
+    pub fn inspector(&self) -> &Inspector {
+        &self.inspector
+    }
+
+    /// Where this pipeline's logs and manifests go.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// The producer's pid.
+    pub fn producer_pid(&self) -> Option<u32> {
+        self.services
+            .iter()
+            .find(|s| s.name() == "tally-producer")
+            .map(ServiceProcess::pid)
+    }
+
+    /// Fails if a service exited.
+    pub fn check_running(&mut self) -> Result<(), BenchError> {
+        for s in &mut self.services {
+            s.running()?;
+        }
+        Ok(())
     }
 
     async fn wait_listening(&mut self, timeout: Duration) -> Result<(), BenchError> {
@@ -200,35 +283,16 @@ impl Pipeline {
 
     /// Processes of the pipeline, to watch.
     pub fn processes(&self) -> Vec<Watched> {
-        self.services
-            .iter()
-            .map(|s| Watched {
-                name: s.name().to_owned(),
-                role: "tally".into(),
-                pid: s.pid(),
-            })
-            .collect()
+        watched(&self.services)
     }
 
-    /// Runs one point: `clients` sessions each sending `lines` (`repeat` times),
-    /// at `rate_per_client` if set; waits until exact.
+    /// Runs one point: `load`'s sessions; waits until exact.
     pub async fn point(
         &mut self,
-        id: &str,
-        clients: usize,
-        lines: &[String],
-        repeat: u64,
-        rate_per_client: Option<f64>,
+        load: &Load<'_>,
         watched: Vec<Watched>,
     ) -> Result<E2ePoint, BenchError> {
-        let load = Load {
-            id,
-            clients,
-            lines,
-            repeat,
-            rate_per_client,
-        };
-        Ok(self.measure(&load, None, watched).await?.0)
+        Ok(self.measure(load, None, watched).await?.0)
     }
 
     /// Runs one window of the sustained-rate search: like [`Pipeline::point`],
@@ -258,6 +322,7 @@ impl Pipeline {
             lines,
             repeat,
             rate_per_client,
+            distinct,
         } = *load;
         let input = self.work_dir.join(format!("{id}.txt"));
         std::fs::write(&input, lines.join("\n") + "\n")
@@ -273,13 +338,13 @@ impl Pipeline {
             window: WINDOW,
             timeout: Duration::from_secs(600),
             max_line: self.settings.producer.max_line_bytes,
-            distinct: false,
+            distinct,
         };
         let (manifest, lines, resumed) = mtc::prepare(&plan, &self.inspector)
             .await
             .map_err(|e| BenchError::Check(format!("mtc {id}: {e}")))?;
         let expected = manifest.per_client * manifest.clients.len() as u64;
-        let client_keys = self.client_count_keys(&manifest);
+        let client_keys = client_count_keys(&self.inspector, &manifest);
 
         watched.extend(self.processes());
         let sampler = Sampler::start(watched);
@@ -341,7 +406,8 @@ impl Pipeline {
             )));
         }
         let reconnects = outcome.manifest.result.as_ref().map_or(0, |r| r.reconnects);
-        let (exact, mismatches, counted_s) = self.wait_exact(&outcome.manifest, started).await?;
+        let (exact, mismatches, counted_s) =
+            wait_exact(&self.inspector, &outcome.manifest, started).await?;
         let cost = sampler.finish(expected).await;
         let (e2e, probe_unavailable) = probe.finish(PROBE_COUNT_GRACE).await;
         for s in &mut self.services {
@@ -369,61 +435,88 @@ impl Pipeline {
         };
         Ok((point, lag))
     }
+}
 
-    /// The Redis keys of the manifest's clients' counts.
-    fn client_count_keys(&self, manifest: &Manifest) -> Vec<String> {
-        manifest
-            .clients
-            .iter()
-            .filter_map(|c| ClientId::parse(c).ok())
-            .map(|c| self.inspector.keys().client_count(&c))
-            .collect()
-    }
+/// The Redis keys of the manifest's clients' counts.
+fn client_count_keys(inspector: &Inspector, manifest: &Manifest) -> Vec<String> {
+    manifest
+        .clients
+        .iter()
+        .filter_map(|c| ClientId::parse(c).ok())
+        .map(|c| inspector.keys().client_count(&c))
+        .collect()
+}
 
-    /// Waits until the manifest's counts are exact: first the clients' counts
-    /// (cheap), then the full check. Returns (exact, mismatches, seconds since
-    /// `started` at the check that found it exact).
-    async fn wait_exact(
-        &self,
-        manifest: &Manifest,
-        started: Instant,
-    ) -> Result<(bool, Vec<String>, f64), BenchError> {
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        let keys = self.client_count_keys(manifest);
-        let want = manifest.per_client * keys.len() as u64;
-        while Instant::now() < deadline {
-            let counts = self
-                .inspector
-                .numbers(&keys)
-                .await
-                .map_err(|e| BenchError::Check(format!("read counts: {e}")))?;
-            if counts.iter().sum::<u64>() >= want {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let patience = verify::Patience {
-            timeout: deadline.saturating_duration_since(Instant::now()),
-            settle: Duration::from_secs(60),
-            poll: Duration::from_millis(20),
-        };
-        let (verdict, _) = verify::wait_and_check(&self.inspector, manifest, patience, |_| {})
+/// Waits until the manifest's counts are exact, and judges them with `tally
+/// verify`'s check. Cheap readings first: the clients' counts until they add up,
+/// then only the messages not yet at their expected count (counts only grow, so
+/// one that reached it is not read again; an all-distinct run has as many
+/// messages as records); then one full [`verify::check`], which is the verdict.
+/// Returns (exact, first mismatches, seconds from `started` until the counts
+/// were all reached). Gives up after [`DRAIN_TIMEOUT`], or when nothing moved
+/// for [`SETTLE`].
+pub async fn wait_exact(
+    inspector: &Inspector,
+    manifest: &Manifest,
+    started: Instant,
+) -> Result<(bool, Vec<String>, f64), BenchError> {
+    let read = |keys: Vec<String>| async move {
+        inspector
+            .numbers(&keys)
             .await
-            .map_err(|e| BenchError::Check(format!("verify: {e}")))?;
-        let counted_s = started.elapsed().as_secs_f64();
-        let mismatches = verdict
-            .mismatches
-            .iter()
-            .take(5)
-            .map(|m| {
-                format!(
-                    "{} {}: expected {} found {}",
-                    m.what, m.key, m.expected, m.found
-                )
-            })
-            .collect();
-        Ok((verdict.exact(), mismatches, counted_s))
+            .map_err(|e| BenchError::Check(format!("read counts: {e}")))
+    };
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let keys = client_count_keys(inspector, manifest);
+    let want = manifest.per_client * keys.len() as u64;
+    let mut last = (0, Instant::now());
+    while Instant::now() < deadline && last.1.elapsed() < SETTLE {
+        let sum: u64 = read(keys.clone()).await?.iter().sum();
+        if sum >= want {
+            break;
+        }
+        if sum != last.0 {
+            last = (sum, Instant::now());
+        }
+        tokio::time::sleep(POLL).await;
     }
+    let mut pending: Vec<(String, u64)> = manifest
+        .messages
+        .iter()
+        .filter_map(|m| {
+            let hash: MessageHash = m.hash.parse().ok()?;
+            let key = inspector.keys().message_count(&hash);
+            Some((key, manifest.expected_message_count(m)))
+        })
+        .collect();
+    let mut last = (pending.len(), Instant::now());
+    while !pending.is_empty() && Instant::now() < deadline && last.1.elapsed() < SETTLE {
+        let found = read(pending.iter().map(|(k, _)| k.clone()).collect()).await?;
+        let mut found = found.into_iter();
+        pending.retain(|(_, want)| found.next().is_some_and(|f| f < *want));
+        if pending.len() != last.0 {
+            last = (pending.len(), Instant::now());
+        }
+        if !pending.is_empty() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    let counted_s = started.elapsed().as_secs_f64();
+    let verdict = verify::check(inspector, manifest)
+        .await
+        .map_err(|e| BenchError::Check(format!("verify: {e}")))?;
+    let mismatches = verdict
+        .mismatches
+        .iter()
+        .take(5)
+        .map(|m| {
+            format!(
+                "{} {}: expected {} found {}",
+                m.what, m.key, m.expected, m.found
+            )
+        })
+        .collect();
+    Ok((verdict.exact(), mismatches, counted_s))
 }
 
 /// Probe messages for the ACK → counted latency: one sent every [`PROBE_EVERY`]

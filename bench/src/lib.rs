@@ -5,10 +5,16 @@
 //! transactional pass-through at the counter's cadence, tally's Lua scripts with
 //! `WAIT 1`) and then tally end to end at several client counts, every point
 //! checked exact by `tally verify` (a benchmark that loses data is not a result).
+//! Each workload (the novel replayed by every client, and all-distinct
+//! messages) gets its end-to-end points, sustained-rate search, half-rate point
+//! and consume-only point (counters and aggregators cold on a pre-loaded topic);
+//! a many-clients point measures the producer's memory.
 //! Figures are medians over runs; ratios are taken within a run.
 
 pub mod cleanup;
+pub mod consume_only;
 pub mod e2e;
+pub mod many_clients;
 pub mod procstat;
 pub mod raw_kafka;
 pub mod raw_redis;

@@ -8,13 +8,16 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use rdkafka::consumer::Consumer;
 use tally_bench::cleanup;
+use tally_bench::consume_only::{consume_only, ConsumeLoad};
 use tally_bench::e2e::{Load, Pipeline, Shape};
+use tally_bench::many_clients;
 use tally_bench::procstat::{stack_processes, Watched};
 use tally_bench::raw_kafka::{produce_ceiling, transactional_ceiling, TxnBatch};
 use tally_bench::raw_redis::script_ceilings;
 use tally_bench::report;
 use tally_bench::results::{
-    BenchConfig, BenchResults, E2ePoint, Machine, RunResult, SustainStep, SustainedSearch, Workload,
+    BenchConfig, BenchResults, E2ePoint, Machine, RunResult, SustainStep, SustainedSearch,
+    Workload, WorkloadRun,
 };
 use tally_bench::search::{judge, Bisection, Limits, Window};
 use tally_common::kafka::{ensure_topics, TopicSpec};
@@ -94,12 +97,38 @@ struct Args {
     /// are within this share of each other.
     #[arg(long, default_value_t = 0.1)]
     search_tolerance: f64,
-    /// One quick run for iterating (≤ 3 min after the build): implies
+    /// Workloads, comma-separated: `novel` (every client replays the input) and
+    /// `distinct` (every line salted with its client and sn, as `tally mtc
+    /// --distinct`). Each gets the end-to-end points, the search, the half-rate
+    /// point and the consume-only point.
+    #[arg(long, value_delimiter = ',', default_values_t = [Workload::Novel, Workload::Distinct], value_parser = parse_workload)]
+    workloads: Vec<Workload>,
+    /// Records pre-loaded for each consume-only point (counters and aggregators
+    /// started cold on them); 0 skips the point.
+    #[arg(long, default_value_t = 500_000)]
+    consume_records: u64,
+    /// Clients the consume-only records belong to.
+    #[arg(long, default_value_t = 100)]
+    consume_clients: usize,
+    /// Clients of the many-clients point (producer RSS with that many connected
+    /// clients and after they left); 0 skips the point.
+    #[arg(long, default_value_t = 10_000)]
+    many_clients: usize,
+    /// Seconds the many-clients point waits after the clients left before the
+    /// producer's RSS is read again.
+    #[arg(long, default_value_t = 5.0)]
+    many_settle_seconds: f64,
+    /// One quick run for iterating (both workloads and the many-clients point
+    /// at small sizes; `--workloads novel --many-clients 0` for less): implies
     /// `--sustained`, and unless given: --runs 1, --clients 100, --messages 20000,
     /// --raw-seconds 2, --half-rate-seconds 8, --sustained-seconds 12,
-    /// --search-steps 3, --search-tolerance 0.5.
+    /// --search-steps 3, --search-tolerance 0.5, --consume-records 50000.
     #[arg(long)]
     quick: bool,
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    Workload::from_name(s).ok_or_else(|| format!("unknown workload {s:?}: novel or distinct"))
 }
 
 /// The arguments, with `--quick`'s values for those not given on the command
@@ -143,6 +172,9 @@ fn parse_args() -> Args {
         if defaulted("search_tolerance") {
             args.search_tolerance = 0.5;
         }
+        if defaulted("consume_records") {
+            args.consume_records = 50_000;
+        }
     }
     args
 }
@@ -172,6 +204,27 @@ async fn main() -> anyhow::Result<()> {
     if args.record_bytes < 20 {
         bail!("--record-bytes must be at least 20");
     }
+    if args.workloads.is_empty() {
+        bail!("--workloads needs novel, distinct or both");
+    }
+    if args.consume_records > 0 && args.consume_clients == 0 {
+        bail!("--consume-clients must be above 0");
+    }
+    if !args.many_settle_seconds.is_finite() || args.many_settle_seconds < 0.0 {
+        bail!("--many-settle-seconds must be a number not below 0");
+    }
+    if args.many_clients > 0 {
+        // The clients' sockets are this process's; the producer (a child) inherits
+        // the limit too.
+        let need = args.many_clients as u64 + many_clients::SPARE_FILES;
+        match many_clients::open_files_limit() {
+            Some(limit) if limit < need => bail!(
+                "--many-clients {} needs an open-file limit of at least {need}, this process has                  {limit}: raise it (`ulimit -n {need}`; scripts/bench does) or lower --many-clients",
+                args.many_clients
+            ),
+            _ => {}
+        }
+    }
     let settings = Settings::load(Some(&args.config))
         .with_context(|| format!("load {}", args.config.display()))?;
     let novel = read_lines(&args.input)?;
@@ -197,6 +250,9 @@ async fn main() -> anyhow::Result<()> {
             partitions,
             counters: args.counters as usize,
             aggregators: args.aggregators as usize,
+            workloads: args.workloads.clone(),
+            consume_records: (args.consume_records > 0).then_some(args.consume_records),
+            many_clients: (args.many_clients > 0).then_some(args.many_clients),
         },
         runs: Vec::new(),
         elapsed_s: 0.0,
@@ -234,17 +290,9 @@ async fn main() -> anyhow::Result<()> {
     println!("json:   {}", summary_json.display());
     // The output's last line.
     println!("{}", report::headline_line(&headline));
-    let inexact = results
-        .runs
-        .iter()
-        .flat_map(|r| {
-            let windows = r.sustained.iter().flat_map(|s| &s.steps).map(|w| &w.point);
-            r.e2e.iter().chain(windows)
-        })
-        .filter(|p| !p.exact)
-        .count();
+    let inexact: usize = results.runs.iter().map(|r| r.all_exact().1).sum();
     if inexact > 0 {
-        bail!("{inexact} end-to-end point(s) were not exact: not a result");
+        bail!("{inexact} point(s) were not exact: not a result");
     }
     Ok(())
 }
@@ -308,20 +356,6 @@ async fn one_run(
         );
     }
 
-    let port = tally_harness::free_port().context("find a free port")?;
-    let mut pipeline = Pipeline::start(
-        settings,
-        name,
-        partitions,
-        &args.config,
-        &args.out,
-        port,
-        Shape {
-            counters: args.counters as usize,
-            aggregators: args.aggregators as usize,
-        },
-    )
-    .await?;
     let watch = |pipeline_extra: &[Watched]| {
         let mut w = stack_processes(stack_dir);
         w.push(Watched {
@@ -332,17 +366,105 @@ async fn one_run(
         w.extend(pipeline_extra.iter().cloned());
         w
     };
-    // A first small point brings the consumer groups up, off the clock.
-    let warm = pipeline
-        .point(
-            "warmup",
-            1,
-            &novel[..novel.len().min(200)],
-            1,
-            None,
-            Vec::new(),
+    let mut novel_run = None;
+    let mut distinct_run = None;
+    for &workload in &args.workloads {
+        eprintln!("   workload {}", workload.name());
+        let points = workload_run(
+            args,
+            settings,
+            novel,
+            &format!("{name}-{}", &workload.name()[..1]),
+            workload,
+            partitions,
+            kafka_produce.per_s,
+            &watch,
         )
         .await?;
+        match workload {
+            Workload::Novel => novel_run = Some(points),
+            Workload::Distinct => distinct_run = Some(points),
+        }
+    }
+    let many = if args.many_clients > 0 {
+        Some(many_point(args, settings, novel, &format!("{name}-m"), partitions).await?)
+    } else {
+        None
+    };
+    clean(
+        args,
+        settings,
+        vec![raw, raw_out],
+        vec![format!("{name}-raw")],
+    )
+    .await;
+
+    let novel_run = novel_run.unwrap_or_default();
+    Ok(RunResult {
+        run,
+        kafka_produce,
+        kafka_transactional,
+        redis,
+        e2e: novel_run.e2e,
+        sustained: novel_run.sustained,
+        consume_only: novel_run.consume_only,
+        distinct: distinct_run,
+        many_clients: many,
+    })
+}
+
+/// Removes a finished point's topics and Redis keys (unless `--keep-data`).
+async fn clean(args: &Args, settings: &Settings, topics: Vec<String>, prefixes: Vec<String>) {
+    if args.keep_data {
+        return;
+    }
+    match cleanup::remove(settings, &topics, &prefixes).await {
+        Ok(keys) => eprintln!("   removed {} topics and {keys} Redis keys", topics.len()),
+        Err(e) => eprintln!("   warning: cleaning up failed: {e}"),
+    }
+}
+
+/// One workload's points of one run on its own pipeline (`name`): warm-up, the
+/// full-speed points, the search, the half-rate point; then the consume-only
+/// point on its own topics.
+#[allow(clippy::too_many_arguments)]
+async fn workload_run(
+    args: &Args,
+    settings: &Settings,
+    novel: &[String],
+    name: &str,
+    workload: Workload,
+    partitions: i32,
+    raw_produce_per_s: f64,
+    watch: &dyn Fn(&[Watched]) -> Vec<Watched>,
+) -> anyhow::Result<WorkloadRun> {
+    let distinct = workload == Workload::Distinct;
+    let shape = Shape {
+        counters: args.counters as usize,
+        aggregators: args.aggregators as usize,
+    };
+    let port = tally_harness::free_port().context("find a free port")?;
+    let mut pipeline = Pipeline::start(
+        settings,
+        name,
+        partitions,
+        &args.config,
+        &args.out,
+        port,
+        shape,
+    )
+    .await?;
+    // A first small point brings the consumer groups up, off the clock.
+    let warm_lines = &novel[..novel.len().min(200)];
+    let warm = Load {
+        id: "warmup",
+        clients: 1,
+        lines: warm_lines,
+        repeat: 1,
+        rate_per_client: None,
+        distinct,
+    };
+    let warm = pipeline.point(&warm, Vec::new()).await?;
     if !warm.exact {
         bail!("the warm-up run was not exact: {:?}", warm.mismatches);
     }
@@ -351,16 +473,15 @@ async fn one_run(
     for &clients in &args.clients {
         let per_client = (args.messages / clients as u64).max(1);
         let (lines, repeat) = lines_for(novel, per_client);
-        let point = pipeline
-            .point(
-                &format!("c{clients}"),
-                clients,
-                &lines,
-                repeat,
-                None,
-                watch(&[]),
-            )
-            .await?;
+        let load = Load {
+            id: &format!("c{clients}"),
+            clients,
+            lines: &lines,
+            repeat,
+            rate_per_client: None,
+            distinct,
+        };
+        let point = pipeline.point(&load, watch(&[])).await?;
         print_point(&point);
         e2e.push(point);
     }
@@ -369,9 +490,10 @@ async fn one_run(
             args,
             &mut pipeline,
             novel,
-            kafka_produce.per_s,
+            workload,
+            raw_produce_per_s,
             settings.counter.batch_max_records as u64,
-            &watch,
+            watch,
         )
         .await?;
         Some(search)
@@ -391,37 +513,117 @@ async fn one_run(
     let rate = (best / 2.0 / clients as f64).max(0.1);
     let per_client = ((rate * args.half_rate_seconds).ceil() as u64).max(1);
     let (lines, repeat) = lines_for(novel, per_client);
-    let point = pipeline
-        .point("half", clients, &lines, repeat, Some(rate), watch(&[]))
-        .await?;
+    let load = Load {
+        id: "half",
+        clients,
+        lines: &lines,
+        repeat,
+        rate_per_client: Some(rate),
+        distinct,
+    };
+    let point = pipeline.point(&load, watch(&[])).await?;
     print_point(&point);
     e2e.push(point);
     let kafka = &pipeline.settings.kafka;
     let topics = vec![
-        raw,
-        raw_out,
         kafka.client_message_topic.clone(),
         kafka.message_aggregation_topic.clone(),
         kafka.dlq_topic.clone(),
     ];
     drop(pipeline);
+    clean(args, settings, topics, vec![name.to_owned()]).await;
 
-    if !args.keep_data {
-        let prefixes = vec![name.to_owned(), format!("{name}-raw")];
-        match cleanup::remove(settings, &topics, &prefixes).await {
-            Ok(keys) => eprintln!("   removed the run's 5 topics and {keys} Redis keys"),
-            Err(e) => eprintln!("   warning: cleaning up after the run failed: {e}"),
-        }
-    }
-
-    Ok(RunResult {
-        run,
-        kafka_produce,
-        kafka_transactional,
-        redis,
+    let consume_only = if args.consume_records > 0 {
+        let clients = args.consume_clients;
+        let per_client = args.consume_records.div_ceil(clients as u64).max(1);
+        let (lines, repeat) = lines_for(novel, per_client);
+        let co_name = format!("{name}-co");
+        let load = ConsumeLoad {
+            name: &co_name,
+            clients,
+            lines: &lines,
+            repeat,
+            distinct,
+            partitions,
+            shape,
+        };
+        let (point, topics) =
+            consume_only(settings, &args.config, &args.out, &load, watch(&[])).await?;
+        eprintln!(
+            "   consume-only: {} records of {} clients in {:.1} s: {:>7.0} rec/s (pre-load {:.1} s), {}",
+            point.records,
+            point.clients,
+            point.counted_s,
+            point.per_s,
+            point.preload_s,
+            if point.exact { "exact" } else { "NOT EXACT" }
+        );
+        clean(args, settings, topics, vec![co_name]).await;
+        Some(point)
+    } else {
+        None
+    };
+    Ok(WorkloadRun {
         e2e,
         sustained,
+        consume_only,
     })
+}
+
+/// The many-clients point on a pipeline of its own (a fresh producer: its idle
+/// size is the reference), allowed enough connections.
+async fn many_point(
+    args: &Args,
+    settings: &Settings,
+    novel: &[String],
+    name: &str,
+    partitions: i32,
+) -> anyhow::Result<tally_bench::results::ManyClients> {
+    let mut settings = settings.clone();
+    let p = &mut settings.producer;
+    p.max_connections = p.max_connections.max(args.many_clients + 64);
+    let port = tally_harness::free_port().context("find a free port")?;
+    let shape = Shape {
+        counters: 1,
+        aggregators: 1,
+    };
+    let mut pipeline = Pipeline::start(
+        &settings,
+        name,
+        partitions,
+        &args.config,
+        &args.out,
+        port,
+        shape,
+    )
+    .await?;
+    let line = novel.first().map_or("many clients", String::as_str);
+    let point = many_clients::many_clients(
+        &mut pipeline,
+        args.many_clients,
+        line,
+        Duration::from_secs_f64(args.many_settle_seconds),
+    )
+    .await?;
+    eprintln!(
+        "   {} clients: connected in {:.1} s; producer RSS idle {:.1} → connected {:.1} (peak {:.1}) → after leaving {:.1} MiB, {}",
+        point.clients,
+        point.connect_s,
+        point.idle_rss_mib,
+        point.connected_rss_mib,
+        point.peak_rss_mib,
+        point.after_rss_mib,
+        if point.exact { "exact" } else { "NOT EXACT" }
+    );
+    let kafka = &pipeline.settings.kafka;
+    let topics = vec![
+        kafka.client_message_topic.clone(),
+        kafka.message_aggregation_topic.clone(),
+        kafka.dlq_topic.clone(),
+    ];
+    drop(pipeline);
+    clean(args, &settings, topics, vec![name.to_owned()]).await;
+    Ok(point)
 }
 
 /// The sustained-rate search of one run: windows of `--sustained-seconds` at
@@ -430,6 +632,7 @@ async fn search_sustained(
     args: &Args,
     pipeline: &mut Pipeline,
     novel: &[String],
+    workload: Workload,
     raw_produce_per_s: f64,
     batch: u64,
     watch: &dyn Fn(&[Watched]) -> Vec<Watched>,
@@ -459,6 +662,7 @@ async fn search_sustained(
             lines: &lines,
             repeat,
             rate_per_client: Some(per_client_rate),
+            distinct: workload == Workload::Distinct,
         };
         let (point, lag) = pipeline.window(&load, early, watch(&[])).await?;
         let (carried, why_not) = judge(
@@ -494,7 +698,7 @@ async fn search_sustained(
         });
     }
     Ok(SustainedSearch {
-        workload: Workload::Novel,
+        workload,
         clients,
         window_s: args.sustained_seconds,
         low_msg_s: args.search_low,

@@ -43,7 +43,7 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Resident set size of `pid` in KiB, if it is alive.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()

@@ -41,6 +41,25 @@ struct Deliveries {
     first_error: std::sync::Mutex<Option<String>>,
 }
 
+impl Deliveries {
+    /// Records confirmed, or an error if any of the `sent` was not delivered.
+    fn confirmed(&self, sent: u64) -> Result<u64, BenchError> {
+        let failed = self.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = self
+                .first_error
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            return Err(BenchError::Check(format!(
+                "{failed} of {sent} records were not delivered (first: {first})"
+            )));
+        }
+        Ok(self.ok.load(Ordering::Relaxed))
+    }
+}
+
 struct CountingContext(Arc<Deliveries>);
 
 impl ClientContext for CountingContext {}
@@ -137,19 +156,7 @@ fn produce_blocking(
         .flush(Timeout::After(Duration::from_secs(120)))
         .map_err(|e| BenchError::kafka("flush the produce ceiling", e))?;
     let elapsed = started.elapsed().as_secs_f64();
-    let failed = deliveries.failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        let first = deliveries
-            .first_error
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-            .unwrap_or_default();
-        return Err(BenchError::Check(format!(
-            "{failed} of {n} raw records were not delivered (first: {first})"
-        )));
-    }
-    let ok = deliveries.ok.load(Ordering::Relaxed);
+    let ok = deliveries.confirmed(n)?;
     Ok(Throughput {
         items: ok,
         seconds: elapsed,
@@ -159,6 +166,41 @@ fn produce_blocking(
             kafka.linger_ms, kafka.compression
         ),
     })
+}
+
+/// Writes `records` (key, value) to `topic` with one idempotent `acks=all`
+/// producer (the flusher's config), in order, and waits until every one is
+/// confirmed; returns how many were. Blocking: call it from `spawn_blocking`.
+pub fn produce_records(
+    kafka: &KafkaSettings,
+    topic: &str,
+    records: impl Iterator<Item = (String, Vec<u8>)>,
+) -> Result<u64, BenchError> {
+    let deliveries = Arc::new(Deliveries::default());
+    let producer: ThreadedProducer<CountingContext> = idempotent_producer_config(kafka)
+        .create_with_context(CountingContext(deliveries.clone()))
+        .map_err(|e| BenchError::kafka("create the pre-load producer", e))?;
+    let mut sent = 0u64;
+    for (key, value) in records {
+        send(
+            &producer,
+            BaseRecord::to(topic)
+                .key(key.as_bytes())
+                .payload(&value[..]),
+        )
+        .map_err(|e| BenchError::kafka("produce", e))?;
+        sent += 1;
+    }
+    producer
+        .flush(Timeout::After(Duration::from_secs(300)))
+        .map_err(|e| BenchError::kafka("flush the pre-load", e))?;
+    let ok = deliveries.confirmed(sent)?;
+    if ok != sent {
+        return Err(BenchError::Check(format!(
+            "{ok} of {sent} pre-loaded records confirmed"
+        )));
+    }
+    Ok(ok)
 }
 
 /// The shape of a transaction: the counter's `batch_max_records` and `batch_max_ms`.

@@ -60,6 +60,19 @@ pub struct BenchConfig {
     /// `tally-aggregator` processes in the end-to-end pipeline.
     #[serde(default = "one")]
     pub aggregators: usize,
+    /// Workloads measured, in order.
+    #[serde(default = "novel_only")]
+    pub workloads: Vec<Workload>,
+    /// Records pre-loaded for each consume-only point (`None`: not measured).
+    #[serde(default)]
+    pub consume_records: Option<u64>,
+    /// Clients of the many-clients point (`None`: not measured).
+    #[serde(default)]
+    pub many_clients: Option<usize>,
+}
+
+fn novel_only() -> Vec<Workload> {
+    vec![Workload::Novel]
 }
 
 fn one() -> usize {
@@ -82,6 +95,142 @@ pub struct RunResult {
     /// The sustained-rate search (`--sustained`), if it ran.
     #[serde(default)]
     pub sustained: Option<SustainedSearch>,
+    /// Counters and aggregators cold on a pre-loaded topic, if measured.
+    #[serde(default)]
+    pub consume_only: Option<ConsumeOnly>,
+    /// The all-distinct workload's points (`e2e`, `sustained` and `consume_only`
+    /// above are the novel's), if it ran.
+    #[serde(default)]
+    pub distinct: Option<WorkloadRun>,
+    /// The many-clients point (producer memory), if it ran.
+    #[serde(default)]
+    pub many_clients: Option<ManyClients>,
+}
+
+/// One workload's points of one run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkloadRun {
+    /// Full-speed points by client count, then the half-rate point.
+    pub e2e: Vec<E2ePoint>,
+    /// The sustained-rate search, if it ran.
+    #[serde(default)]
+    pub sustained: Option<SustainedSearch>,
+    /// The consume-only point, if it ran.
+    #[serde(default)]
+    pub consume_only: Option<ConsumeOnly>,
+}
+
+impl RunResult {
+    /// The points `workload` has in this run (empty if it did not run).
+    pub fn workload(&self, workload: Workload) -> WorkloadRun {
+        match workload {
+            Workload::Novel => WorkloadRun {
+                e2e: self.e2e.clone(),
+                sustained: self.sustained.clone(),
+                consume_only: self.consume_only.clone(),
+            },
+            Workload::Distinct => self.distinct.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Every end-to-end point, search window and consume-only point of both
+    /// workloads, and the many-clients point: what must all be exact.
+    pub fn all_exact(&self) -> (usize, usize) {
+        let mut points = 0;
+        let mut inexact = 0;
+        let mut count = |exact: bool| {
+            points += 1;
+            inexact += usize::from(!exact);
+        };
+        for w in [Workload::Novel, Workload::Distinct] {
+            let run = self.workload(w);
+            let windows = run
+                .sustained
+                .iter()
+                .flat_map(|s| &s.steps)
+                .map(|w| &w.point);
+            for p in run.e2e.iter().chain(windows) {
+                count(p.exact);
+            }
+            if let Some(c) = &run.consume_only {
+                count(c.exact);
+            }
+        }
+        if let Some(m) = &self.many_clients {
+            count(m.exact);
+        }
+        (points, inexact)
+    }
+}
+
+impl BenchResults {
+    /// The results as if only `workload` had been measured: every run's e2e
+    /// points, search and consume-only point are that workload's (the raw
+    /// ceilings and the many-clients point are shared by both).
+    pub fn for_workload(&self, workload: Workload) -> BenchResults {
+        let mut out = self.clone();
+        for run in &mut out.runs {
+            let w = run.workload(workload);
+            run.e2e = w.e2e;
+            run.sustained = w.sustained;
+            run.consume_only = w.consume_only;
+            run.distinct = None;
+        }
+        out
+    }
+}
+
+/// Counters and aggregators started cold on a `client_message` topic pre-loaded
+/// with `records` records of `clients` clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumeOnly {
+    /// Records pre-loaded (every one counted once per client and once per message).
+    pub records: u64,
+    /// Clients the records belong to.
+    pub clients: usize,
+    /// Partitions of the topics.
+    pub partitions: i32,
+    /// `tally-counter` processes.
+    pub counters: usize,
+    /// `tally-aggregator` processes.
+    pub aggregators: usize,
+    /// Seconds the pre-load took (idempotent producer, off the clock).
+    pub preload_s: f64,
+    /// Seconds from starting the services until every count was exact.
+    pub counted_s: f64,
+    /// `records / counted_s`.
+    pub per_s: f64,
+    /// Every client and message count exact.
+    pub exact: bool,
+    /// First mismatches when not exact.
+    pub mismatches: Vec<String>,
+    /// CPU and memory of every process while counting (µs per record).
+    pub cost: Vec<ProcessCost>,
+}
+
+/// The producer's memory with many connected clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManyClients {
+    /// Clients connected at once (each said HELLO and sent one line).
+    pub clients: usize,
+    /// Seconds until every client was connected and its line ACKed.
+    pub connect_s: f64,
+    /// Producer RSS before the clients connected, MiB.
+    pub idle_rss_mib: f64,
+    /// Producer RSS with every client connected, MiB.
+    pub connected_rss_mib: f64,
+    /// Highest producer RSS sampled while they connected, stayed and left, MiB.
+    pub peak_rss_mib: f64,
+    /// Producer RSS once every client left and a settle time passed, MiB.
+    pub after_rss_mib: f64,
+    /// Seconds waited after the last client left before `after_rss_mib`.
+    pub settle_s: f64,
+    /// Every client's count (1) and its line's count exact.
+    pub exact: bool,
+    /// `ERR unavailable` answers the clients got.
+    pub err_unavailable: u64,
+    /// Reconnects over the clients.
+    pub reconnects: u64,
 }
 
 /// What the clients send.
@@ -91,6 +240,32 @@ pub enum Workload {
     /// Every client replays the novel: many texts repeat.
     #[default]
     Novel,
+    /// Every line salted with its client and sn (`tally mtc --distinct`): every
+    /// text is sent once.
+    Distinct,
+}
+
+impl Workload {
+    /// `novel` or `distinct`, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Novel => "novel",
+            Self::Distinct => "distinct",
+        }
+    }
+
+    /// The workload called `name` ([`Workload::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Novel, Self::Distinct]
+            .into_iter()
+            .find(|w| w.name() == name.trim())
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The search for the highest offered rate the pipeline carries for a window.

@@ -327,7 +327,7 @@ impl LineSource for SaltedSource {
 }
 
 /// How many of a session's `ERR` lines were `ERR unavailable`.
-fn unavailable_answers(errors: &[String]) -> u64 {
+pub fn unavailable_answers(errors: &[String]) -> u64 {
     errors
         .iter()
         .filter(|e| e.starts_with("ERR unavailable"))

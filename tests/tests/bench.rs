@@ -1,6 +1,8 @@
 //! `tally-bench` (what `scripts/bench` runs) on the real stack with a tiny
-//! workload: one run completes, every end-to-end point is exact and carries its
-//! figures, and the report, charts and JSON are written. The figures themselves
+//! workload: one run completes with both workloads (the novel and all-distinct
+//! messages), every end-to-end, consume-only and many-clients point is exact and
+//! carries its figures, and the report, charts and JSON (`summary.json` with the
+//! same keys for both workloads) are written. The figures themselves
 //! are not judged here: performance lives in the benchmark, not in timed asserts.
 
 use std::process::Command;
@@ -40,6 +42,16 @@ fn a_small_benchmark_run_is_exact_and_writes_its_report() {
         "3",
         "--partitions",
         "3",
+        "--workloads",
+        "novel,distinct",
+        "--consume-records",
+        "2000",
+        "--consume-clients",
+        "10",
+        "--many-clients",
+        "100",
+        "--many-settle-seconds",
+        "1",
     ]);
     let shown = format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -70,39 +82,102 @@ fn a_small_benchmark_run_is_exact_and_writes_its_report() {
         "{run:#}"
     );
 
-    let e2e = run["e2e"].as_array().expect("e2e");
-    let points: Vec<(f64, bool)> = e2e
-        .iter()
-        .map(|p| (num(&p["clients"]), !p["rate_per_client"].is_null()))
-        .collect();
-    assert_eq!(
-        points,
-        [(2.0, false), (20.0, false), (5.0, true)],
-        "{run:#}"
-    );
-    for p in e2e {
-        assert_eq!(p["exact"], Value::Bool(true), "point not exact: {p:#}");
-        if p["rate_per_client"].is_null() {
-            assert_eq!(num(&p["messages"]), 1000.0, "{p:#}");
-        }
-        assert!(num(&p["ingest_per_s"]) > 0.0, "{p:#}");
-        assert!(num(&p["end_to_end_per_s"]) > 0.0, "{p:#}");
-        assert!(num(&p["counted_s"]) >= num(&p["ingest_s"]), "{p:#}");
-        let cost = p["cost"].as_array().expect("cost");
-        let producer = cost
+    for (workload, points) in [("novel", run), ("distinct", &run["distinct"])] {
+        let e2e = points["e2e"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{workload}: no e2e in {run:#}"));
+        let shape: Vec<(f64, bool)> = e2e
             .iter()
-            .find(|c| c["name"] == "tally-producer")
-            .unwrap_or_else(|| panic!("no producer cost: {p:#}"));
-        assert!(num(&producer["peak_rss_mib"]) > 0.0, "{p:#}");
+            .map(|p| (num(&p["clients"]), !p["rate_per_client"].is_null()))
+            .collect();
+        assert_eq!(
+            shape,
+            [(2.0, false), (20.0, false), (5.0, true)],
+            "{workload}: {run:#}"
+        );
+        for p in e2e {
+            assert_eq!(
+                p["exact"],
+                Value::Bool(true),
+                "{workload} point not exact: {p:#}"
+            );
+            if p["rate_per_client"].is_null() {
+                assert_eq!(num(&p["messages"]), 1000.0, "{p:#}");
+            }
+            assert!(num(&p["ingest_per_s"]) > 0.0, "{p:#}");
+            assert!(num(&p["end_to_end_per_s"]) > 0.0, "{p:#}");
+            assert!(num(&p["counted_s"]) >= num(&p["ingest_s"]), "{p:#}");
+            let cost = p["cost"].as_array().expect("cost");
+            let producer = cost
+                .iter()
+                .find(|c| c["name"] == "tally-producer")
+                .unwrap_or_else(|| panic!("no producer cost: {p:#}"));
+            assert!(num(&producer["peak_rss_mib"]) > 0.0, "{p:#}");
+            assert!(
+                cost.iter().any(|c| c["role"] == "kafka")
+                    && cost.iter().any(|c| c["role"] == "redis"),
+                "the stack's processes are not measured: {p:#}"
+            );
+        }
+        // Probes go out every 20 ms while the 3 s half-rate point sends.
+        let half = &e2e[2];
+        assert!(num(&half["e2e_samples"]) > 10.0, "{half:#}");
+        assert!(num(&half["e2e_p99_ms"]) > 0.0, "{half:#}");
+
+        // Counters and aggregators cold on 2,000 pre-loaded records.
+        let consume = &points["consume_only"];
+        assert_eq!(
+            consume["exact"],
+            Value::Bool(true),
+            "{workload}: {consume:#}"
+        );
+        assert_eq!(num(&consume["records"]), 2000.0, "{consume:#}");
+        assert!(num(&consume["per_s"]) > 0.0, "{consume:#}");
+        let cost = consume["cost"].as_array().expect("consume-only cost");
+        for name in ["tally-counter-0", "tally-aggregator-0"] {
+            assert!(
+                cost.iter().any(|c| c["name"] == name),
+                "{workload}: no {name} in {consume:#}"
+            );
+        }
+    }
+
+    let many = &run["many_clients"];
+    assert_eq!(many["exact"], Value::Bool(true), "{many:#}");
+    assert_eq!(num(&many["clients"]), 100.0, "{many:#}");
+    for key in [
+        "idle_rss_mib",
+        "connected_rss_mib",
+        "peak_rss_mib",
+        "after_rss_mib",
+    ] {
+        assert!(num(&many[key]) > 0.0, "{key}: {many:#}");
+    }
+
+    let summary = std::fs::read_to_string(out.path().join("summary.json")).expect("summary.json");
+    let summary: Value = serde_json::from_str(&summary).expect("summary.json parses");
+    for (workload, h) in [("novel", &summary), ("distinct", &summary["distinct"])] {
+        assert_eq!(h["exact"], Value::Bool(true), "{workload}: {summary:#}");
+        for key in [
+            "raw_produce_rec_s",
+            "consume_only_rec_s",
+            "ack_p99_ms_half",
+            "e2e_p99_ms_half",
+        ] {
+            assert!(h[key].as_f64().is_some(), "{workload} {key}: {summary:#}");
+        }
         assert!(
-            cost.iter().any(|c| c["role"] == "kafka") && cost.iter().any(|c| c["role"] == "redis"),
-            "the stack's processes are not measured: {p:#}"
+            h["consume_only_cpu_us_per_rec"]["total"].as_f64().is_some(),
+            "{summary:#}"
         );
     }
-    // Probes go out every 20 ms while the 3 s half-rate point sends.
-    let half = &e2e[2];
-    assert!(num(&half["e2e_samples"]) > 10.0, "{half:#}");
-    assert!(num(&half["e2e_p99_ms"]) > 0.0, "{half:#}");
+    assert_eq!(summary["many_clients"]["clients"], 100, "{summary:#}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("summary: novel: ") && last.contains(" | distinct: sustained "),
+        "{last}"
+    );
 
     let report = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(report.contains("throughput.png"), "{report}");

@@ -92,6 +92,9 @@ pub(crate) fn run(n: usize, kafka: f64, e2e_by_clients: [f64; 4]) -> RunResult {
         ],
         e2e,
         sustained: None,
+        consume_only: None,
+        distinct: None,
+        many_clients: None,
     }
 }
 
@@ -114,6 +117,9 @@ pub(crate) fn results(runs: Vec<RunResult>) -> BenchResults {
             partitions: 12,
             counters: 1,
             aggregators: 1,
+            workloads: vec![crate::results::Workload::Novel],
+            consume_records: None,
+            many_clients: None,
         },
         runs,
         elapsed_s: 1234.5,

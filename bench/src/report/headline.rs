@@ -9,26 +9,55 @@
 //!   (sustained / raw produce) is taken within a run, then its median.
 //! - `cpu_us_per_msg.total` is the whole stack: brokers + Redis + producer +
 //!   counter + aggregator; the load generator is listed apart, outside the total.
-//! - `exact` is `true` only if every point of every run (burst points, the
-//!   half-rate point and every window of the search) was exact; `null` if there
-//!   was no point at all.
+//! - `exact` is `true` only if every point of the workload in every run (burst
+//!   points, the half-rate point, every window of the search and the
+//!   consume-only point) was exact; `null` if there was no point at all.
+//! - A workload no run measured has every figure `null` (the raw ceilings too).
+//! - The `summary:` line is one line: the novel workload's figures, then the
+//!   all-distinct workload's, then the many-clients point's, separated by ` | `.
 
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use super::summary::median;
-use crate::results::{BenchResults, E2ePoint, RunResult};
+use crate::results::{BenchResults, E2ePoint, ProcessCost, RunResult, Workload};
 
 /// What `summary.json` holds: the novel workload's figures at the top level, the
-/// all-distinct workload's under `distinct` (all `null` when it was not measured).
+/// all-distinct workload's under `distinct` (all `null` when it was not
+/// measured), the many-clients point under `many_clients`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Headline {
     /// The novel replayed by every client.
     #[serde(flatten)]
     pub novel: WorkloadHeadline,
-    /// Every line unique (not measured by this benchmark yet: all `null`).
+    /// Every line unique (salted with its client and sn).
     pub distinct: WorkloadHeadline,
+    /// The producer's memory with many clients (medians; `null` if not measured).
+    pub many_clients: Option<ManyClientsHeadline>,
+}
+
+/// The many-clients point, medians over the runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ManyClientsHeadline {
+    /// Clients connected at once.
+    pub clients: usize,
+    /// Seconds until every client was connected and its line ACKed.
+    pub connect_s: Option<f64>,
+    /// Producer RSS before they connected, MiB.
+    pub idle_rss_mib: Option<f64>,
+    /// Producer RSS with every client connected, MiB.
+    pub connected_rss_mib: Option<f64>,
+    /// Producer peak RSS during the point, MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Producer RSS after they all left and a settle time, MiB.
+    pub after_rss_mib: Option<f64>,
+    /// Exact in every run.
+    pub exact: bool,
+    /// `ERR unavailable` answers over the runs.
+    pub err_unavailable: u64,
+    /// Reconnects over the runs.
+    pub reconnects: u64,
 }
 
 /// One workload's steady-state figures (medians over the runs).
@@ -42,9 +71,11 @@ pub struct WorkloadHeadline {
     pub raw_txn_passthrough_rec_s: Option<f64>,
     /// Sustained rate / raw produce ceiling, within a run.
     pub sustained_over_raw: Option<f64>,
-    /// Counters and aggregators cold on a pre-loaded topic, records/s (not
-    /// measured by this benchmark yet: `null`).
+    /// Counters and aggregators cold on a pre-loaded topic, records/s.
     pub consume_only_rec_s: Option<f64>,
+    /// CPU µs per record of the consume-only point (`producer` stays empty: none
+    /// runs; `load` is the bench reading the counts).
+    pub consume_only_cpu_us_per_rec: CpuPerMessage,
     /// CPU µs per message at the sustained rate.
     pub cpu_us_per_msg: CpuPerMessage,
     /// CPU µs per message at the half-rate point.
@@ -104,10 +135,11 @@ pub struct PointHealth {
 }
 
 /// One run's CPU per message by component at one point: (total, components in
-/// [`CpuPerMessage`]'s order after the total).
-fn cpu_of(p: &E2ePoint) -> [f64; 7] {
-    let mut c = [0.0; 7];
-    for cost in &p.cost {
+/// [`CpuPerMessage`]'s order after the total); `None` for a component with no
+/// process at the point (the total has one if any component has).
+fn cpu_of(costs: &[ProcessCost]) -> [Option<f64>; 7] {
+    let mut c: [Option<f64>; 7] = [None; 7];
+    for cost in costs {
         let slot = match (cost.role.as_str(), cost.name.as_str()) {
             ("kafka", _) => 1,
             ("redis", _) => 2,
@@ -117,15 +149,16 @@ fn cpu_of(p: &E2ePoint) -> [f64; 7] {
             ("load", _) => 6,
             _ => continue,
         };
-        c[slot] += cost.cpu_us_per_message;
+        *c[slot].get_or_insert(0.0) += cost.cpu_us_per_message;
     }
-    c[0] = c[1..6].iter().sum();
+    let parts: Vec<f64> = c[1..6].iter().flatten().copied().collect();
+    c[0] = (!parts.is_empty()).then(|| parts.iter().sum());
     c
 }
 
-fn cpu_medians(points: &[&E2ePoint]) -> CpuPerMessage {
-    let per_run: Vec<[f64; 7]> = points.iter().map(|p| cpu_of(p)).collect();
-    let m = |i: usize| median(&per_run.iter().map(|c| c[i]).collect::<Vec<_>>());
+fn cpu_medians(points: &[&[ProcessCost]]) -> CpuPerMessage {
+    let per_run: Vec<[Option<f64>; 7]> = points.iter().map(|p| cpu_of(p)).collect();
+    let m = |i: usize| median(&per_run.iter().filter_map(|c| c[i]).collect::<Vec<_>>());
     CpuPerMessage {
         total: m(0),
         brokers: m(1),
@@ -155,19 +188,39 @@ fn point_name(p: &E2ePoint) -> String {
 
 /// The headline of the whole benchmark (see the module doc for the rules).
 pub fn headline(results: &BenchResults) -> Headline {
+    Headline {
+        novel: workload_headline(&results.for_workload(Workload::Novel)),
+        distinct: workload_headline(&results.for_workload(Workload::Distinct)),
+        many_clients: many_clients_headline(results),
+    }
+}
+
+/// The headline of `results` as one workload's ([`BenchResults::for_workload`]).
+fn workload_headline(results: &BenchResults) -> WorkloadHeadline {
     let runs = &results.runs;
+    let measured = runs
+        .iter()
+        .any(|r| !r.e2e.is_empty() || r.sustained.is_some() || r.consume_only.is_some());
+    if !measured {
+        return WorkloadHeadline::default();
+    }
     let values = |f: &dyn Fn(&RunResult) -> Option<f64>| -> Option<f64> {
         median(&runs.iter().filter_map(f).collect::<Vec<_>>())
     };
     let sustained = |r: &RunResult| r.sustained.as_ref().and_then(|s| s.rate_msg_s);
-    let at_rate: Vec<&E2ePoint> = runs
+    let at_rate: Vec<&[ProcessCost]> = runs
         .iter()
-        .filter_map(|r| r.sustained.as_ref()?.at_rate().map(|s| &s.point))
+        .filter_map(|r| r.sustained.as_ref()?.at_rate().map(|s| &s.point.cost[..]))
         .collect();
     let halves: Vec<&E2ePoint> = runs.iter().filter_map(half_point).collect();
+    let half_costs: Vec<&[ProcessCost]> = halves.iter().map(|p| &p.cost[..]).collect();
     let half = |f: &dyn Fn(&E2ePoint) -> Option<f64>| {
         median(&halves.iter().filter_map(|p| f(p)).collect::<Vec<_>>())
     };
+    let consume_costs: Vec<&[ProcessCost]> = runs
+        .iter()
+        .filter_map(|r| r.consume_only.as_ref().map(|c| &c.cost[..]))
+        .collect();
 
     let mut points = Vec::new();
     for run in runs {
@@ -178,8 +231,17 @@ pub fn headline(results: &BenchResults) -> Headline {
             let name = format!("search {:.0} msg/s", step.offered_msg_s);
             points.push(health(run.run, name, &step.point));
         }
+        if let Some(c) = &run.consume_only {
+            points.push(PointHealth {
+                run: run.run,
+                point: format!("consume-only {} records", c.records),
+                err_unavailable: 0,
+                reconnects: 0,
+                exact: c.exact,
+            });
+        }
     }
-    let novel = WorkloadHeadline {
+    WorkloadHeadline {
         sustained_msg_s: values(&sustained),
         raw_produce_rec_s: values(&|r| Some(r.kafka_produce.per_s)),
         raw_txn_passthrough_rec_s: values(&|r| Some(r.kafka_transactional.per_s)),
@@ -187,9 +249,10 @@ pub fn headline(results: &BenchResults) -> Headline {
             let raw = r.kafka_produce.per_s;
             sustained(r).filter(|_| raw > 0.0).map(|s| s / raw)
         }),
-        consume_only_rec_s: None,
+        consume_only_rec_s: values(&|r| r.consume_only.as_ref().map(|c| c.per_s)),
+        consume_only_cpu_us_per_rec: cpu_medians(&consume_costs),
         cpu_us_per_msg: cpu_medians(&at_rate),
-        cpu_us_per_msg_half: cpu_medians(&halves),
+        cpu_us_per_msg_half: cpu_medians(&half_costs),
         half_rate_msg_s: half(&offered_msg_s),
         ack_p50_ms_half: half(&|p| Some(p.ack_p50_ms)),
         ack_p99_ms_half: half(&|p| Some(p.ack_p99_ms)),
@@ -199,11 +262,30 @@ pub fn headline(results: &BenchResults) -> Headline {
         err_unavailable: points.iter().map(|p| p.err_unavailable).sum(),
         reconnects: points.iter().map(|p| p.reconnects).sum(),
         points,
-    };
-    Headline {
-        novel,
-        distinct: WorkloadHeadline::default(),
     }
+}
+
+fn many_clients_headline(results: &BenchResults) -> Option<ManyClientsHeadline> {
+    let points: Vec<_> = results
+        .runs
+        .iter()
+        .filter_map(|r| r.many_clients.as_ref())
+        .collect();
+    let first = points.first()?;
+    let m = |f: &dyn Fn(&crate::results::ManyClients) -> f64| {
+        median(&points.iter().map(|p| f(p)).collect::<Vec<_>>())
+    };
+    Some(ManyClientsHeadline {
+        clients: first.clients,
+        connect_s: m(&|p| p.connect_s),
+        idle_rss_mib: m(&|p| p.idle_rss_mib),
+        connected_rss_mib: m(&|p| p.connected_rss_mib),
+        peak_rss_mib: m(&|p| p.peak_rss_mib),
+        after_rss_mib: m(&|p| p.after_rss_mib),
+        exact: points.iter().all(|p| p.exact),
+        err_unavailable: points.iter().map(|p| p.err_unavailable).sum(),
+        reconnects: points.iter().map(|p| p.reconnects).sum(),
+    })
 }
 
 fn health(run: usize, point: String, p: &E2ePoint) -> PointHealth {
@@ -216,17 +298,41 @@ fn health(run: usize, point: String, p: &E2ePoint) -> PointHealth {
     }
 }
 
-/// The benchmark's last line: `summary: sustained N msg/s (R× raw produce) ·
-/// consume-only N rec/s · N µs CPU/msg · ACK p99 N ms · e2e p99 N ms at half
-/// rate · exact` (or `NOT exact`), the novel workload's figures; `n/a` where a
-/// figure is missing. A benchmark with no point at all is `NOT exact`.
+/// The benchmark's last line, one line: `summary: novel: sustained N msg/s (R×
+/// raw produce) · consume-only N rec/s · N µs CPU/msg · ACK p99 N ms · e2e p99 N
+/// ms at half rate · exact | distinct: … | 10,000 clients: producer RSS N MiB
+/// (peak N), N MiB after · exact` (`NOT exact` where a point was not); `n/a`
+/// where a figure is missing. A workload that was not measured reads `distinct:
+/// not measured`; the many-clients part is left out when it did not run.
 pub fn headline_line(h: &Headline) -> String {
-    let n = &h.novel;
-    let or_na = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or_else(|| "n/a".into(), f);
-    let int = |v: f64| super::format::thousands(v);
     let mut line = String::from("summary: ");
-    let _ = write!(
-        line,
+    let _ = write!(line, "novel: {}", workload_line(&h.novel));
+    let _ = write!(line, " | distinct: {}", workload_line(&h.distinct));
+    if let Some(m) = &h.many_clients {
+        let _ = write!(
+            line,
+            " | {} clients: producer RSS {} MiB (peak {}), {} MiB after · {}",
+            super::format::thousands(m.clients as f64),
+            or_na(m.connected_rss_mib, &|v| format!("{v:.0}")),
+            or_na(m.peak_rss_mib, &|v| format!("{v:.0}")),
+            or_na(m.after_rss_mib, &|v| format!("{v:.0}")),
+            if m.exact { "exact" } else { "NOT exact" }
+        );
+    }
+    line
+}
+
+fn or_na(v: Option<f64>, f: &dyn Fn(f64) -> String) -> String {
+    v.map_or_else(|| "n/a".into(), f)
+}
+
+/// One workload's part of the `summary:` line.
+fn workload_line(n: &WorkloadHeadline) -> String {
+    if *n == WorkloadHeadline::default() {
+        return "not measured".to_owned();
+    }
+    let int = |v: f64| super::format::thousands(v);
+    format!(
         "sustained {} msg/s ({}× raw produce) · consume-only {} rec/s · {} µs CPU/msg · \
          ACK p99 {} ms · e2e p99 {} ms at half rate · {}",
         or_na(n.sustained_msg_s, &int),
@@ -240,8 +346,7 @@ pub fn headline_line(h: &Headline) -> String {
         } else {
             "NOT exact"
         }
-    );
-    line
+    )
 }
 
 #[cfg(test)]
@@ -304,8 +409,7 @@ mod tests {
         assert!(json["cpu_us_per_msg"]["total"].is_null(), "{json:#}");
         assert_eq!(
             headline_line(&h),
-            "summary: sustained n/a msg/s (n/a× raw produce) · consume-only n/a rec/s · \
-             n/a µs CPU/msg · ACK p99 n/a ms · e2e p99 n/a ms at half rate · NOT exact"
+            "summary: novel: not measured | distinct: not measured"
         );
         // Runs without a search: the raw ceilings and the half-rate point are
         // there, the sustained figures are not.
@@ -316,7 +420,10 @@ mod tests {
         assert_eq!(h.novel.raw_txn_passthrough_rec_s, Some(100_000.0));
         assert_eq!(h.novel.ack_p99_ms_half, Some(10.0));
         assert_eq!(h.novel.exact, Some(true));
-        assert!(headline_line(&h).starts_with("summary: sustained n/a msg/s"));
+        assert!(headline_line(&h).starts_with("summary: novel: sustained n/a msg/s"));
+        assert!(headline_line(&h).ends_with(" | distinct: not measured"));
+        assert_eq!(h.distinct, WorkloadHeadline::default());
+        assert_eq!(h.many_clients, None);
     }
 
     #[test]
@@ -347,8 +454,9 @@ mod tests {
         assert_eq!(h.novel.exact, Some(true));
         assert_eq!(
             headline_line(&h),
-            "summary: sustained 40,000 msg/s (0.30× raw produce) · consume-only n/a rec/s · \
-             31 µs CPU/msg · ACK p99 10.0 ms · e2e p99 250 ms at half rate · exact"
+            "summary: novel: sustained 40,000 msg/s (0.30× raw produce) · consume-only n/a rec/s · \
+             31 µs CPU/msg · ACK p99 10.0 ms · e2e p99 250 ms at half rate · exact \
+             | distinct: not measured"
         );
     }
 
@@ -369,7 +477,7 @@ mod tests {
             .find(|p| !p.exact)
             .expect("the window");
         assert_eq!((bad.run, bad.point.as_str()), (2, "search 53000 msg/s"));
-        assert!(headline_line(&h).ends_with("at half rate · NOT exact"));
+        assert!(headline_line(&h).contains("at half rate · NOT exact | distinct"));
     }
 
     #[test]
@@ -384,5 +492,89 @@ mod tests {
         let h = headline(&r);
         assert_eq!(h.novel.sustained_msg_s, None);
         assert_eq!(h.novel.cpu_us_per_msg.total, None);
+    }
+
+    #[test]
+    fn the_distinct_workload_consume_only_and_many_clients_have_their_keys() {
+        use crate::results::{ConsumeOnly, ManyClients, WorkloadRun};
+        let mut r = three_runs();
+        for (i, run) in r.runs.iter_mut().enumerate() {
+            let consume = |per_s: f64, exact: bool| ConsumeOnly {
+                records: 500_000,
+                clients: 100,
+                partitions: 12,
+                counters: 1,
+                aggregators: 1,
+                preload_s: 3.0,
+                counted_s: 500_000.0 / per_s,
+                per_s,
+                exact,
+                mismatches: Vec::new(),
+                cost: vec![
+                    cost("kafka-1", "kafka", 4.0, 900.0),
+                    cost("redis-7000", "redis", 20.0, 10.0),
+                    cost("tally-counter-0", "tally", 2.0, 50.0),
+                ],
+            };
+            run.consume_only = Some(consume(30_000.0 + i as f64, true));
+            run.sustained = Some(searched(20_000.0));
+            run.distinct = Some(WorkloadRun {
+                e2e: vec![point(100, None, 9_000.0, 1.0)],
+                sustained: Some(searched(12_000.0 + i as f64)),
+                consume_only: Some(consume(9_000.0, i != 1)),
+            });
+            run.many_clients = Some(ManyClients {
+                clients: 10_000,
+                connect_s: 9.0,
+                idle_rss_mib: 40.0,
+                connected_rss_mib: 120.0 + i as f64,
+                peak_rss_mib: 130.0,
+                after_rss_mib: 50.0,
+                settle_s: 5.0,
+                exact: true,
+                err_unavailable: 0,
+                reconnects: 0,
+            });
+        }
+        let h = headline(&r);
+        assert_eq!(h.novel.consume_only_rec_s, Some(30_001.0));
+        assert_eq!(h.distinct.consume_only_rec_s, Some(9_000.0));
+        assert_eq!(h.distinct.sustained_msg_s, Some(12_001.0));
+        assert_eq!(h.distinct.raw_produce_rec_s, Some(200_000.0));
+        // µs per record of the consume-only point: cost() gives cpu_s µs each.
+        let co = &h.novel.consume_only_cpu_us_per_rec;
+        assert_eq!(
+            (co.total, co.redis, co.counter),
+            (Some(26.0), Some(20.0), Some(2.0))
+        );
+        assert_eq!((co.producer, co.load), (None, None));
+        // One inexact consume-only run makes the distinct workload not exact.
+        assert_eq!(h.novel.exact, Some(true));
+        assert_eq!(h.distinct.exact, Some(false));
+        let many = h.many_clients.as_ref().expect("many clients");
+        assert_eq!(many.connected_rss_mib, Some(121.0));
+        let json = serde_json::to_value(&h).expect("serializes");
+        for key in ["sustained_msg_s", "consume_only_rec_s", "exact"] {
+            assert!(!json[key].is_null(), "{key}: {json:#}");
+            assert!(!json["distinct"][key].is_null(), "distinct {key}: {json:#}");
+        }
+        assert!(json["distinct"]["cpu_us_per_msg"]["total"].is_number());
+        assert_eq!(json["many_clients"]["clients"], 10_000);
+        let line = headline_line(&h);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("summary: novel: sustained 20,000 msg/s"),
+            "{line}"
+        );
+        assert!(
+            line.contains(" | distinct: sustained 12,001 msg/s (0.06× raw produce) · consume-only 9,000 rec/s"),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(
+                " | 10,000 clients: producer RSS 121 MiB (peak 130), 50 MiB after · exact"
+            ),
+            "{line}"
+        );
     }
 }

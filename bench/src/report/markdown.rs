@@ -10,9 +10,9 @@ use tally_report::{cell, create_dir, write_file, Align, Table};
 use super::format::{
     latency_pair, met_text, method_line, mib, ms, or_dash, rate_text, ratio_text, thousands,
 };
-use super::summary::{best_full_speed, ratio, CostSummary, PointSummary, Summary};
+use super::summary::{best_full_speed, median, ratio, CostSummary, PointSummary, Summary};
 use super::ReportError;
-use crate::results::{BenchResults, RunResult, Throughput};
+use crate::results::{BenchResults, RunResult, Throughput, Workload};
 
 /// Writes `dir/report.md` (creating `dir` if needed) and returns its path.
 ///
@@ -75,6 +75,22 @@ fn markdown(results: &BenchResults, s: &Summary) -> String {
         c.counters,
         c.aggregators
     );
+    let workloads: Vec<&str> = c.workloads.iter().map(|w| w.name()).collect();
+    let _ = writeln!(
+        md,
+        "Workloads: {}; consume-only: {}; many clients: {}.\n",
+        workloads.join(", "),
+        c.consume_records
+            .map_or("not measured".to_owned(), |n| format!(
+                "{} records",
+                thousands(n as f64)
+            )),
+        c.many_clients
+            .map_or("not measured".to_owned(), |n| format!(
+                "{} clients",
+                thousands(n as f64)
+            ))
+    );
     let _ = write!(md, "{}", method_line(s.runs));
     if s.runs != c.runs {
         let _ = write!(md, " ({} runs were asked for.)", c.runs);
@@ -98,22 +114,40 @@ fn markdown(results: &BenchResults, s: &Summary) -> String {
     targets.write_to(&mut md);
 
     raw_tables(&mut md, results, s);
-    e2e_tables(&mut md, results, s);
-    super::sustained::sustained_tables(&mut md, results);
-    cost_tables(&mut md, s);
+    let distinct = results.for_workload(Workload::Distinct);
+    let novel = results.for_workload(Workload::Novel);
+    let workloads = [
+        (Workload::Novel, &novel, Some(s)),
+        (Workload::Distinct, &distinct, s.distinct.as_deref()),
+    ];
+    for (workload, view, summary) in workloads {
+        let Some(summary) = summary else {
+            continue;
+        };
+        let w = workload.name();
+        e2e_tables(&mut md, view, summary, w);
+        super::sustained::sustained_tables(&mut md, view, w);
+        cost_tables(&mut md, summary, w);
+    }
+    consume_tables(&mut md, results);
+    many_clients_table(&mut md, results);
 
-    let mut inexact = results
-        .runs
-        .iter()
-        .flat_map(|r| r.e2e.iter().map(move |p| (r.run, p)))
-        .filter(|(_, p)| !p.exact)
+    let mut inexact = [(Workload::Novel, &novel), (Workload::Distinct, &distinct)]
+        .into_iter()
+        .flat_map(|(w, view)| {
+            view.runs
+                .iter()
+                .flat_map(move |r| r.e2e.iter().map(move |p| (w, r.run, p)))
+        })
+        .filter(|(_, _, p)| !p.exact)
         .peekable();
     if inexact.peek().is_some() {
         let _ = writeln!(md, "\n## Counts not exact\n");
-        for (run, p) in inexact {
+        for (w, run, p) in inexact {
             let _ = writeln!(
                 md,
-                "Run {run}, {} clients ({}): first mismatches:\n\n```text",
+                "Run {run}, {}, {} clients ({}): first mismatches:\n\n```text",
+                w.name(),
                 p.clients,
                 if p.rate_per_client.is_some() {
                     "half rate"
@@ -216,8 +250,8 @@ fn raw_tables(md: &mut String, results: &BenchResults, s: &Summary) {
     }
 }
 
-fn e2e_tables(md: &mut String, results: &BenchResults, s: &Summary) {
-    let _ = writeln!(md, "\n## End to end (median)\n");
+fn e2e_tables(md: &mut String, results: &BenchResults, s: &Summary, workload: &str) {
+    let _ = writeln!(md, "\n## End to end, {workload} (median)\n");
     let mut points = Table::new()
         .column("clients", Align::Right)
         .column("rate", Align::Left)
@@ -294,13 +328,13 @@ fn e2e_tables(md: &mut String, results: &BenchResults, s: &Summary) {
     );
 }
 
-fn cost_tables(md: &mut String, s: &Summary) {
+fn cost_tables(md: &mut String, s: &Summary, workload: &str) {
     let Some(p) = s.most_clients() else {
         return;
     };
     let _ = writeln!(
         md,
-        "\n## Cost at {} clients, full speed (median)\n",
+        "\n## Cost at {} clients, full speed, {workload} (median)\n",
         p.clients
     );
     let mut by_process = Table::new()
@@ -338,6 +372,136 @@ fn cost_tables(md: &mut String, s: &Summary) {
     by_role.write_to(md);
 }
 
+/// The consume-only points of both workloads, if any run has one.
+fn consume_tables(md: &mut String, results: &BenchResults) {
+    let rows: Vec<(Workload, Vec<(usize, crate::results::ConsumeOnly)>)> =
+        [Workload::Novel, Workload::Distinct]
+            .into_iter()
+            .map(|w| {
+                let points = results
+                    .runs
+                    .iter()
+                    .filter_map(|r| r.workload(w).consume_only.map(|c| (r.run, c)))
+                    .collect();
+                (w, points)
+            })
+            .filter(|(_, p): &(Workload, Vec<_>)| !p.is_empty())
+            .collect();
+    let Some((_, c)) = rows.first().and_then(|(_, points)| points.first()) else {
+        return;
+    };
+    let h = super::headline(results);
+    let _ = writeln!(md, "\n## Consume-only (median)\n");
+    let _ = writeln!(
+        md,
+        "{} counter(s) and {} aggregator(s) started cold on a `client_message` topic \
+         ({} partitions) pre-loaded with {} records of {} clients (idempotent producer, \
+         off the clock): records/s from their start until every client and message \
+         count was exact; CPU µs per record of the stack's processes meanwhile.\n",
+        c.counters,
+        c.aggregators,
+        c.partitions,
+        thousands(c.records as f64),
+        c.clients
+    );
+    let mut table = run_table("workload", Align::Left, true, results)
+        .column("CPU µs/rec: total", Align::Right)
+        .column("brokers", Align::Right)
+        .column("Redis", Align::Right)
+        .column("counter", Align::Right)
+        .column("aggregator", Align::Right)
+        .column("exact", Align::Center);
+    for (w, points) in &rows {
+        let per_s: Vec<f64> = points.iter().map(|(_, c)| c.per_s).collect();
+        let mut row = vec![
+            format!("{} records/s", w.name()),
+            or_dash(median(&per_s), thousands),
+        ];
+        row.extend(results.runs.iter().map(|r| {
+            let v = points.iter().find(|(run, _)| *run == r.run);
+            or_dash(v.map(|(_, c)| c.per_s), thousands)
+        }));
+        let cpu = match w {
+            Workload::Novel => &h.novel.consume_only_cpu_us_per_rec,
+            Workload::Distinct => &h.distinct.consume_only_cpu_us_per_rec,
+        };
+        for v in [
+            cpu.total,
+            cpu.brokers,
+            cpu.redis,
+            cpu.counter,
+            cpu.aggregator,
+        ] {
+            row.push(or_dash(v, |v| format!("{v:.1}")));
+        }
+        row.push(
+            (if points.iter().all(|(_, c)| c.exact) {
+                "yes"
+            } else {
+                "NO"
+            })
+            .to_owned(),
+        );
+        table.row(row);
+    }
+    table.write_to(md);
+    for (w, points) in &rows {
+        for (run, c) in points.iter().filter(|(_, c)| !c.exact) {
+            let _ = writeln!(
+                md,
+                "\nRun {run}, consume-only {}: first mismatches: {}",
+                w.name(),
+                cell(&c.mismatches.join("; "))
+            );
+        }
+    }
+}
+
+/// The many-clients point, if any run has one.
+fn many_clients_table(md: &mut String, results: &BenchResults) {
+    let points: Vec<_> = results
+        .runs
+        .iter()
+        .filter_map(|r| r.many_clients.as_ref().map(|m| (r.run, m)))
+        .collect();
+    let Some((_, first)) = points.first() else {
+        return;
+    };
+    let _ = writeln!(md, "\n## Many clients\n");
+    let _ = writeln!(
+        md,
+        "{} clients connect (at most {} between connecting and their WELCOME at once), \
+         say HELLO and send one line each, stay connected, then all leave; the \
+         producer's RSS before, with all connected, its peak (sampled every 200 ms), and \
+         {} s after the last one left.\n",
+        thousands(first.clients as f64),
+        crate::many_clients::CONNECT_CONCURRENCY,
+        first.settle_s
+    );
+    let mut table = Table::new()
+        .column("run", Align::Right)
+        .column("connect s", Align::Right)
+        .column("idle MiB", Align::Right)
+        .column("connected MiB", Align::Right)
+        .column("peak MiB", Align::Right)
+        .column("after MiB", Align::Right)
+        .column("ERR unavailable / reconnects", Align::Right)
+        .column("exact", Align::Center);
+    for (run, m) in points {
+        table.row([
+            run.to_string(),
+            format!("{:.1}", m.connect_s),
+            mib(m.idle_rss_mib),
+            mib(m.connected_rss_mib),
+            mib(m.peak_rss_mib),
+            mib(m.after_rss_mib),
+            format!("{} / {}", m.err_unavailable, m.reconnects),
+            (if m.exact { "yes" } else { "NO" }).to_owned(),
+        ]);
+    }
+    table.write_to(md);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,10 +537,19 @@ mod tests {
             "{md}"
         );
         assert_eq!(
-            row(&md, "tally / raw Kafka throughput")[2..],
-            ["0.40× (median of 3 within-run ratios)", "yes"]
+            row(&md, "ACK latency p99 at half rate (novel)")[2..],
+            ["10.0 ms at 25,200 msg/s offered", "yes"]
         );
-        assert_eq!(row(&md, "producer RSS")[3], "yes");
+        assert_eq!(row(&md, "producer RSS")[3], "n/a");
+        assert!(md.contains("## End to end, novel (median)"), "{md}");
+        assert!(
+            md.contains(
+                "Workloads: novel; consume-only: not measured; many clients: not measured."
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("distinct (median)"), "{md}");
+        assert!(!md.contains("## Consume-only") && !md.contains("## Many clients"));
         assert_eq!(
             row(&md, "Kafka idempotent acks=all produce (batch 16)")[1..],
             ["200,000", "100,000", "200,000", "300,000"]
@@ -423,9 +596,77 @@ mod tests {
         let s = summarize(&r);
         let md = std::fs::read_to_string(write_markdown(&r, &s, dir.path()).expect("report"))
             .expect("read");
-        assert_eq!(row(&md, "sustained end-to-end throughput")[3], "NO");
+        assert_eq!(row(&md, "every point exact")[3], "NO");
         assert_eq!(*row(&md, "10").last().expect("cells"), "NO");
-        assert!(md.contains("Run 3, 10 clients (full speed)"), "{md}");
+        assert!(md.contains("Run 3, novel, 10 clients (full speed)"), "{md}");
         assert!(md.contains("client c-7: counted 41, sent 42"));
+    }
+
+    #[test]
+    fn both_workloads_consume_only_and_many_clients_are_reported() {
+        use crate::results::{ConsumeOnly, ManyClients, WorkloadRun};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = three_runs();
+        for run in &mut r.runs {
+            let consume = |per_s: f64| ConsumeOnly {
+                records: 500_000,
+                clients: 100,
+                partitions: 12,
+                counters: 1,
+                aggregators: 1,
+                preload_s: 3.0,
+                counted_s: 500_000.0 / per_s,
+                per_s,
+                exact: true,
+                mismatches: Vec::new(),
+                cost: vec![
+                    cost("kafka-1", "kafka", 4.0, 900.0),
+                    cost("redis-7000", "redis", 20.0, 10.0),
+                    cost("tally-counter-0", "tally", 2.0, 50.0),
+                    cost("tally-aggregator-0", "tally", 3.0, 50.0),
+                ],
+            };
+            run.consume_only = Some(consume(30_000.0));
+            run.distinct = Some(WorkloadRun {
+                e2e: vec![
+                    point(100, None, 9_000.0, 1.0),
+                    point(100, Some(45.0), 4_500.0, 1.0),
+                ],
+                sustained: None,
+                consume_only: Some(consume(9_000.0)),
+            });
+            run.many_clients = Some(ManyClients {
+                clients: 10_000,
+                connect_s: 9.0,
+                idle_rss_mib: 40.0,
+                connected_rss_mib: 120.0,
+                peak_rss_mib: 130.0,
+                after_rss_mib: 50.0,
+                settle_s: 5.0,
+                exact: true,
+                err_unavailable: 0,
+                reconnects: 0,
+            });
+        }
+        let s = summarize(&r);
+        let md = std::fs::read_to_string(write_markdown(&r, &s, dir.path()).expect("report"))
+            .expect("read");
+        assert!(md.contains("## End to end, distinct (median)"), "{md}");
+        assert!(
+            md.contains("## Cost at 100 clients, full speed, distinct (median)"),
+            "{md}"
+        );
+        assert_eq!(
+            row(&md, "novel records/s")[1..],
+            ["30,000", "30,000", "30,000", "30,000", "29.0", "4.0", "20.0", "2.0", "3.0", "yes"]
+        );
+        assert_eq!(row(&md, "distinct records/s")[1], "9,000");
+        let many = &md[md.find("## Many clients").expect("many-clients section")..];
+        assert_eq!(
+            row(many, "1")[1..],
+            ["9.0", "40.0", "120.0", "130.0", "50.0", "0 / 0", "yes"]
+        );
+        assert_eq!(row(&md, "producer RSS")[3], "yes");
+        assert_eq!(row(&md, "consume-only (distinct)")[3], "NO");
     }
 }

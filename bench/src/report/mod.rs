@@ -10,8 +10,11 @@
 //!   each run's best full-speed end-to-end rate divided by the same run's
 //!   idempotent acks=all produce rate. It is never a ratio of medians, so a noisy
 //!   neighbour that slows one run slows both sides of that run's ratio.
-//! - A point is exact only if it was exact in every run, and the throughput
-//!   target is met only if every point of every run was exact.
+//! - A point is exact only if it was exact in every run, and a sustained-rate
+//!   target is met only if every point of its workload in every run was exact.
+//! - Both workloads are reported alike: the novel's figures first, then the
+//!   all-distinct workload's ([`BenchResults::for_workload`] gives each its
+//!   own view of the runs; [`Summary::distinct`] holds the second).
 //! - A target whose data is missing is reported as not evaluable (`met: None`,
 //!   `n/a`), never as met and never with a panic; nothing here panics on the
 //!   results or on IO: file errors come back as a [`ReportError`] naming the path.
@@ -34,13 +37,16 @@ mod text;
 
 pub use charts::write_charts;
 pub use headline::{
-    headline, headline_line, CpuPerMessage, Headline, PointHealth, WorkloadHeadline,
+    headline, headline_line, CpuPerMessage, Headline, ManyClientsHeadline, PointHealth,
+    WorkloadHeadline,
 };
 pub use markdown::write_markdown;
 pub use summary::{median, summarize, CostSummary, PointSummary, ScriptSummary, Summary};
 pub use targets::{
-    TargetCheck, TARGET_ACK_P99_MS, TARGET_E2E_P99_MS, TARGET_PRODUCER_CLIENTS,
-    TARGET_PRODUCER_RSS_MIB, TARGET_RATIO, TARGET_SUSTAINED_PER_S, TARGET_WORKER_RSS_MIB,
+    TargetCheck, TARGET_ACK_P99_MS, TARGET_CONSUME_DISTINCT_PER_S, TARGET_CONSUME_PER_S,
+    TARGET_CPU_US_PER_MSG, TARGET_E2E_P99_MS, TARGET_PRODUCER_AFTER_SLACK_MIB,
+    TARGET_PRODUCER_CLIENTS, TARGET_PRODUCER_RSS_MIB, TARGET_SUSTAINED_DISTINCT_PER_S,
+    TARGET_SUSTAINED_PER_S, TARGET_WORKER_RSS_MIB,
 };
 pub use text::summary_text;
 

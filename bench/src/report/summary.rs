@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::targets::{targets, TargetCheck};
-use crate::results::{BenchResults, E2ePoint};
+use crate::results::{BenchResults, E2ePoint, Workload};
 
 /// The median of the finite values; `None` if there is none. An even count
 /// gives the mean of the two middle values.
@@ -49,9 +49,13 @@ pub struct Summary {
     pub ratio_by_run: Vec<Option<f64>>,
     /// Median of [`Summary::ratio_by_run`].
     pub ratio_to_kafka: Option<f64>,
-    /// Every point of every run was exact (and there was at least one point).
+    /// Every end-to-end point of every run was exact (and there was at least one).
     pub all_exact: bool,
-    /// The targets of the benchmark, each judged on the medians.
+    /// The all-distinct workload's points, summarized alike (its `distinct` and
+    /// `targets` are empty), if any run measured it; the fields above are the
+    /// novel workload's.
+    pub distinct: Option<Box<Summary>>,
+    /// The targets of the benchmark (both workloads), each judged on the medians.
     pub targets: Vec<TargetCheck>,
 }
 
@@ -252,8 +256,20 @@ pub(super) fn ratio(a: f64, b: f64) -> Option<f64> {
 }
 
 /// Medians over the runs of every figure, the within-run ratios to raw Kafka and
-/// the target checks (see the module doc for the rules).
+/// the target checks (see the module doc for the rules), for the novel workload
+/// and, under `distinct`, the all-distinct one.
 pub fn summarize(results: &BenchResults) -> Summary {
+    let mut summary = summarize_points(&results.for_workload(Workload::Novel));
+    let distinct = results.for_workload(Workload::Distinct);
+    if distinct.runs.iter().any(|r| !r.e2e.is_empty()) {
+        summary.distinct = Some(Box::new(summarize_points(&distinct)));
+    }
+    summary.targets = targets(results, &summary);
+    summary
+}
+
+/// [`summarize`] of one workload's results, without targets.
+fn summarize_points(results: &BenchResults) -> Summary {
     let runs = &results.runs;
     let produce: Vec<f64> = runs.iter().map(|r| r.kafka_produce.per_s).collect();
     let txn: Vec<f64> = runs.iter().map(|r| r.kafka_transactional.per_s).collect();
@@ -316,7 +332,7 @@ pub fn summarize(results: &BenchResults) -> Summary {
     let all_exact = !points.is_empty() && points.iter().all(|p| p.exact);
     let ratios: Vec<f64> = ratio_by_run.iter().flatten().copied().collect();
 
-    let mut summary = Summary {
+    Summary {
         runs: runs.len(),
         kafka_produce_per_s: median(&produce),
         kafka_transactional_per_s: median(&txn),
@@ -325,10 +341,9 @@ pub fn summarize(results: &BenchResults) -> Summary {
         ratio_by_run,
         ratio_to_kafka: median(&ratios),
         all_exact,
+        distinct: None,
         targets: Vec::new(),
-    };
-    summary.targets = targets(results, &summary);
-    summary
+    }
 }
 
 /// The full-speed point of a run with the highest finite end-to-end rate.

@@ -11,7 +11,7 @@ use super::format::{ms, or_dash, thousands};
 use crate::results::BenchResults;
 
 /// Appends the section to `md` if any run has a search.
-pub(super) fn sustained_tables(md: &mut String, results: &BenchResults) {
+pub(super) fn sustained_tables(md: &mut String, results: &BenchResults, workload: &str) {
     let searches: Vec<_> = results
         .runs
         .iter()
@@ -20,7 +20,7 @@ pub(super) fn sustained_tables(md: &mut String, results: &BenchResults) {
     let Some((_, first)) = searches.first() else {
         return;
     };
-    let _ = writeln!(md, "\n## Sustained rate (search)\n");
+    let _ = writeln!(md, "\n## Sustained rate (search), {workload}\n");
     let _ = writeln!(
         md,
         "{} clients, windows of {} s, bisected between {} msg/s and the run's raw produce \
@@ -89,7 +89,7 @@ mod tests {
     fn lists_every_window_and_the_rate_found() {
         let mut r = three_runs();
         let mut md = String::new();
-        sustained_tables(&mut md, &r);
+        sustained_tables(&mut md, &r, "novel");
         assert!(md.is_empty(), "no search, no section: {md}");
         let step = |offered: f64, carried: bool| SustainStep {
             offered_msg_s: offered,
@@ -112,8 +112,8 @@ mod tests {
             steps: vec![step(15_000.0, true), step(58_000.0, false)],
             rate_msg_s: Some(15_000.0),
         });
-        sustained_tables(&mut md, &r);
-        assert!(md.contains("## Sustained rate (search)"), "{md}");
+        sustained_tables(&mut md, &r, "novel");
+        assert!(md.contains("## Sustained rate (search), novel"), "{md}");
         assert!(md.contains("| 2 | 58,000 |"), "{md}");
         assert!(md.contains("1,200 → 40,000"), "{md}");
         assert!(md.contains("no: counting lag grew"), "{md}");

@@ -7,7 +7,8 @@ use super::summary::Summary;
 use crate::results::BenchResults;
 
 /// A short plain-text summary for the terminal: the targets (`met`, `NOT MET`,
-/// `n/a`), the raw ceilings and the end-to-end medians.
+/// `n/a`), the raw ceilings, the end-to-end medians of each workload, the
+/// consume-only rates and the many-clients point.
 pub fn summary_text(results: &BenchResults, summary: &Summary) -> String {
     let s = summary;
     let mut t = String::new();
@@ -57,29 +58,58 @@ pub fn summary_text(results: &BenchResults, summary: &Summary) -> String {
             latency_pair(sc.call_p50_ms, sc.call_p99_ms)
         );
     }
-    let _ = writeln!(t, "end to end (median):");
-    let _ = writeln!(
-        t,
-        "  {:>7}  {:<10}  {:>10}  {:>10}  {:>6}  {:>15}  {:>15}  exact",
-        "clients", "rate", "ingest/s", "e2e/s", "ratio", "ACK p50/p99 ms", "e2e p50/p99 ms"
-    );
-    for p in &s.points {
-        let rate = match (p.rate_limited, p.rate_per_client) {
-            (false, _) => "full".to_owned(),
-            (true, Some(r)) => format!("{}/s each", small_rate(r)),
-            (true, None) => "half".to_owned(),
-        };
+    for (workload, points) in
+        std::iter::once(("novel", s)).chain(s.distinct.as_deref().map(|d| ("distinct", d)))
+    {
+        if points.points.is_empty() {
+            continue;
+        }
+        let _ = writeln!(t, "end to end, {workload} (median):");
         let _ = writeln!(
             t,
-            "  {:>7}  {:<10}  {:>10}  {:>10}  {:>6}  {:>15}  {:>15}  {}",
-            p.clients,
-            rate,
-            or_dash(p.ingest_per_s, thousands),
-            or_dash(p.end_to_end_per_s, thousands),
-            or_dash(p.ratio_to_kafka, ratio_text),
-            latency_pair(p.ack_p50_ms, p.ack_p99_ms),
-            latency_pair(p.e2e_p50_ms, p.e2e_p99_ms),
-            if p.exact { "yes" } else { "NO" }
+            "  {:>7}  {:<10}  {:>10}  {:>10}  {:>6}  {:>15}  {:>15}  exact",
+            "clients", "rate", "ingest/s", "e2e/s", "ratio", "ACK p50/p99 ms", "e2e p50/p99 ms"
+        );
+        for p in &points.points {
+            let rate = match (p.rate_limited, p.rate_per_client) {
+                (false, _) => "full".to_owned(),
+                (true, Some(r)) => format!("{}/s each", small_rate(r)),
+                (true, None) => "half".to_owned(),
+            };
+            let _ = writeln!(
+                t,
+                "  {:>7}  {:<10}  {:>10}  {:>10}  {:>6}  {:>15}  {:>15}  {}",
+                p.clients,
+                rate,
+                or_dash(p.ingest_per_s, thousands),
+                or_dash(p.end_to_end_per_s, thousands),
+                or_dash(p.ratio_to_kafka, ratio_text),
+                latency_pair(p.ack_p50_ms, p.ack_p99_ms),
+                latency_pair(p.e2e_p50_ms, p.e2e_p99_ms),
+                if p.exact { "yes" } else { "NO" }
+            );
+        }
+    }
+    let h = super::headline(results);
+    for (workload, w) in [("novel", &h.novel), ("distinct", &h.distinct)] {
+        if let Some(per_s) = w.consume_only_rec_s {
+            let _ = writeln!(
+                t,
+                "consume-only, {workload}: {} records/s, {} µs CPU/record",
+                thousands(per_s),
+                or_dash(w.consume_only_cpu_us_per_rec.total, |v| format!("{v:.1}"))
+            );
+        }
+    }
+    if let Some(m) = &h.many_clients {
+        let _ = writeln!(
+            t,
+            "{} clients: producer RSS {} MiB idle, {} connected (peak {}), {} after they left",
+            thousands(m.clients as f64),
+            or_dash(m.idle_rss_mib, |v| format!("{v:.1}")),
+            or_dash(m.connected_rss_mib, |v| format!("{v:.1}")),
+            or_dash(m.peak_rss_mib, |v| format!("{v:.1}")),
+            or_dash(m.after_rss_mib, |v| format!("{v:.1}"))
         );
     }
     t
@@ -95,19 +125,19 @@ mod tests {
     fn summary_text_lists_targets_and_points() {
         let mut r = three_runs();
         for run in &mut r.runs {
-            run.e2e[4].ack_p99_ms = 25.0;
+            run.e2e[4].ack_p99_ms = 30.0;
         }
         let s = summarize(&r);
         let text = summary_text(&r, &s);
         assert!(text.contains("Medians over 3 runs"), "{text}");
         assert!(
             text.lines().any(|l| l.trim_start().starts_with("NOT MET")
-                && l.contains("ACK latency p99 at half rate")),
+                && l.contains("ACK latency p99 at half rate (novel)")),
             "{text}"
         );
         assert!(
             text.lines()
-                .any(|l| l.trim_start().starts_with("met") && l.contains("producer RSS")),
+                .any(|l| l.trim_start().starts_with("met") && l.contains("counter RSS")),
             "{text}"
         );
         assert!(text.contains("200,000"), "{text}");
