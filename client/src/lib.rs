@@ -2,6 +2,8 @@
 //! commands of the `tally` tool (including `tally serve`, the API and dashboard).
 
 pub mod audit;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod inspect;
 pub mod manifest;
 pub mod mtc;

@@ -151,8 +151,13 @@ impl Manifest {
             path: path.to_owned(),
             source,
         })?;
+        Self::from_slice(&text, path)
+    }
+
+    /// Parses a manifest's bytes (read from `path`, named in errors).
+    pub fn from_slice(text: &[u8], path: &Path) -> Result<Self, ManifestError> {
         let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|source| ManifestError::Parse {
+            serde_json::from_slice(text).map_err(|source| ManifestError::Parse {
                 path: path.to_owned(),
                 source,
             })?;

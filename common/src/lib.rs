@@ -9,6 +9,8 @@ pub mod backoff;
 pub mod combiner;
 pub mod counting;
 pub mod failpoint;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod kafka;
 pub mod keys;
 pub mod observe;

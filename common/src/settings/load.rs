@@ -43,6 +43,20 @@ impl Settings {
         Self::from_layers(file_tree, env_tree)
     }
 
+    /// Settings from one TOML text alone (no file, no environment): what a
+    /// configuration file with this text would give.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file_tree = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
+            .map_err(|source| ConfigError::Source {
+                path: PathBuf::from("<text>"),
+                source: Box::new(source),
+            })?;
+        Self::from_layers(file_tree, config::Map::new())
+    }
+
     /// Merges the file and environment trees section by section and deserializes each
     /// section on its own, so that a problem in one does not hide problems in another.
     fn from_layers(

@@ -1,0 +1,4 @@
+//! Fuzz target: `tally_common::fuzzing::line_protocol` (see that module for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tally_common::fuzzing::line_protocol(data));
