@@ -112,6 +112,7 @@ pub async fn consume_only(
         timeout: Duration::from_secs(600),
         max_line: settings.producer.max_line_bytes,
         distinct: load.distinct,
+        token_secret: None,
     };
     let (manifest, lines, _) = mtc::prepare(&plan, &inspector)
         .await

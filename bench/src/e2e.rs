@@ -339,6 +339,7 @@ impl Pipeline {
             timeout: Duration::from_secs(600),
             max_line: self.settings.producer.max_line_bytes,
             distinct,
+            token_secret: None,
         };
         let (manifest, lines, resumed) = mtc::prepare(&plan, &self.inspector)
             .await

@@ -100,6 +100,7 @@ pub async fn many_clients(
         timeout: CONNECT_TIMEOUT,
         max_line: pipeline.settings.producer.max_line_bytes,
         distinct: false,
+        token_secret: None,
     };
     let (manifest, lines, _) = mtc::prepare(&plan, pipeline.inspector())
         .await

@@ -86,6 +86,10 @@ struct SendArgs {
     /// ends the command.
     #[arg(long)]
     id: Option<String>,
+    /// The id's token, when the producer authenticates clients
+    /// (producer.auth.mode = "token"; `tally admin token --id ID` prints it).
+    #[arg(long, env = "TALLY_TOKEN", requires = "id", hide_env_values = true)]
+    token: Option<String>,
     /// Producer address; defaults to client.producer_addr from the configuration.
     #[arg(long)]
     addr: Option<String>,
@@ -207,6 +211,13 @@ enum AdminCommand {
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Print the token of a client id, minted under producer.auth.secret_file
+    /// (for `HELLO <id> <token>` when producer.auth.mode = "token").
+    Token {
+        /// The client id.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +337,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Admin {
             command: AdminCommand::InitTopics { timeout },
         } => init_topics(&settings, timeout).await,
+        Command::Admin {
+            command: AdminCommand::Token { id },
+        } => {
+            let id = ClientId::parse(&id).map_err(|e| usage(anyhow!("--id: {e}")))?;
+            let path = settings
+                .producer
+                .auth
+                .secret_file
+                .as_deref()
+                .ok_or_else(|| {
+                    usage(anyhow!(
+                        "producer.auth.secret_file is not set: tokens are minted under it"
+                    ))
+                })?;
+            let secret = tally_common::auth::Secret::read("producer.auth.secret_file", path)
+                .map_err(usage)?;
+            outln!("{}", secret.mint(&id));
+            Ok(())
+        }
     }
 }
 
@@ -373,6 +403,7 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
     let options = SessionOptions {
         window: usize::try_from(args.window).unwrap_or(usize::MAX),
         numbering: Numbering::Append,
+        token: args.token,
         ..SessionOptions::default()
     };
     let outcome = session::run(
@@ -411,6 +442,24 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The secret mtc mints its clients' tokens under: `producer.auth.secret_file`
+/// when `producer.auth.mode = "token"` (the operator's configuration), else none.
+fn token_secret(
+    settings: &Settings,
+) -> Result<Option<tally_common::auth::Secret>, tally_common::auth::AuthError> {
+    use tally_common::settings::AuthMode;
+    match (
+        settings.producer.auth.mode,
+        &settings.producer.auth.secret_file,
+    ) {
+        (AuthMode::Token, Some(path)) => {
+            tally_common::auth::Secret::read("producer.auth.secret_file", path).map(Some)
+        }
+        (AuthMode::Token, None) => Err(tally_common::auth::AuthError::NoSecret),
+        (AuthMode::None, _) => Ok(None),
+    }
+}
+
 async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
     let run_id = args.run_id.unwrap_or_else(mtc::new_run_id);
     let manifest_path = match args.manifest {
@@ -436,6 +485,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
         timeout: args.timeout,
         max_line: settings.producer.max_line_bytes,
         distinct: args.distinct,
+        token_secret: token_secret(settings).map_err(usage)?,
     };
     let inspector = Inspector::connect(settings).await.map_err(failed)?;
     let (manifest, lines, resumed) =

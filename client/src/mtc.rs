@@ -51,6 +51,9 @@ pub struct MtcPlan {
     /// Salt every line with its client and sn (`<client>:<sn> <line>`), so every
     /// text is sent once ([`crate::manifest::salted_line`]).
     pub distinct: bool,
+    /// The secret each client's token is minted under, when the producer
+    /// authenticates clients (`producer.auth.mode = "token"`).
+    pub token_secret: Option<tally_common::auth::Secret>,
 }
 
 /// Why a mass test could not run.
@@ -229,6 +232,7 @@ pub async fn execute(
             rate: plan.rate,
             deadline: Some(deadline),
             numbering: Numbering::FromOne,
+            token: plan.token_secret.as_ref().map(|s| s.mint(&id)),
             ..SessionOptions::default()
         };
         let progress = progress.clone();

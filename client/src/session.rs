@@ -113,6 +113,8 @@ pub struct SessionOptions {
     pub deadline: Option<Instant>,
     /// How the lines map to sns.
     pub numbering: Numbering,
+    /// The client's token, sent with its HELLO (`producer.auth.mode = "token"`).
+    pub token: Option<String>,
 }
 
 impl Default for SessionOptions {
@@ -123,6 +125,7 @@ impl Default for SessionOptions {
             stall_timeout: STALL_TIMEOUT,
             deadline: None,
             numbering: Numbering::FromOne,
+            token: None,
         }
     }
 }
@@ -415,7 +418,11 @@ async fn hello(
     replies: &mut tokio::io::Lines<BufReader<OwnedReadHalf>>,
 ) -> Result<Result<u64, Attempt>, SessionError> {
     if let Err(e) = async {
-        writer.write_all(format!("HELLO {id}\n").as_bytes()).await?;
+        let hello = match &session.options.token {
+            Some(token) => format!("HELLO {id} {token}\n"),
+            None => format!("HELLO {id}\n"),
+        };
+        writer.write_all(hello.as_bytes()).await?;
         writer.flush().await
     }
     .await

@@ -52,9 +52,10 @@ fn drain(reader: &mut LineReader, hello_allowed: &mut bool) {
             assert!(!bytes.is_empty(), "an empty line passed");
         }
         match protocol::parse(line, MAX_LINE, *hello_allowed) {
-            Request::Hello(id) => {
+            Request::Hello { id, token } => {
                 assert!(*hello_allowed);
                 assert!(crate::ClientId::parse(id.as_str()).is_ok());
+                assert!(token.is_none_or(|t| t.len() == protocol::TOKEN_LEN));
             }
             Request::Message(text) => {
                 assert!(!text.is_empty() && text.len() <= MAX_LINE);

@@ -5,6 +5,7 @@
 //! exactly-once depends on is defined here and nowhere else, so the producer, the
 //! counter, the aggregator and the CLI cannot disagree about it.
 
+pub mod auth;
 pub mod backoff;
 pub mod combiner;
 pub mod counting;

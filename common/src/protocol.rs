@@ -24,8 +24,13 @@ const MAX_READ: usize = 64 * 1024;
 /// One thing a client said.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    /// `HELLO <client-id>`.
-    Hello(ClientId),
+    /// `HELLO <client-id> [<token>]`.
+    Hello {
+        /// The client id.
+        id: ClientId,
+        /// Its token (`common::auth`), if one was given.
+        token: Option<String>,
+    },
     /// A message line.
     Message(String),
     /// A line that gets an `ERR` and is not stored.
@@ -53,6 +58,9 @@ pub enum ProtocolError {
     /// HELLO once the connection already has an identity.
     #[error("bad_hello HELLO must be the first line")]
     HelloTooLate,
+    /// A HELLO whose second word is not a token.
+    #[error("bad_hello expected HELLO <id> or HELLO <id> <token>, a token being {TOKEN_LEN} lowercase hex digits")]
+    BadToken,
 }
 
 /// Splits a byte stream into lines: `\n` ends a line, a trailing `\r` is dropped,
@@ -177,6 +185,13 @@ impl LineReader {
     }
 }
 
+/// Characters of a client token (`common::auth`: hex of an HMAC-SHA256).
+pub const TOKEN_LEN: usize = 64;
+
+fn is_token(text: &str) -> bool {
+    text.len() == TOKEN_LEN && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Interprets a line. `hello_allowed` is true until the connection has an identity.
 pub fn parse(line: Line, max_line: usize, hello_allowed: bool) -> Request {
     let bytes = match line {
@@ -195,9 +210,14 @@ pub fn parse(line: Line, max_line: usize, hello_allowed: bool) -> Request {
         if !hello_allowed {
             return Request::Invalid(ProtocolError::HelloTooLate);
         }
-        let id = text["HELLO".len()..].trim_start_matches(' ');
+        let rest = text["HELLO".len()..].trim_start_matches(' ');
+        let (id, token) = match rest.split_once(' ') {
+            Some((id, token)) if is_token(token) => (id, Some(token.to_owned())),
+            Some(_) => return Request::Invalid(ProtocolError::BadToken),
+            None => (rest, None),
+        };
         return match ClientId::parse(id) {
-            Ok(id) => Request::Hello(id),
+            Ok(id) => Request::Hello { id, token },
             Err(e) => Request::Invalid(e.into()),
         };
     }
@@ -251,10 +271,14 @@ pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
 /// `producer.first_line_timeout_ms` of connecting.
 pub const FIRST_LINE_TIMEOUT: &str = "first_line_timeout";
 
-/// Whether a reply is an abuse limit's refusal (the connection was closed and
-/// nothing of it stored).
+/// The code of `ERR unauthorized`: `producer.auth` refused the client (no HELLO,
+/// or no valid token for its id).
+pub const UNAUTHORIZED: &str = "unauthorized";
+
+/// Whether a reply is a refusal (an abuse limit or `producer.auth`): the
+/// connection was closed and nothing of it claimed or stored.
 pub fn is_refusal(reply: &str) -> bool {
-    [TOO_MANY_CONNECTIONS, FIRST_LINE_TIMEOUT]
+    [TOO_MANY_CONNECTIONS, FIRST_LINE_TIMEOUT, UNAUTHORIZED]
         .iter()
         .any(|code| {
             reply
@@ -407,12 +431,32 @@ mod tests {
     #[test]
     fn hello_rules() {
         let hello = |s: &str, allowed| parse(text(s), 64, allowed);
+        let id = || ClientId::parse("client-7").expect("id");
         assert_eq!(
             hello("HELLO client-7", true),
-            Request::Hello(ClientId::parse("client-7").expect("id"))
+            Request::Hello {
+                id: id(),
+                token: None
+            }
+        );
+        let token = "0123456789abcdef".repeat(4);
+        assert_eq!(
+            parse(text(&format!("HELLO client-7 {token}")), 128, true),
+            Request::Hello {
+                id: id(),
+                token: Some(token.clone())
+            }
+        );
+        assert_eq!(
+            hello("HELLO bad id", true),
+            Request::Invalid(ProtocolError::BadToken)
+        );
+        assert_eq!(
+            parse(text(&format!("HELLO client-7 {token} x")), 128, true),
+            Request::Invalid(ProtocolError::BadToken)
         );
         assert!(matches!(
-            hello("HELLO bad id", true),
+            hello("HELLO bad:id/x", true),
             Request::Invalid(ProtocolError::BadHelloId(_))
         ));
         assert!(matches!(

@@ -154,6 +154,13 @@ impl Connection {
                     match protocol::parse(line, self.reader_max(), hello_allowed) {
                         Request::Message(text) => {
                             if self.identity.is_none() {
+                                if self.shared.auth.is_some() {
+                                    return self
+                                        .unauthorized(
+                                            "a HELLO with the client's token must come first",
+                                        )
+                                        .await;
+                                }
                                 let id = ClientId::from_peer(self.peer);
                                 if !self.claim(id, false, &mut replies).await? {
                                     self.write(&replies).await?;
@@ -167,7 +174,15 @@ impl Connection {
                             batch_bytes += text.len();
                             batch.push(text);
                         }
-                        Request::Hello(id) => {
+                        Request::Hello { id, token } => {
+                            if let Some(secrets) = &self.shared.auth {
+                                if !token.is_some_and(|t| secrets.admits(&id, &t)) {
+                                    self.write(&replies).await?;
+                                    return self
+                                        .unauthorized(&format!("no valid token for client {id}"))
+                                        .await;
+                                }
+                            }
                             if !self.claim(id, true, &mut replies).await? {
                                 self.write(&replies).await?;
                                 return Ok(());
@@ -249,6 +264,20 @@ impl Connection {
 
     fn reader_max(&self) -> usize {
         self.shared.settings.producer.max_line_bytes
+    }
+
+    /// Answers `ERR unauthorized <detail>`, counts it, and ends the connection:
+    /// nothing of it was claimed or stored.
+    async fn unauthorized(&mut self, detail: &str) -> Result<(), ConnectionEnd> {
+        metrics::counter!(
+            tally_common::observe::names::PRODUCER_REFUSED_CONNECTIONS,
+            "reason" => protocol::UNAUTHORIZED
+        )
+        .increment(1);
+        debug!("unauthorized: {detail}");
+        self.write(&protocol::refused(protocol::UNAUTHORIZED, detail))
+            .await?;
+        Ok(())
     }
 
     async fn write(&mut self, text: &str) -> Result<(), ConnectionEnd> {
@@ -450,6 +479,8 @@ fn reason(error: &ProtocolError) -> &'static str {
     match error {
         ProtocolError::TooLong { .. } => "too_long",
         ProtocolError::InvalidUtf8 { .. } => "invalid_utf8",
-        ProtocolError::BadHelloId(_) | ProtocolError::HelloTooLate => "bad_hello",
+        ProtocolError::BadHelloId(_) | ProtocolError::HelloTooLate | ProtocolError::BadToken => {
+            "bad_hello"
+        }
     }
 }

@@ -68,6 +68,9 @@ pub enum ProducerError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The client-token secrets cannot be used.
+    #[error("auth: {0}")]
+    Auth(#[from] tally_common::auth::AuthError),
 }
 
 /// The configured instance id, or a generated one (`p-<pid>-<random>`; the
@@ -101,6 +104,10 @@ pub async fn run_with_readiness(
 ) -> Result<(), ProducerError> {
     let (redis_ready, kafka_ready) = (readiness.condition("redis"), readiness.condition("kafka"));
     let instance = instance_id(&settings);
+    let auth = tally_common::auth::from_settings(&settings.producer.auth)?;
+    if auth.is_none() {
+        warn!("producer.auth.mode = \"none\": anyone who reaches {} may store messages under any client id (docs/security.md)", settings.producer.listen);
+    }
     let conn = connect(&settings.redis).await?;
     let _redis_probe = observe::redis_probe(conn.clone(), redis_ready);
     let store = StashStore::new(
@@ -124,6 +131,7 @@ pub async fn run_with_readiness(
         settings,
         store,
         flusher: flush_tx,
+        auth,
     });
     info!(instance = %instance, listen = %listener.local_addr()?, "tally-producer starting");
 

@@ -30,6 +30,9 @@ pub struct Shared {
     pub flusher: mpsc::Sender<FlushCommand>,
     /// The global memory budget for un-flushed messages.
     pub memory: MemoryBudget,
+    /// The secrets client tokens are checked against (`producer.auth.mode =
+    /// "token"`); `None`: any client may use any id.
+    pub auth: Option<tally_common::auth::TokenSecrets>,
 }
 
 /// What connections and the ownership task tell the flusher.

@@ -301,6 +301,85 @@ async fn abuse_limits_refuse_extra_connections_and_slow_first_lines() {
     producer.shutdown().await.expect("clean shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_admits_only_the_ids_token_and_an_impostor_disturbs_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(
+        &secret_file,
+        "an example secret of at least thirty-two bytes\n",
+    )
+    .expect("write secret");
+    let secret = tally_common::auth::Secret::read("test", &secret_file).expect("secret");
+    let mut settings = isolated_settings("it-proto-auth", 3).await;
+    settings.producer.auth.mode = tally_common::settings::AuthMode::Token;
+    settings.producer.auth.secret_file = Some(secret_file.clone());
+    let producer = InProcessProducer::start(settings.clone()).await;
+    let id = ClientId::parse("sensor-7").expect("id");
+    let token = secret.mint(&id);
+
+    let mut owner = Raw::connect(&producer.addr).await;
+    owner
+        .send(format!("HELLO sensor-7 {token}\none\n").as_bytes())
+        .await;
+    assert_eq!(owner.line().await, "WELCOME sensor-7 0");
+    assert_eq!(owner.line().await, "ACK 1");
+
+    // Every way in without the id's token is refused and closed.
+    let other = secret.mint(&ClientId::parse("sensor-8").expect("id"));
+    for hello in [
+        "HELLO sensor-7\nstolen\n".to_owned(),
+        format!("HELLO sensor-7 {other}\nstolen\n"),
+        format!("HELLO sensor-7 {}\nstolen\n", "0".repeat(64)),
+        "no hello at all\n".to_owned(),
+    ] {
+        let mut impostor = Raw::connect(&producer.addr).await;
+        impostor.send(hello.as_bytes()).await;
+        let reply = impostor.line().await;
+        assert!(reply.starts_with("ERR unauthorized "), "{hello:?}: {reply}");
+        impostor.expect_closed().await;
+    }
+    // The owner was neither superseded nor resumed by anyone: its next line is 2.
+    owner.send(b"two\n").await;
+    assert_eq!(owner.line().await, "ACK 2");
+    drop(owner);
+
+    // `tally admin token` mints the same token from the same secret.
+    let output = std::process::Command::new(tally_tests::binary("tally"))
+        .arg("--config")
+        .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+        .args(["admin", "token", "--id", "sensor-7"])
+        .env("TALLY__PRODUCER__AUTH__SECRET_FILE", &secret_file)
+        .output()
+        .expect("run tally admin token");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), token);
+
+    // `tally mtc` with the operator's configuration mints each client's token.
+    let input = dir.path().join("lines.txt");
+    std::fs::write(&input, "alpha\nbeta\ngamma\n").expect("write input");
+    let mut mtc = std::process::Command::new(tally_tests::binary("tally"));
+    mtc.arg("--config")
+        .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+        .args(["mtc", "--clients", "3", "--addr", &producer.addr, "--file"])
+        .arg(&input)
+        .arg("--manifest")
+        .arg(dir.path().join("run.json"))
+        .env("TALLY__PRODUCER__AUTH__MODE", "token")
+        .env("TALLY__PRODUCER__AUTH__SECRET_FILE", &secret_file);
+    for (k, v) in ServiceProcess::env_for(&settings) {
+        mtc.env(k, v);
+    }
+    let output = mtc.output().expect("run tally mtc");
+    assert!(
+        output.status.success(),
+        "mtc with minted tokens: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    producer.shutdown().await.expect("clean shutdown");
+}
+
 /// A connection that said `HELLO id` and got its WELCOME, retrying while the
 /// per-address limit still counts a connection that just ended.
 async fn admitted(addr: &str, id: &str) -> Raw {

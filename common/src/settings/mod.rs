@@ -171,6 +171,9 @@ pub struct ProducerSettings {
     /// byte would otherwise hold a connection slot for as long as it likes).
     #[serde(default = "defaults::first_line_timeout_ms")]
     pub first_line_timeout_ms: u64,
+    /// `[producer.auth]`: who may speak for a client id.
+    #[serde(default)]
+    pub auth: AuthSettings,
     /// A connection that sends nothing for this long is closed, in milliseconds.
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
@@ -266,6 +269,32 @@ pub struct ClientSettings {
     /// Producer address(es) the CLI connects to, comma-separated `host:port`.
     #[serde(default = "defaults::client_producer_addr")]
     pub producer_addr: String,
+}
+
+/// `[producer.auth]`: who may speak for a client id (see `common::auth`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuthSettings {
+    /// `none` (anyone reaching the port may use any id: a trusted network only)
+    /// or `token` (`HELLO <id> <token>`, the token minted by `tally admin token`).
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// The secret tokens are minted under (≥ 32 bytes); required by `token`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// A second secret still accepted while tokens are rotated to a new one.
+    #[serde(default)]
+    pub previous_secret_file: Option<PathBuf>,
+}
+
+/// How a producer authenticates clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication.
+    #[default]
+    None,
+    /// `HELLO <id> <token>` with an HMAC token of the id.
+    Token,
 }
 
 /// `[serve]`

@@ -125,6 +125,11 @@ impl Settings {
             "must be ≥ 1",
         );
         check(
+            p.auth.mode == AuthMode::None || p.auth.secret_file.is_some(),
+            "producer.auth.secret_file",
+            "required when producer.auth.mode = \"token\"",
+        );
+        check(
             p.first_line_timeout_ms >= 1,
             "producer.first_line_timeout_ms",
             "must be ≥ 1",
