@@ -329,6 +329,43 @@ pub const METRICS: &[MetricDoc] = {
     ]
 };
 
+/// The values of a counter's label known in advance, to start each series at 0.
+/// Counters with a label not listed here (`reason`, `kind`) appear on first use.
+pub const KNOWN_LABEL_VALUES: &[(&str, &str, &[&str])] = &[
+    (
+        names::COUNTER_RECORDS,
+        "outcome",
+        &["applied", "duplicate", "gap", "dlq"],
+    ),
+    (
+        names::AGGREGATOR_RECORDS,
+        "outcome",
+        &["applied", "duplicate", "dlq"],
+    ),
+];
+
+/// Registers every counter named `tally_<service>_...` at 0: unlabelled ones, and
+/// labelled ones with each value of [`KNOWN_LABEL_VALUES`].
+pub fn zero_counters(service: &str) {
+    let prefix = format!("tally_{service}_");
+    for m in METRICS {
+        if m.kind != Kind::Counter || !m.name.starts_with(&prefix) {
+            continue;
+        }
+        if m.labels.is_empty() {
+            metrics::counter!(m.name).increment(0);
+            continue;
+        }
+        for (name, label, values) in KNOWN_LABEL_VALUES {
+            if *name == m.name {
+                for value in *values {
+                    metrics::counter!(m.name, *label => *value).increment(0);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,8 @@
 //!
 //! Invariant: once per process, the Prometheus recorder is installed before the
 //! endpoint answers, so `/metrics` never serves a partial catalogue; every metric
-//! carries the `service` label.
+//! carries the `service` label, and the service's counters are there from the
+//! start at 0.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,6 +75,7 @@ impl Observer {
         })?;
         let handle = recorder(service)?.install_recorder()?;
         describe();
+        super::catalogue::zero_counters(service);
         let readiness = Readiness::default();
         let state = AppState {
             metrics: handle.clone(),
