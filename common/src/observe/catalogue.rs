@@ -342,6 +342,15 @@ pub const KNOWN_LABEL_VALUES: &[(&str, &str, &[&str])] = &[
         "outcome",
         &["applied", "duplicate", "dlq"],
     ),
+    (
+        names::PRODUCER_REFUSED_CONNECTIONS,
+        "reason",
+        &[
+            crate::protocol::TOO_MANY_CONNECTIONS,
+            crate::protocol::FIRST_LINE_TIMEOUT,
+            crate::protocol::UNAUTHORIZED,
+        ],
+    ),
 ];
 
 /// Registers every counter named `tally_<service>_...` at 0: unlabelled ones, and
