@@ -27,13 +27,16 @@ kafka_ensure_libs() {
 	rm -rf "$CACHE_DIR/.kafka-$KAFKA_VERSION".* # leftovers of interrupted fetches (we hold the lock)
 	tmp=$(mktemp -d "$CACHE_DIR/.kafka-$KAFKA_VERSION.XXXXXX")
 	kafka_fetch_pom >"$tmp/pom.xml"
+	heartbeat_start "Maven: fetching Kafka $KAFKA_VERSION"
 	if ! mvn -q -B -f "$tmp/pom.xml" \
 		"org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy-dependencies" \
 		-DincludeScope=runtime -DoutputDirectory="$tmp/libs" >"$tmp/mvn.log" 2>&1; then
+		heartbeat_stop
 		tail -n 40 "$tmp/mvn.log" >&2
 		rm -rf "$tmp"
 		die "Maven could not fetch Kafka $KAFKA_VERSION"
 	fi
+	heartbeat_stop
 	[[ -f $tmp/libs/kafka_$KAFKA_SCALA_VERSION-$KAFKA_VERSION.jar && -f $tmp/libs/kafka-tools-$KAFKA_VERSION.jar ]] ||
 		die "Kafka jars missing after the Maven fetch (see $tmp/mvn.log)"
 	date -u +%FT%TZ >"$tmp/.complete"
