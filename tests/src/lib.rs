@@ -328,7 +328,12 @@ pub async fn http_get_with(
     )
     .await
     .map_err(|_| std::io::Error::other("timed out"))??;
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    parse_http_response(&raw)
+}
+
+/// A whole raw HTTP/1.x response, unchunked: (status, body).
+pub fn parse_http_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()

@@ -282,14 +282,7 @@ async fn http10_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
         .await
         .map_err(|_| std::io::Error::other("timed out"))??;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    Ok((status, body.to_owned()))
+    tally_tests::parse_http_response(&raw)
 }
 
 /// Percent-encodes a query parameter.
