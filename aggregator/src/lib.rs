@@ -8,9 +8,10 @@
 //! 2. Parse each; invalid records are written to the DLQ by an idempotent producer,
 //!    and their delivery is confirmed before the offsets are committed, so a poison
 //!    record is skipped exactly when it is safely dead-lettered.
-//! 3. One Lua call per message hash counts the (client, sn) sightings above that
-//!    (message, client)'s high-water mark, stores the text once, and `WAIT`s for a
-//!    replica. Redis errors back off and retry.
+//! 3. One Lua call per bucket of message hashes (the batch's messages whose hashes
+//!    share their first digits, and so one slot) counts each message's (client,
+//!    sn) sightings above that (message, client)'s high-water mark, stores the text
+//!    once, and `WAIT`s for a replica. Redis errors back off and retry.
 //! 4. Commit the offsets synchronously, only after every call of the batch was
 //!    confirmed.
 //!
@@ -31,7 +32,7 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use rdkafka::error::KafkaError;
 use tally_common::backoff::Backoff;
-use tally_common::counting::CountStore;
+use tally_common::counting::{CountStore, MessageSightings};
 use tally_common::observe::{names, Readiness};
 use tally_common::records::MessageAggregation;
 use tally_common::{MessageHash, Settings};
@@ -240,28 +241,35 @@ fn plan(topic: &str, dlq: &str, records: Vec<Polled>) -> Plan {
 }
 
 impl Aggregator {
-    /// One count script per message hash, at most `aggregator.apply_concurrency` at
-    /// once; the calls that failed are retried together after a backoff. Returns how
-    /// many sightings counted.
+    /// One count script per bucket of message hashes (all of the batch's messages
+    /// whose hashes share their first digits, `MessageHash::bucket`), at most
+    /// `aggregator.apply_concurrency` at once; the calls that failed are retried
+    /// together after a backoff. Returns how many sightings counted.
     async fn apply(&self, by_hash: HashMap<MessageHash, Sightings>) -> u64 {
         // Retried in rounds, so a Redis outage logs one line per round, not one per
-        // message; the error metric still counts every failed call.
-        let mut pending: Vec<(MessageHash, Sightings)> = by_hash.into_iter().collect();
+        // bucket; the error metric still counts every failed call.
+        let mut pending: Vec<Vec<(MessageHash, Sightings)>> = by_bucket(by_hash);
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut total = 0;
         loop {
-            let calls = pending.into_iter().map(|(hash, sightings)| async move {
+            let calls = pending.into_iter().map(|bucket| async move {
                 let result = {
-                    let pairs: Vec<(&str, u64)> = sightings
-                        .pairs
+                    let pairs: Vec<Vec<(&str, u64)>> = bucket
                         .iter()
-                        .map(|(client, sn)| (client.as_str(), *sn))
+                        .map(|(_, s)| s.pairs.iter().map(|(c, sn)| (c.as_str(), *sn)).collect())
                         .collect();
-                    self.store
-                        .apply_message(&hash, &sightings.text, &pairs)
-                        .await
+                    let messages: Vec<MessageSightings<'_>> = bucket
+                        .iter()
+                        .zip(&pairs)
+                        .map(|((hash, s), pairs)| MessageSightings {
+                            hash,
+                            text: &s.text,
+                            sightings: pairs,
+                        })
+                        .collect();
+                    self.store.apply_messages(&messages).await
                 };
-                (hash, sightings, result)
+                (bucket, result)
             });
             let results: Vec<_> = stream::iter(calls)
                 .buffer_unordered(self.apply_concurrency)
@@ -269,13 +277,13 @@ impl Aggregator {
                 .await;
             let mut failed = Vec::new();
             let mut first_error = None;
-            for (hash, sightings, result) in results {
+            for (bucket, result) in results {
                 match result {
                     Ok(counted) => total += counted,
                     Err(e) => {
                         metrics::counter!(names::AGGREGATOR_REDIS_ERRORS).increment(1);
                         first_error.get_or_insert(e);
-                        failed.push((hash, sightings));
+                        failed.push(bucket);
                     }
                 }
             }
@@ -283,13 +291,25 @@ impl Aggregator {
                 return total;
             };
             warn!(
-                "count script failed for {} message(s): {e}; retrying",
+                "count script failed for {} bucket(s) of messages: {e}; retrying",
                 failed.len()
             );
             pending = failed;
             backoff.wait().await;
         }
     }
+}
+
+/// The batch's messages grouped by bucket: one count call each.
+fn by_bucket(by_hash: HashMap<MessageHash, Sightings>) -> Vec<Vec<(MessageHash, Sightings)>> {
+    let mut buckets: HashMap<u16, Vec<(MessageHash, Sightings)>> = HashMap::new();
+    for (hash, sightings) in by_hash {
+        buckets
+            .entry(hash.bucket())
+            .or_default()
+            .push((hash, sightings));
+    }
+    buckets.into_values().collect()
 }
 
 #[cfg(test)]

@@ -481,18 +481,21 @@ pub async fn wait_exact(
         }
         tokio::time::sleep(POLL).await;
     }
-    let mut pending: Vec<(String, u64)> = manifest
+    let mut pending: Vec<(MessageHash, u64)> = manifest
         .messages
         .iter()
         .filter_map(|m| {
             let hash: MessageHash = m.hash.parse().ok()?;
-            let key = inspector.keys().message_count(&hash);
-            Some((key, manifest.expected_message_count(m)))
+            Some((hash, manifest.expected_message_count(m)))
         })
         .collect();
     let mut last = (pending.len(), Instant::now());
     while !pending.is_empty() && Instant::now() < deadline && last.1.elapsed() < SETTLE {
-        let found = read(pending.iter().map(|(k, _)| k.clone()).collect()).await?;
+        let hashes: Vec<MessageHash> = pending.iter().map(|(h, _)| *h).collect();
+        let found = inspector
+            .message_counts(&hashes)
+            .await
+            .map_err(|e| BenchError::Check(format!("read counts: {e}")))?;
         let mut found = found.into_iter();
         pending.retain(|(_, want)| found.next().is_some_and(|f| f < *want));
         if pending.len() != last.0 {
@@ -675,15 +678,11 @@ async fn poll_probes(
         if outstanding.is_empty() {
             continue;
         }
-        let keys: Vec<String> = outstanding
+        let hashes: Vec<MessageHash> = outstanding
             .iter()
-            .map(|(text, _)| {
-                inspector
-                    .keys()
-                    .message_count(&MessageHash::of(text.as_bytes()))
-            })
+            .map(|(text, _)| MessageHash::of(text.as_bytes()))
             .collect();
-        let Ok(counts) = inspector.numbers(&keys).await else {
+        let Ok(counts) = inspector.message_counts(&hashes).await else {
             continue;
         };
         let now = Instant::now();

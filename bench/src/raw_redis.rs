@@ -7,7 +7,7 @@
 //! |---|---:|---:|---|
 //! | `stash_append` | [`STASH_LINES`] lines of the record size | [`STASH_CALLERS`] | 100 connected clients, each with a window of lines |
 //! | `count_client` | [`COUNT_SNS`] sns | [`COUNT_CALLERS`] | a counter batch of 1,000 records over 10 clients, `apply_concurrency` 32 |
-//! | `count_message` | 1 sighting | [`COUNT_CALLERS`] | the aggregator: distinct lines of a novel, one sighting each |
+//! | `count_messages` | [`BUCKET_MESSAGES`] messages of one bucket, 1 sighting each | [`COUNT_CALLERS`] | the aggregator: a 5,000-record batch of distinct lines over 256 buckets |
 //!
 //! Every call must succeed; keys are under their own prefix and the stash is
 //! trimmed afterwards, as a producer would after flushing.
@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tally_common::counting::CountStore;
+use tally_common::counting::{CountStore, MessageSightings};
+use tally_common::keys::MESSAGE_BUCKETS;
 use tally_common::redis::{connect, Replication};
 use tally_common::settings::RedisSettings;
 use tally_common::stash::StashStore;
@@ -32,8 +33,10 @@ pub const STASH_LINES: usize = 100;
 pub const STASH_CALLERS: usize = 100;
 /// Sns per `count_client` call.
 pub const COUNT_SNS: usize = 100;
-/// Concurrent `count_client` / `count_message` callers.
+/// Concurrent `count_client` / `count_messages` callers.
 pub const COUNT_CALLERS: usize = 32;
+/// Distinct messages per `count_messages` call (all of one bucket).
+pub const BUCKET_MESSAGES: usize = 20;
 
 /// Which script.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +51,7 @@ impl Script {
         match self {
             Script::StashAppend => "stash_append",
             Script::CountClient => "count_client",
-            Script::CountMessage => "count_message",
+            Script::CountMessage => "count_messages",
         }
     }
 
@@ -56,7 +59,7 @@ impl Script {
         match self {
             Script::StashAppend => (STASH_LINES, STASH_CALLERS),
             Script::CountClient => (COUNT_SNS, COUNT_CALLERS),
-            Script::CountMessage => (1, COUNT_CALLERS),
+            Script::CountMessage => (BUCKET_MESSAGES, COUNT_CALLERS),
         }
     }
 }
@@ -176,11 +179,24 @@ async fn caller_loop(
                 last_sn += batch as u64;
             }
             Script::CountMessage => {
-                let text = format!("{line} {caller} {k}");
-                let hash = MessageHash::of(text.as_bytes());
-                counts
-                    .apply_message(&hash, &text, &[(client.as_str(), k + 1)])
-                    .await?;
+                // Distinct texts of one bucket, as the aggregator groups them.
+                let bucket = ((caller as u64 + k) % MESSAGE_BUCKETS as u64) as u16;
+                let texts: Vec<(MessageHash, String)> = (0u64..)
+                    .map(|j| format!("{line} {caller} {k} {j}"))
+                    .map(|text| (MessageHash::of(text.as_bytes()), text))
+                    .filter(|(hash, _)| hash.bucket() == bucket)
+                    .take(batch)
+                    .collect();
+                let sighting = [(client.as_str(), k + 1)];
+                let messages: Vec<MessageSightings<'_>> = texts
+                    .iter()
+                    .map(|(hash, text)| MessageSightings {
+                        hash,
+                        text,
+                        sightings: &sighting,
+                    })
+                    .collect();
+                counts.apply_messages(&messages).await?;
             }
         }
         let _ = latency.record(call.elapsed().as_micros() as u64);

@@ -332,7 +332,7 @@ pub struct Throughput {
 /// One Lua script driven as fast as possible.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RedisScriptResult {
-    /// `stash_append`, `count_client` or `count_message`.
+    /// `stash_append`, `count_client` or `count_messages`.
     pub script: String,
     /// Items per call (lines, sns, or sightings).
     pub batch: usize,

@@ -17,8 +17,10 @@ use redis::{AsyncCommands, Value};
 use serde::Serialize;
 use tally_common::kafka::{group_positions, PartitionPosition};
 use tally_common::keys::slot;
+use tally_common::keys::MESSAGE_BUCKET_HEX_DIGITS;
 use tally_common::redis::{cluster_slots, masters, to_node, Node, RedisOpError};
 use tally_common::registry::InstanceEntry;
+use tally_common::schema;
 use tally_common::stash::{MetaReadError, StashMeta};
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 
@@ -40,6 +42,69 @@ const MARKER_PROBE_MAX: i64 = 64;
 /// How long the probe reads; a partition not read to its end by then keeps its
 /// offset count as lag (a slow answer must not hold up `tally status`).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Counters of one slot read together by [`Inspector::counts_by_group`].
+#[derive(Debug, Clone)]
+pub enum CountGroup {
+    /// Keys holding numbers, read with one `MGET`.
+    Keys(Vec<String>),
+    /// Fields of one hash holding numbers, read with one `HMGET`.
+    Fields {
+        /// The hash.
+        key: String,
+        /// Its fields.
+        fields: Vec<String>,
+    },
+}
+
+impl CountGroup {
+    /// A message's count: the `count` field of its hash.
+    pub fn message_count(keys: &Keys, hash: &MessageHash) -> Self {
+        Self::Fields {
+            key: keys.message(hash),
+            fields: vec![schema::message::COUNT.to_owned()],
+        }
+    }
+
+    /// A key whose slot is the group's.
+    fn slot_key(&self) -> Option<&str> {
+        match self {
+            Self::Keys(keys) => keys.first().map(String::as_str),
+            Self::Fields { key, .. } => Some(key),
+        }
+    }
+
+    /// How many counters the group reads.
+    fn len(&self) -> usize {
+        match self {
+            Self::Keys(keys) => keys.len(),
+            Self::Fields { fields, .. } => fields.len(),
+        }
+    }
+
+    fn command(&self) -> redis::Cmd {
+        match self {
+            Self::Keys(keys) => redis::cmd("MGET").arg(keys).clone(),
+            Self::Fields { key, fields } => redis::cmd("HMGET").arg(key).arg(fields).clone(),
+        }
+    }
+
+    /// The group's answer as numbers (a missing value is 0).
+    fn parse(&self, found: Vec<Option<String>>) -> Result<Vec<u64>, InspectError> {
+        match self {
+            Self::Keys(keys) => keys
+                .iter()
+                .zip(found)
+                .map(|(key, v)| parse_count(key, v))
+                .collect(),
+            Self::Fields { key, fields } => fields
+                .iter()
+                .zip(found)
+                .map(|(field, v)| parse_count(&format!("{key} {field}"), v))
+                .collect(),
+        }
+    }
+}
 
 /// A view could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -221,9 +286,14 @@ impl Inspector {
     /// per client: both keys share its slot, and the count script writes both at
     /// once, so the pair is never torn by a count in between).
     pub async fn client_counts(&self, ids: &[ClientId]) -> Result<Vec<(u64, u64)>, InspectError> {
-        let groups: Vec<Vec<String>> = ids
+        let groups: Vec<CountGroup> = ids
             .iter()
-            .map(|id| vec![self.keys.client_count(id), self.keys.client_last_sn(id)])
+            .map(|id| {
+                CountGroup::Keys(vec![
+                    self.keys.client_count(id),
+                    self.keys.client_last_sn(id),
+                ])
+            })
             .collect();
         Ok(self
             .counts_by_group(&groups)
@@ -233,21 +303,36 @@ impl Inspector {
             .collect())
     }
 
-    /// Reads many counters fast, in order; a missing key reads as 0. Each group's
-    /// keys must share a slot and are read with one `MGET` (atomically). The groups
-    /// are sorted by the master serving their slot (`CLUSTER SLOTS`) and sent as
-    /// pipelines of [`PIPELINE_GROUPS`] commands straight to that master, several
-    /// at once. A pipeline that fails, or whose answers include an error (a slot
-    /// moved: a failover or resharding during the read), is read again group by
-    /// group through the cluster client, which follows redirections.
+    /// Each message's count, in order (0 for a message never counted): the
+    /// `count` field of its hash, read fast (see [`Inspector::counts_by_group`]).
+    pub async fn message_counts(&self, hashes: &[MessageHash]) -> Result<Vec<u64>, InspectError> {
+        let groups: Vec<CountGroup> = hashes
+            .iter()
+            .map(|h| CountGroup::message_count(&self.keys, h))
+            .collect();
+        Ok(self
+            .counts_by_group(&groups)
+            .await?
+            .into_iter()
+            .map(|found| found.first().copied().unwrap_or_default())
+            .collect())
+    }
+
+    /// Reads many counters fast, in order; a missing key or field reads as 0. Each
+    /// group's counters share a slot and are read with one command (atomically).
+    /// The groups are sorted by the master serving their slot (`CLUSTER SLOTS`)
+    /// and sent as pipelines of [`PIPELINE_GROUPS`] commands straight to that
+    /// master, several at once. A pipeline that fails, or whose answers include an
+    /// error (a slot moved: a failover or resharding during the read), is read
+    /// again group by group through the cluster client, which follows redirections.
     pub async fn counts_by_group(
         &self,
-        groups: &[Vec<String>],
+        groups: &[CountGroup],
     ) -> Result<Vec<Vec<u64>>, InspectError> {
         let mut conn = self.conn.clone();
         let table = cluster_slots(&mut conn).await?;
-        let node_of = |group: &[String]| {
-            let slot = group.first().map(|k| slot(k.as_bytes()))?;
+        let node_of = |group: &CountGroup| {
+            let slot = group.slot_key().map(|k| slot(k.as_bytes()))?;
             table
                 .iter()
                 .find(|(first, last, _)| (*first..=*last).contains(&slot))
@@ -275,7 +360,7 @@ impl Inspector {
                 let mut conn = self.conn.clone();
                 let mut pipe = redis::pipe();
                 for &i in &indices {
-                    pipe.cmd("MGET").arg(&groups[i]);
+                    pipe.add_command(groups[i].command());
                 }
                 async move {
                     let route = SingleNodeRoutingInfo::ByAddress { host, port };
@@ -299,11 +384,7 @@ impl Inspector {
             for (i, value) in indices.into_iter().zip(values) {
                 match redis::from_redis_value::<Vec<Option<String>>>(value) {
                     Ok(found) if found.len() == groups[i].len() => {
-                        out[i] = groups[i]
-                            .iter()
-                            .zip(found)
-                            .map(|(key, v)| parse_count(key, v))
-                            .collect::<Result<_, _>>()?;
+                        out[i] = groups[i].parse(found)?;
                     }
                     _ => retry.push(i),
                 }
@@ -312,15 +393,14 @@ impl Inspector {
         let again: Vec<(usize, Vec<u64>)> = futures::stream::iter(retry)
             .map(|i| {
                 let mut conn = self.conn.clone();
-                let keys = &groups[i];
+                let group = &groups[i];
                 async move {
-                    let found: Vec<Option<String>> = conn.mget(keys).await?;
-                    let numbers = keys
-                        .iter()
-                        .zip(found)
-                        .map(|(key, v)| parse_count(key, v))
-                        .collect::<Result<Vec<u64>, _>>()?;
-                    Ok::<_, InspectError>((i, numbers))
+                    let found: Vec<Option<String>> = group
+                        .command()
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(RedisOpError::from)?;
+                    Ok::<_, InspectError>((i, group.parse(found)?))
                 }
             })
             .buffer_unordered(READ_CONCURRENCY)
@@ -355,13 +435,18 @@ impl Inspector {
         })
     }
 
-    /// A message's count, by hash.
+    /// A message's count and text, by hash (one `HMGET` of its hash).
     pub async fn message(&self, hash: &MessageHash) -> Result<MessageView, InspectError> {
-        let count = self.numbers(&[self.keys.message_count(hash)]).await?[0];
-        let text: Option<String> = self.conn.clone().get(self.keys.message_text(hash)).await?;
+        let key = self.keys.message(hash);
+        let (count, text): (Option<String>, Option<String>) = self
+            .conn
+            .clone()
+            .hmget(&key, &[schema::message::COUNT, schema::message::TEXT])
+            .await
+            .map_err(RedisOpError::from)?;
         Ok(MessageView {
             hash: hash.to_string(),
-            count,
+            count: parse_count(&format!("{key} {}", schema::message::COUNT), count)?,
             text,
         })
     }
@@ -402,14 +487,16 @@ impl Inspector {
 
     /// The `n` most counted messages, most counted first.
     pub async fn top(&self, n: usize) -> Result<Vec<MessageView>, InspectError> {
-        let pattern = format!("{}:m:*:count", glob_escape(self.keys.prefix()));
-        let keys = self.scan(&pattern).await?;
-        let counts = self.numbers(&keys).await?;
+        let pattern = format!("{}:m:{{*}}*", glob_escape(self.keys.prefix()));
+        let hashes: Vec<MessageHash> = self
+            .scan(&pattern)
+            .await?
+            .iter()
+            .filter_map(|key| hash_of_message_key(key))
+            .collect();
+        let counts = self.message_counts(&hashes).await?;
         let mut heap = BinaryHeap::new();
-        for (key, count) in keys.iter().zip(counts) {
-            let Some(hash) = hash_of_message_key(key) else {
-                continue;
-            };
+        for (hash, count) in hashes.into_iter().zip(counts) {
             // Ties broken by hash, so the answer is stable.
             heap.push(Reverse((count, Reverse(hash))));
             if heap.len() > n {
@@ -423,7 +510,12 @@ impl Inspector {
         top.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut views = Vec::with_capacity(top.len());
         for (count, hash) in top {
-            let text: Option<String> = self.conn.clone().get(self.keys.message_text(&hash)).await?;
+            let text: Option<String> = self
+                .conn
+                .clone()
+                .hget(self.keys.message(&hash), schema::message::TEXT)
+                .await
+                .map_err(RedisOpError::from)?;
             views.push(MessageView {
                 hash: hash.to_string(),
                 count,
@@ -744,11 +836,12 @@ fn glob_escape(text: &str) -> String {
     out
 }
 
-/// The hash in `<prefix>:m:{<hash>}:count`.
+/// The hash in `<prefix>:m:{<bucket>}<hash>`, if the tag is the hash's bucket.
 fn hash_of_message_key(key: &str) -> Option<MessageHash> {
     let start = key.rfind(":m:{")? + 4;
-    let end = start + key[start..].find('}')?;
-    key[start..end].parse().ok()
+    let close = start + key[start..].find('}')?;
+    let hash: MessageHash = key[close + 1..].parse().ok()?;
+    (key[start..close] == hash.to_string()[..MESSAGE_BUCKET_HEX_DIGITS]).then_some(hash)
 }
 
 /// The client id in `<prefix>:c:{<id>}:meta`.
@@ -766,7 +859,10 @@ mod tests {
     fn keys_are_taken_apart_the_way_keys_builds_them() {
         let keys = Keys::new("t-1.x");
         let hash = MessageHash::of(b"hello");
-        assert_eq!(hash_of_message_key(&keys.message_count(&hash)), Some(hash));
+        assert_eq!(hash_of_message_key(&keys.message(&hash)), Some(hash));
+        assert_eq!(hash_of_message_key("t-1.x:m:{ff}00"), None);
+        let wrong_tag = keys.message(&hash).replacen("{", "{0", 1);
+        assert_eq!(hash_of_message_key(&wrong_tag), None);
         for id in ["c-1", "10.0.0.1:5000", "[::1]:80"] {
             let id = ClientId::from_record(id).expect("id");
             assert_eq!(

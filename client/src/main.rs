@@ -897,7 +897,11 @@ async fn count(settings: &Settings, args: CountArgs) -> Result<(), Failure> {
             .as_deref()
             .map_or("(never counted)".into(), printable)
     );
-    outln!("key      {}", inspector.keys().message_count(&hash));
+    outln!(
+        "key      {} (HGET <key> {})",
+        inspector.keys().message(&hash),
+        tally_common::schema::message::COUNT
+    );
     Ok(())
 }
 

@@ -183,15 +183,12 @@ pub async fn prepare(
             plan.run_id
         )));
     }
-    let hashes: Vec<String> = manifest
+    let hashes: Vec<MessageHash> = manifest
         .messages
         .iter()
-        .map(|m| {
-            let hash = MessageHash::of(m.text.as_bytes());
-            inspector.keys().message_count(&hash)
-        })
+        .map(|m| MessageHash::of(m.text.as_bytes()))
         .collect();
-    let baselines = inspector.numbers(&hashes).await?;
+    let baselines = inspector.message_counts(&hashes).await?;
     for (entry, baseline) in manifest.messages.iter_mut().zip(baselines) {
         entry.baseline = baseline;
     }

@@ -626,17 +626,12 @@ impl Stream {
         let mut clients = Vec::new();
         let mut messages = Vec::new();
         let inspector = &self.state.inspector;
-        let keys: Vec<String> = self
-            .messages
-            .iter()
-            .map(|h| inspector.keys().message_count(h))
-            .collect();
         let reads = async {
             let mut views = Vec::with_capacity(self.clients.len());
             for id in &self.clients {
                 views.push(inspector.client(id).await?);
             }
-            let counts = inspector.numbers(&keys).await?;
+            let counts = inspector.message_counts(&self.messages).await?;
             Ok::<_, InspectError>((views, counts))
         };
         match tokio::time::timeout(PULSE.mul_f32(3.0), reads).await {

@@ -73,16 +73,16 @@ pub async fn check(inspector: &Inspector, manifest: &Manifest) -> Result<Verdict
         client_keys.push(keys.client_count(&id));
         client_keys.push(keys.client_last_sn(&id));
     }
-    let mut message_keys = Vec::with_capacity(manifest.messages.len());
+    let mut hashes = Vec::with_capacity(manifest.messages.len());
     for entry in &manifest.messages {
         let hash: MessageHash = entry
             .hash
             .parse()
             .map_err(|_| VerifyError::Manifest(entry.hash.clone()))?;
-        message_keys.push(keys.message_count(&hash));
+        hashes.push(hash);
     }
     let client_values = inspector.numbers(&client_keys).await?;
-    let message_values = inspector.numbers(&message_keys).await?;
+    let message_values = inspector.message_counts(&hashes).await?;
 
     let mut verdict = Verdict {
         clients: manifest.clients.len() as u64,
@@ -110,19 +110,14 @@ pub async fn check(inspector: &Inspector, manifest: &Manifest) -> Result<Verdict
         }
         verdict.clients_exact += u64::from(exact);
     }
-    for ((entry, key), &found) in manifest
-        .messages
-        .iter()
-        .zip(&message_keys)
-        .zip(&message_values)
-    {
+    for ((entry, hash), &found) in manifest.messages.iter().zip(&hashes).zip(&message_values) {
         verdict.total_counted += found;
         let expected = manifest.expected_message_count(entry);
         if found == expected {
             verdict.messages_exact += 1;
         } else {
             verdict.mismatches.push(Mismatch {
-                key: key.clone(),
+                key: keys.message(hash),
                 what: "message count",
                 text: Some(entry.text.clone()),
                 expected,

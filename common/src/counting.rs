@@ -1,6 +1,6 @@
 //! The counts in Redis: per-client counts written by the counter and per-message
 //! counts written by the aggregator, as typed operations over the Lua scripts in
-//! `lua/count_*.lua`.
+//! `lua/count_client.lua` and `lua/count_messages.lua`.
 //!
 //! Invariants upheld here: a client's sn is counted at most once, in sn order, and
 //! only after every sn below it (sn == last_sn + 1); a message is counted at most
@@ -27,6 +27,7 @@ pub const BROKEN_DEDUP: &str = "counter.broken_dedup";
 use crate::keys::{ClientId, Keys, MessageHash};
 use crate::observe::{Condition, Probe};
 use crate::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
+use crate::schema;
 use crate::settings::RedisSettings;
 
 /// What happened to one client record in [`CountStore::apply_client`].
@@ -74,6 +75,17 @@ impl Outcome {
     }
 }
 
+/// One message's sightings in a batch, for [`CountStore::apply_messages`].
+#[derive(Debug, Clone, Copy)]
+pub struct MessageSightings<'a> {
+    /// The message's hash.
+    pub hash: &'a MessageHash,
+    /// Its text, stored with its first count.
+    pub text: &'a str,
+    /// `(client, sn)` pairs in arrival order.
+    pub sightings: &'a [(&'a str, u64)],
+}
+
 /// Typed access to the count keys.
 #[derive(Clone)]
 pub struct CountStore {
@@ -114,7 +126,7 @@ impl CountStore {
             conn,
             keys,
             client: ReplicatedScript::new(include_str!("lua/count_client.lua")),
-            message: ReplicatedScript::new(include_str!("lua/count_message.lua")),
+            message: ReplicatedScript::new(include_str!("lua/count_messages.lua")),
         })
     }
 
@@ -192,25 +204,33 @@ impl CountStore {
         Ok(())
     }
 
-    /// Counts the sightings `(client, sn)` of one message, in arrival order, each
-    /// only if its sn is above that client's high-water mark for this message, and
-    /// stores the text once. Returns how many were counted.
-    pub async fn apply_message(
+    /// Counts one batch's sightings of the messages of one bucket (every hash in
+    /// `messages` must share [`MessageHash::bucket`]): each `(client, sn)` of a
+    /// message, in arrival order, counts only if its sn is above that client's
+    /// high-water mark for the message; a message's text is stored with its first
+    /// count. One script call for the whole bucket. Returns how many counted.
+    pub async fn apply_messages(
         &self,
-        hash: &MessageHash,
-        text: &str,
-        sightings: &[(&str, u64)],
+        messages: &[MessageSightings<'_>],
     ) -> Result<u64, RedisOpError> {
-        if sightings.is_empty() {
-            return Ok(0);
-        }
         let mut call = ScriptCall::new();
-        call.key(self.keys.message_count(hash))
-            .key(self.keys.message_seen(hash))
-            .key(self.keys.message_text(hash))
-            .arg(text);
-        for (client, sn) in sightings {
-            call.arg(*client).arg(*sn);
+        let mut bucket = None;
+        for m in messages.iter().filter(|m| !m.sightings.is_empty()) {
+            if *bucket.get_or_insert(m.hash.bucket()) != m.hash.bucket() {
+                return Err(RedisOpError::Result(format!(
+                    "count_messages called with messages of two buckets ({} and {})",
+                    messages[0].hash, m.hash
+                )));
+            }
+            call.key(self.keys.message(m.hash))
+                .arg(m.text)
+                .arg(m.sightings.len());
+            for (client, sn) in m.sightings {
+                call.arg(*client).arg(*sn);
+            }
+        }
+        if bucket.is_none() {
+            return Ok(0);
         }
         self.writes.invoke(&self.message, call).await
     }
@@ -227,12 +247,21 @@ impl CountStore {
 
     /// Times a message was counted over all clients (0 when never).
     pub async fn message_count(&self, hash: &MessageHash) -> Result<u64, RedisOpError> {
-        self.get_number(self.keys.message_count(hash)).await
+        let value: Option<u64> = self
+            .conn
+            .clone()
+            .hget(self.keys.message(hash), schema::message::COUNT)
+            .await?;
+        Ok(value.unwrap_or_default())
     }
 
     /// The stored text of a message, if it was ever counted.
     pub async fn message_text(&self, hash: &MessageHash) -> Result<Option<String>, RedisOpError> {
-        Ok(self.conn.clone().get(self.keys.message_text(hash)).await?)
+        Ok(self
+            .conn
+            .clone()
+            .hget(self.keys.message(hash), schema::message::TEXT)
+            .await?)
     }
 
     /// The high-water mark of (message, client): the highest sn counted (0 when none).
@@ -244,7 +273,7 @@ impl CountStore {
         let mark: Option<u64> = self
             .conn
             .clone()
-            .hget(self.keys.message_seen(hash), client)
+            .hget(self.keys.message(hash), schema::message::mark(client))
             .await?;
         Ok(mark.unwrap_or_default())
     }

@@ -1,9 +1,11 @@
 //! Identifiers and the Redis key layout: the one place key names are spelled.
 //!
 //! Invariant: every key of one client carries the hash tag `{<client-id>}` and every
-//! key of one message the tag `{<message-hash>}`, so each Lua script touches keys of
-//! a single Redis Cluster slot and runs atomically on one master. A client id and
-//! the prefix therefore may never contain `{` or `}`.
+//! message key the tag `{<bucket>}` — the first [`MESSAGE_BUCKET_HEX_DIGITS`] hex
+//! digits of its hash — so each Lua script touches keys of a single Redis Cluster
+//! slot and runs atomically on one master, and one script call can count all of a
+//! batch's messages of one bucket. A client id and the prefix therefore may never
+//! contain `{` or `}`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -79,6 +81,14 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// Hex digits of a message hash that form its key's hash tag: 256 buckets, so a
+/// 5,000-record batch of distinct messages needs ~256 count calls, not 5,000,
+/// while the buckets still spread over the cluster's masters.
+pub const MESSAGE_BUCKET_HEX_DIGITS: usize = 2;
+
+/// How many buckets there are: `16 ^ MESSAGE_BUCKET_HEX_DIGITS`.
+pub const MESSAGE_BUCKETS: usize = 1 << (4 * MESSAGE_BUCKET_HEX_DIGITS);
+
 /// Stable 128-bit hash of a message's bytes (XXH3-128, whose output is fixed by its
 /// specification), shown as 32 lowercase hex digits. It names the message's Redis
 /// keys and is the key of `message_aggregation` records, so it must never change:
@@ -90,6 +100,12 @@ impl MessageHash {
     /// Hashes the message exactly as received (after the line ending is removed).
     pub fn of(message: &[u8]) -> Self {
         Self(xxhash_rust::xxh3::xxh3_128(message))
+    }
+
+    /// The message's bucket: its first [`MESSAGE_BUCKET_HEX_DIGITS`] hex digits.
+    /// The aggregator counts a batch's messages of one bucket in one script call.
+    pub fn bucket(self) -> u16 {
+        (self.0 >> (128 - 4 * MESSAGE_BUCKET_HEX_DIGITS)) as u16
     }
 
     /// The hash as a number (for bucketing and compact storage).
@@ -158,10 +174,6 @@ impl Keys {
         format!("{}:c:{{{}}}:{what}", self.prefix, id.as_str())
     }
 
-    fn message(&self, hash: &MessageHash, what: &str) -> String {
-        format!("{}:m:{{{hash}}}:{what}", self.prefix)
-    }
-
     /// Stream of a client's stored messages not yet confirmed in Kafka; entry id `<sn>-0`.
     pub fn client_stash(&self, id: &ClientId) -> String {
         self.client(id, "stash")
@@ -182,19 +194,13 @@ impl Keys {
         self.client(id, "last_sn")
     }
 
-    /// Times a message text was counted over all clients (written by the aggregator).
-    pub fn message_count(&self, hash: &MessageHash) -> String {
-        self.message(hash, "count")
-    }
-
-    /// Hash client → highest sn counted for this message: the aggregator's dedup mark.
-    pub fn message_seen(&self, hash: &MessageHash) -> String {
-        self.message(hash, "seen")
-    }
-
-    /// The message text, for lookups by hash.
-    pub fn message_text(&self, hash: &MessageHash) -> String {
-        self.message(hash, "text")
+    /// The hash of one message text (written by the aggregator): its count, its
+    /// text and its dedup marks (fields in `common::schema::message`), as
+    /// `<prefix>:m:{<bucket>}<hash>`. One key per message, so a count is one
+    /// `HGET <key> count`; the bucket tag puts a bucket's messages in one slot.
+    pub fn message(&self, hash: &MessageHash) -> String {
+        let (bucket, width) = (hash.bucket(), MESSAGE_BUCKET_HEX_DIGITS);
+        format!("{}:m:{{{bucket:0width$x}}}{hash}", self.prefix)
     }
 
     /// Sorted set of live producer instances, scored by last heartbeat (ms since epoch).
@@ -289,15 +295,18 @@ mod tests {
     fn message_keys_share_one_hash_tag_and_prefix_is_configurable() {
         let keys = Keys::new("test-run.1");
         let h = MessageHash::of(b"It is a truth universally acknowledged");
-        let tag = h.to_string();
-        for key in [
-            keys.message_count(&h),
-            keys.message_seen(&h),
-            keys.message_text(&h),
-        ] {
-            assert!(key.starts_with("test-run.1:m:{"), "{key}");
-            assert_eq!(hash_tag(&key), Some(tag.as_str()), "{key}");
-        }
+        let hex = h.to_string();
+        let key = keys.message(&h);
+        // The tag is the hash's first digits; the whole hash follows it.
+        assert_eq!(key, format!("test-run.1:m:{{{}}}{hex}", &hex[..2]));
+        assert_eq!(hash_tag(&key), Some(&hex[..MESSAGE_BUCKET_HEX_DIGITS]));
+        assert_eq!(format!("{:02x}", h.bucket()), hex[..2]);
+        // Texts whose hashes share the first digits share a slot.
+        let other = (0u32..)
+            .map(|i| MessageHash::of(i.to_string().as_bytes()))
+            .find(|o| o.bucket() == h.bucket() && *o != h)
+            .expect("a hash in the same bucket");
+        assert_eq!(hash_tag(&keys.message(&other)), hash_tag(&key));
         assert_eq!(keys.producers(), "test-run.1:producers");
         assert_eq!(keys.producer_clients("p-1"), "test-run.1:p:{p-1}:clients");
         assert_eq!(keys.instance("counter", "c-1"), "test-run.1:i:counter:c-1");

@@ -30,6 +30,22 @@ pub mod stash_entry {
     pub const TIMESTAMP: &str = "t";
 }
 
+/// Fields of a message's hash `tally:m:{bucket}<hash>` (see
+/// [`crate::keys::Keys::message`]), written by `count_messages.lua`.
+pub mod message {
+    /// Times the message was counted over all clients: `HGET <key> count`.
+    pub const COUNT: &str = "count";
+    /// The message text, written with its first count.
+    pub const TEXT: &str = "text";
+    /// Prefix of a client's dedup mark, `sn:<client>`: the highest sn of that
+    /// client counted for this message.
+    pub const MARK_PREFIX: &str = "sn:";
+    /// A client's mark field.
+    pub fn mark(client: &str) -> String {
+        format!("{MARK_PREFIX}{client}")
+    }
+}
+
 /// Modes of `stash_claim.lua` (its `ARGV[2]`).
 pub mod claim_mode {
     /// The client connected here: always wins, fencing any previous owner.
@@ -58,14 +74,14 @@ pub mod refusal {
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::{claim_mode, meta, refusal, stash_entry};
+    use super::{claim_mode, message, meta, refusal, stash_entry};
 
     const STASH_APPEND: &str = include_str!("lua/stash_append.lua");
     const STASH_CLAIM: &str = include_str!("lua/stash_claim.lua");
     const STASH_FLUSHED: &str = include_str!("lua/stash_flushed.lua");
     const STASH_RELEASE: &str = include_str!("lua/stash_release.lua");
     const COUNT_CLIENT: &str = include_str!("lua/count_client.lua");
-    const COUNT_MESSAGE: &str = include_str!("lua/count_message.lua");
+    const COUNT_MESSAGES: &str = include_str!("lua/count_messages.lua");
 
     /// The code lines of a script (comments hold prose that may name anything).
     fn code(script: &str) -> impl Iterator<Item = &str> {
@@ -187,6 +203,31 @@ mod tests {
     }
 
     #[test]
+    fn the_message_script_uses_the_message_fields_declared_here() {
+        // Every string literal of the code that is not a Redis command or an
+        // error reply is a field of the message hash.
+        let mut literals = BTreeSet::new();
+        for line in code(COUNT_MESSAGES) {
+            let mut parts = line.split('\'');
+            parts.next();
+            while let (Some(inside), Some(_)) = (parts.next(), parts.next()) {
+                literals.insert(inside.to_owned());
+            }
+        }
+        // Commands, the count's format and the value of a missing count or mark.
+        for command in ["HMGET", "HSET", "%d", "0"] {
+            literals.remove(command);
+        }
+        literals.retain(|l| !l.starts_with(refusal::PREFIX));
+        let declared: BTreeSet<String> = [message::COUNT, message::TEXT, message::MARK_PREFIX]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(literals, declared);
+        assert_eq!(message::mark("c-1"), "sn:c-1");
+    }
+
+    #[test]
     fn the_claim_script_knows_the_modes_declared_here() {
         let modes: BTreeSet<&str> = code(STASH_CLAIM)
             .flat_map(|line| {
@@ -230,8 +271,8 @@ mod tests {
                 expect(&[refusal::BAD_ARGUMENT]),
             ),
             (
-                "count_message",
-                COUNT_MESSAGE,
+                "count_messages",
+                COUNT_MESSAGES,
                 expect(&[refusal::BAD_ARGUMENT]),
             ),
         ];

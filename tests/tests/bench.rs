@@ -76,7 +76,7 @@ fn a_small_benchmark_run_is_exact_and_writes_its_report() {
     assert!(num(&run["kafka_transactional"]["items"]) > 0.0, "{run:#}");
     let redis = run["redis"].as_array().expect("redis");
     let scripts: Vec<&str> = redis.iter().filter_map(|r| r["script"].as_str()).collect();
-    assert_eq!(scripts, ["stash_append", "count_client", "count_message"]);
+    assert_eq!(scripts, ["stash_append", "count_client", "count_messages"]);
     assert!(
         redis.iter().all(|r| num(&r["throughput"]["items"]) > 0.0),
         "{run:#}"

@@ -82,7 +82,7 @@ pub(crate) fn run(n: usize, kafka: f64, e2e_by_clients: [f64; 4]) -> RunResult {
                 call_p99_ms: 3.0 + n as f64,
             },
             RedisScriptResult {
-                script: "count_message".to_owned(),
+                script: "count_messages".to_owned(),
                 batch: 256,
                 concurrency: 4,
                 throughput: tp(400_000.0),

@@ -548,7 +548,7 @@ pub async fn run(
         differences.push(Difference {
             kind: "message",
             id: hash.to_string(),
-            key: keys.message_count(hash),
+            key: keys.message(hash),
             expected_count: c.expected,
             found_count: c.found,
             expected_last_sn: None,
@@ -599,7 +599,6 @@ async fn compare_messages(
     overflow: &mut bool,
     progress: &(dyn Fn(String) + Send + Sync),
 ) -> Result<MessageSummary, AuditError> {
-    let keys = inspector.keys().clone();
     let mut summary = MessageSummary {
         lower_bound,
         buckets: buckets.len(),
@@ -611,13 +610,9 @@ async fn compare_messages(
     for b in 0..buckets.len() {
         let counts = buckets.counts(b)?;
         for chunk in counts.chunks(READ_CHUNK) {
-            let redis_keys: Vec<Vec<String>> = chunk
-                .iter()
-                .map(|(h, _)| vec![keys.message_count(h)])
-                .collect();
-            let found = inspector.counts_by_group(&redis_keys).await?;
+            let hashes: Vec<MessageHash> = chunk.iter().map(|(h, _)| *h).collect();
+            let found = inspector.message_counts(&hashes).await?;
             for ((hash, expected), found) in chunk.iter().zip(found) {
-                let found = found.first().copied().unwrap_or_default();
                 summary.checked += 1;
                 match rules::judge_message(*expected, found, lower_bound) {
                     Verdict::Match => summary.matching += 1,

@@ -258,7 +258,7 @@ pub struct AggregatorSettings {
     /// Longest a batch collects records before it is applied, in milliseconds.
     #[serde(default = "defaults::batch_max_ms")]
     pub batch_max_ms: u64,
-    /// Most per-message Redis scripts of one batch in flight at once.
+    /// Most per-bucket count scripts of one batch in flight at once.
     #[serde(default = "defaults::apply_concurrency")]
     pub apply_concurrency: usize,
 }
