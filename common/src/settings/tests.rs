@@ -47,7 +47,7 @@ fn defaults_fill_everything_not_required() {
     assert_eq!(s.kafka.client_message_topic, "client_message");
     assert_eq!(s.counter.group_id, "tally-counter");
     assert_eq!(s.counter.transactional_id_prefix, "tally-counter");
-    assert_eq!(s.counter.batch_max_records, 5000);
+    assert_eq!(s.counter.batch_max_records, 20_000);
     assert_eq!(s.counter.batch_max_ms, 100);
     assert_eq!(s.producer.max_line_bytes, 65536);
     assert_eq!(s.log.format, LogFormat::Auto);
