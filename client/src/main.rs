@@ -456,7 +456,7 @@ fn token_secret(
             tally_common::auth::Secret::read("producer.auth.secret_file", path).map(Some)
         }
         (AuthMode::Token, None) => Err(tally_common::auth::AuthError::NoSecret),
-        (AuthMode::None, _) => Ok(None),
+        (AuthMode::None | AuthMode::Mtls, _) => Ok(None),
     }
 }
 

@@ -349,6 +349,7 @@ pub const KNOWN_LABEL_VALUES: &[(&str, &str, &[&str])] = &[
             crate::protocol::TOO_MANY_CONNECTIONS,
             crate::protocol::FIRST_LINE_TIMEOUT,
             crate::protocol::UNAUTHORIZED,
+            crate::protocol::TLS_HANDSHAKE,
         ],
     ),
 ];
