@@ -163,9 +163,7 @@ pub async fn run_with_readiness(
     let ownership_task = tokio::spawn(takeover::run(shared.clone(), stop_ownership.clone()));
 
     let stop_reloads = CancellationToken::new();
-    let reload_task = tls
-        .clone()
-        .map(|tls| tokio::spawn(tls::reload_on_sighup(tls, stop_reloads.clone())));
+    let reload_task = tokio::spawn(tls::reload_on_sighup(tls.clone(), stop_reloads.clone()));
 
     // Accept until shutdown.
     let stop_connections = CancellationToken::new();
@@ -212,9 +210,7 @@ pub async fn run_with_readiness(
     info!("shutting down: no new connections; finishing in-flight batches");
     drop(listener);
     stop_reloads.cancel();
-    if let Some(task) = reload_task {
-        let _ = task.await;
-    }
+    let _ = reload_task.await;
     stop_connections.cancel();
     connections.close();
     let deadline = tokio::time::Instant::now()

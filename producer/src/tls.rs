@@ -83,8 +83,10 @@ impl ServerTls {
     }
 }
 
-/// Reloads `tls` on every SIGHUP until `stop`.
-pub async fn reload_on_sighup(tls: Arc<ServerTls>, stop: CancellationToken) {
+/// Reloads `tls` on every SIGHUP until `stop`. Without TLS there is nothing to
+/// reload, but SIGHUP is still caught: its default action would end the producer
+/// without flushing.
+pub async fn reload_on_sighup(tls: Option<Arc<ServerTls>>, stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -98,6 +100,10 @@ pub async fn reload_on_sighup(tls: Arc<ServerTls>, stop: CancellationToken) {
             got = hangups.recv() => if got.is_none() { return },
             () = stop.cancelled() => return,
         }
+        let Some(tls) = &tls else {
+            info!("SIGHUP: nothing to reload (no [producer.tls])");
+            continue;
+        };
         match tls.reload() {
             Ok(()) => info!("SIGHUP: producer.tls reloaded; new connections use it"),
             Err(e) => error!(
