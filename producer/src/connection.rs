@@ -167,7 +167,12 @@ pub async fn handle(
     match tls {
         None => ends.open(shared, socket, Vec::new()).await,
         Some(tls) => {
-            if let Some((stream, names)) = tls.handshake(socket, first_line_due).await {
+            // A shutdown does not wait for handshakes still under way.
+            let done = tokio::select! {
+                done = tls.handshake(socket, first_line_due) => done,
+                () = ends.shutdown.cancelled() => None,
+            };
+            if let Some((stream, names)) = done {
                 ends.open(shared, stream, names).await;
             }
         }

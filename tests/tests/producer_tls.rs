@@ -245,6 +245,36 @@ async fn token_mode_over_tls_admits_the_token_only_and_an_impostor_disturbs_noth
     .expect("send over TLS with the token");
     assert_eq!((report.first_sn, report.acked), (0, 3));
 
+    // Pipelined: records of several KiB, each more than one read of the producer,
+    // so decrypted bytes wait in rustls while the socket has nothing new. They are
+    // read at once: no stall, no reconnect.
+    let many: Vec<String> = (0..3000)
+        .map(|i| format!("pipelined line {i:>48}"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let report = session_send(
+        &producer.addr,
+        "tls-pipelined",
+        &many,
+        trust.clone(),
+        Some(token("tls-pipelined")),
+    )
+    .await
+    .expect("pipelined over TLS");
+    assert_eq!(report.acked, 3000);
+    assert_eq!(
+        (report.stalls, report.reconnects),
+        (0, 0),
+        "{:?}",
+        report.errors
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+
     // The owner of an id stays connected while impostors try it.
     let mut owner = RawTls::connect(&producer.addr, trust.clone()).await;
     owner
