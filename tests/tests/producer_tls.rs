@@ -611,3 +611,57 @@ async fn the_binary_serves_mtls_to_the_cli_closes_stalled_handshakes_and_reloads
 fn path(p: &Path) -> String {
     p.display().to_string()
 }
+
+#[test]
+fn tls_options_that_cannot_work_are_usage_errors_naming_every_problem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").expect("write");
+    let missing = dir.path().join("missing.pem");
+    for (args, needles) in [
+        (vec!["send", "--ca", "ca.pem"], vec!["--tls"]),
+        (vec!["send", "--tls", "--cert", "c.pem"], vec!["--key"]),
+        (
+            vec![
+                "send",
+                "--tls",
+                "--ca",
+                &path(&missing),
+                "--cert",
+                &path(&not_pem),
+                "--key",
+                &path(&not_pem),
+            ],
+            vec!["--ca", "--cert", "--key", "missing.pem"],
+        ),
+        (
+            vec![
+                "mtc",
+                "--clients",
+                "1",
+                "--file",
+                &path(&not_pem),
+                "--tls",
+                "--ca",
+                &path(&not_pem),
+            ],
+            vec!["--ca", "no certificate"],
+        ),
+    ] {
+        let output = std::process::Command::new(tally_tests::binary("tally"))
+            .arg("--config")
+            .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run tally");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "tally {args:?}: {stderr}");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "tally {args:?}: no {needle:?} in {stderr}"
+            );
+        }
+    }
+}
