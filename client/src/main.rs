@@ -268,7 +268,9 @@ enum AdminCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Load the configuration and report every problem in it.
+    /// Load the configuration and report every problem in it, including in the
+    /// files the producer's settings name (token secrets, TLS certificate, key and
+    /// client CA).
     Check,
     /// Print the effective configuration (defaults, file and environment merged) as JSON.
     Show,
@@ -369,6 +371,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config {
             command: ConfigCommand::Check,
         } => {
+            let problems = producer_file_problems(&settings);
+            if !problems.is_empty() {
+                return Err(usage(anyhow!("configuration: {}", problems.join("; "))));
+            }
             outln!("configuration ok");
             Ok(())
         }
@@ -487,6 +493,22 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// What is wrong with the files the producer's settings name (token secrets,
+/// `[producer.tls]`'s certificate, key and client CA), all of it: the producer
+/// would refuse to start on any of it.
+fn producer_file_problems(settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = tally_common::auth::from_settings(&settings.producer.auth) {
+        problems.push(e.to_string());
+    }
+    if let Some(tls) = &settings.producer.tls {
+        if let Err(e) = tally_common::tls::server_config(tls) {
+            problems.push(e.to_string());
+        }
+    }
+    problems
 }
 
 /// The secret mtc mints its clients' tokens under: `producer.auth.secret_file`

@@ -665,3 +665,36 @@ fn tls_options_that_cannot_work_are_usage_errors_naming_every_problem() {
         }
     }
 }
+
+#[test]
+fn config_check_reads_the_tls_files_and_names_every_problem() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(dir.path(), "check");
+    let (cert, key) = ca.server(dir.path(), "server");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").expect("write");
+    let check = |cert: &Path, key: &Path, mode: &str| {
+        std::process::Command::new(tally_tests::binary("tally"))
+            .arg("--config")
+            .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+            .args(["config", "check"])
+            .env("TALLY__PRODUCER__AUTH__MODE", mode)
+            .env("TALLY__PRODUCER__TLS__CERT_FILE", cert)
+            .env("TALLY__PRODUCER__TLS__KEY_FILE", key)
+            .env("TALLY__PRODUCER__TLS__CLIENT_CA_FILE", &ca.file)
+            .output()
+            .expect("run tally config check")
+    };
+    let good = check(&cert, &key, "mtls");
+    assert!(good.status.success(), "{good:?}");
+    let bad = check(&not_pem, &dir.path().join("missing.key"), "mtls");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    for needle in ["producer.tls.cert_file", "producer.tls.key_file"] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr}");
+    }
+    // A key that is not the certificate's.
+    let (_, other_key) = ca.server(dir.path(), "other");
+    let mismatched = check(&cert, &other_key, "none");
+    assert_eq!(mismatched.status.code(), Some(2), "{mismatched:?}");
+}
