@@ -113,6 +113,7 @@ pub async fn consume_only(
         max_line: settings.producer.max_line_bytes,
         distinct: load.distinct,
         token_secret: None,
+        tls: None,
     };
     let (manifest, lines, _) = mtc::prepare(&plan, &inspector)
         .await

@@ -340,6 +340,7 @@ impl Pipeline {
             max_line: self.settings.producer.max_line_bytes,
             distinct,
             token_secret: None,
+            tls: None,
         };
         let (manifest, lines, resumed) = mtc::prepare(&plan, &self.inspector)
             .await

@@ -101,6 +101,7 @@ pub async fn many_clients(
         max_line: pipeline.settings.producer.max_line_bytes,
         distinct: false,
         token_secret: None,
+        tls: None,
     };
     let (manifest, lines, _) = mtc::prepare(&plan, pipeline.inspector())
         .await

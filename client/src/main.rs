@@ -22,7 +22,7 @@ use tally_client::mtc::{self, MtcError, MtcPlan};
 use tally_client::printable::{printable, shorten};
 use tally_client::send::InputSource;
 use tally_client::serve;
-use tally_client::session::{self, Numbering, Progress, SessionOptions};
+use tally_client::session::{self, Numbering, Progress, SessionOptions, SessionTls};
 use tally_client::verify::{self, Patience};
 use tally_common::kafka::{ensure_topics, tally_topics};
 use tally_common::{ClientId, MessageHash, Settings};
@@ -96,6 +96,50 @@ struct SendArgs {
     /// Lines sent but not yet ACKed, at most (also the resend buffer).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     window: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How `send` and `mtc` speak TLS to a producer with `[producer.tls]`.
+#[derive(Args)]
+struct TlsArgs {
+    /// Speak TLS to the producer (its [producer.tls]).
+    #[arg(long)]
+    tls: bool,
+    /// CA certificate(s) (PEM) to trust for the producer's certificate, instead of
+    /// the system trust store.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present (producer.auth.mode = "mtls": its SAN
+    /// DNS names are the ids it may use).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    key: Option<PathBuf>,
+    /// Name the producer's certificate must carry (also sent as SNI); default: the
+    /// host of the producer address (an IP address must be an IP SAN of it).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The sessions' TLS, or `None` without `--tls`; unusable files are a usage
+    /// error naming every problem.
+    fn session_tls(&self) -> Result<Option<Arc<SessionTls>>, Failure> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let files = tally_common::tls::ClientTlsFiles {
+            ca: self.ca.as_deref(),
+            cert: self.cert.as_deref(),
+            key: self.key.as_deref(),
+        };
+        let config = tally_common::tls::client_config(&files).map_err(usage)?;
+        let tls = SessionTls::new(config, self.server_name.as_deref())
+            .map_err(|e| usage(anyhow!("--server-name: {e}")))?;
+        Ok(Some(Arc::new(tls)))
+    }
 }
 
 #[derive(Args)]
@@ -133,6 +177,8 @@ struct MtcArgs {
     /// so every text is sent once (the manifest expects each count to be 1).
     #[arg(long)]
     distinct: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -222,7 +268,9 @@ enum AdminCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Load the configuration and report every problem in it.
+    /// Load the configuration and report every problem in it, including in the
+    /// files the producer's settings name (token secrets, TLS certificate, key and
+    /// client CA).
     Check,
     /// Print the effective configuration (defaults, file and environment merged) as JSON.
     Show,
@@ -323,6 +371,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config {
             command: ConfigCommand::Check,
         } => {
+            let problems = producer_file_problems(&settings);
+            if !problems.is_empty() {
+                return Err(usage(anyhow!("configuration: {}", problems.join("; "))));
+            }
             outln!("configuration ok");
             Ok(())
         }
@@ -404,6 +456,7 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
         window: usize::try_from(args.window).unwrap_or(usize::MAX),
         numbering: Numbering::Append,
         token: args.token,
+        tls: args.tls.session_tls()?,
         ..SessionOptions::default()
     };
     let outcome = session::run(
@@ -442,6 +495,22 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// What is wrong with the files the producer's settings name (token secrets,
+/// `[producer.tls]`'s certificate, key and client CA), all of it: the producer
+/// would refuse to start on any of it.
+fn producer_file_problems(settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = tally_common::auth::from_settings(&settings.producer.auth) {
+        problems.push(e.to_string());
+    }
+    if let Some(tls) = &settings.producer.tls {
+        if let Err(e) = tally_common::tls::server_config(tls) {
+            problems.push(e.to_string());
+        }
+    }
+    problems
+}
+
 /// The secret mtc mints its clients' tokens under: `producer.auth.secret_file`
 /// when `producer.auth.mode = "token"` (the operator's configuration), else none.
 fn token_secret(
@@ -456,7 +525,7 @@ fn token_secret(
             tally_common::auth::Secret::read("producer.auth.secret_file", path).map(Some)
         }
         (AuthMode::Token, None) => Err(tally_common::auth::AuthError::NoSecret),
-        (AuthMode::None, _) => Ok(None),
+        (AuthMode::None | AuthMode::Mtls, _) => Ok(None),
     }
 }
 
@@ -486,6 +555,7 @@ async fn mass_test(settings: &Settings, args: MtcArgs) -> Result<(), Failure> {
         max_line: settings.producer.max_line_bytes,
         distinct: args.distinct,
         token_secret: token_secret(settings).map_err(usage)?,
+        tls: args.tls.session_tls()?,
     };
     let inspector = Inspector::connect(settings).await.map_err(failed)?;
     let (manifest, lines, resumed) =

@@ -54,6 +54,8 @@ pub struct MtcPlan {
     /// The secret each client's token is minted under, when the producer
     /// authenticates clients (`producer.auth.mode = "token"`).
     pub token_secret: Option<tally_common::auth::Secret>,
+    /// How the clients speak TLS to the producer; `None`: plain TCP.
+    pub tls: Option<Arc<crate::session::SessionTls>>,
 }
 
 /// Why a mass test could not run.
@@ -230,6 +232,7 @@ pub async fn execute(
             deadline: Some(deadline),
             numbering: Numbering::FromOne,
             token: plan.token_secret.as_ref().map(|s| s.mint(&id)),
+            tls: plan.tls.clone(),
             ..SessionOptions::default()
         };
         let progress = progress.clone();

@@ -19,10 +19,13 @@ use futures::FutureExt;
 use hdrhistogram::Histogram;
 use tally_common::backoff::Backoff;
 use tally_common::ClientId;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 /// One message line, shared cheaply between the source and the window.
 pub type Line = Arc<str>;
@@ -115,6 +118,66 @@ pub struct SessionOptions {
     pub numbering: Numbering,
     /// The client's token, sent with its HELLO (`producer.auth.mode = "token"`).
     pub token: Option<String>,
+    /// Speak TLS to the producer (`[producer.tls]`); `None`: plain TCP.
+    pub tls: Option<Arc<SessionTls>>,
+}
+
+/// How a session speaks TLS: what it trusts and presents, and the name it checks
+/// the producer's certificate against.
+#[derive(Clone)]
+pub struct SessionTls {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl std::fmt::Debug for SessionTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionTls {
+    /// TLS with `config`, checking the producer's certificate against
+    /// `server_name`, or when `None` against the host of each producer address
+    /// (an IP address is checked against the certificate's IP SANs).
+    pub fn new(
+        config: Arc<tokio_rustls::rustls::ClientConfig>,
+        server_name: Option<&str>,
+    ) -> Result<Self, String> {
+        let server_name = server_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned())
+                    .map_err(|e| format!("server name {name:?}: {e}"))
+            })
+            .transpose()?;
+        Ok(Self {
+            connector: TlsConnector::from(config),
+            server_name,
+        })
+    }
+
+    /// The name the certificate of the producer at `addr` must carry.
+    fn server_name_for(&self, addr: &str) -> Result<ServerName<'static>, String> {
+        if let Some(name) = &self.server_name {
+            return Ok(name.clone());
+        }
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        ServerName::try_from(host.to_owned()).map_err(|e| {
+            format!("{addr}: no server name to check the certificate against ({e}); give one")
+        })
+    }
+}
+
+/// The TLS failure behind an I/O error, if one is: the certificates do not fit
+/// (ours or the producer's), which retrying cannot mend.
+fn tls_failure(error: &std::io::Error) -> Option<String> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+        .map(ToString::to_string)
 }
 
 impl Default for SessionOptions {
@@ -126,6 +189,7 @@ impl Default for SessionOptions {
             deadline: None,
             numbering: Numbering::FromOne,
             token: None,
+            tls: None,
         }
     }
 }
@@ -173,6 +237,10 @@ pub enum SessionError {
     /// The producer answered something the protocol does not allow.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// TLS could not be established: a certificate was refused, ours or the
+    /// producer's. Retrying would not help.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What a completed session saw.
@@ -372,7 +440,33 @@ async fn attempt_once<S: LineSource>(
         Err(e) => return Ok(Attempt::Retry(format!("connect {addr}: {e}"))),
     };
     let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+    let Some(tls) = session.options.tls.clone() else {
+        return converse(session, addr, id, source, stream).await;
+    };
+    let name = tls.server_name_for(addr).map_err(SessionError::Tls)?;
+    let stall = session.options.stall_timeout;
+    match tokio::time::timeout(stall, tls.connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => converse(session, addr, id, source, stream).await,
+        Ok(Err(e)) => match tls_failure(&e) {
+            Some(why) => Err(SessionError::Tls(format!("{addr}: {why}"))),
+            None => Ok(Attempt::Retry(format!("TLS handshake with {addr}: {e}"))),
+        },
+        Err(_) => Ok(Attempt::Retry(format!(
+            "TLS handshake with {addr} not done within {stall:?}"
+        ))),
+    }
+}
+
+/// One connection's conversation, over plain TCP or TLS alike: HELLO, then lines
+/// and ACKs until the window is done or the connection must be given up.
+async fn converse<S: LineSource, T: AsyncRead + AsyncWrite + Send + Unpin>(
+    session: &mut Session<'_>,
+    addr: &str,
+    id: Option<&ClientId>,
+    source: &mut S,
+    stream: T,
+) -> Result<Attempt, SessionError> {
+    let (read_half, write_half) = tokio::io::split(stream);
     let mut replies = BufReader::new(read_half).lines();
     let mut writer = BufWriter::new(write_half);
 
@@ -410,12 +504,12 @@ async fn attempt_once<S: LineSource>(
 }
 
 /// Says HELLO and reads the WELCOME: `Ok(Ok(last_sn))`, or `Ok(Err(retry))`.
-async fn hello(
+async fn hello<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
     session: &Session<'_>,
     addr: &str,
     id: &ClientId,
-    writer: &mut BufWriter<OwnedWriteHalf>,
-    replies: &mut tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    writer: &mut W,
+    replies: &mut tokio::io::Lines<R>,
 ) -> Result<Result<u64, Attempt>, SessionError> {
     if let Err(e) = async {
         let hello = match &session.options.token {
@@ -433,7 +527,14 @@ async fn hello(
     let welcome = match tokio::time::timeout(stall, replies.next_line()).await {
         Ok(Ok(Some(line))) => line,
         Ok(Ok(None)) => return Ok(Err(Attempt::Retry("closed before WELCOME".into()))),
-        Ok(Err(e)) => return Ok(Err(Attempt::Retry(format!("read WELCOME: {e}")))),
+        Ok(Err(e)) => {
+            // With TLS 1.3 a producer that refuses our certificate says so only
+            // now, after the handshake seemed to succeed.
+            if let Some(why) = tls_failure(&e) {
+                return Err(SessionError::Tls(format!("{addr}: {why}")));
+            }
+            return Ok(Err(Attempt::Retry(format!("read WELCOME: {e}"))));
+        }
         Err(_) => {
             session.report().stalls += 1;
             return Ok(Err(Attempt::Retry(format!(
@@ -444,6 +545,11 @@ async fn hello(
     if is_retryable_error(&welcome) {
         session.report().errors.push(welcome.clone());
         return Ok(Err(Attempt::Retry(welcome)));
+    }
+    if tally_common::protocol::is_refusal(&welcome) {
+        return Err(SessionError::Protocol(format!(
+            "the producer refused the connection: {welcome}"
+        )));
     }
     parse_welcome(&welcome, id).map(Ok)
 }
@@ -485,10 +591,10 @@ fn is_retryable_error(line: &str) -> bool {
 }
 
 /// Reads replies until every line is ACKed or the connection must be abandoned.
-async fn receive(
+async fn receive<R: AsyncBufRead + Unpin>(
     session: &Session<'_>,
     addr: &str,
-    replies: &mut tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    replies: &mut tokio::io::Lines<R>,
 ) -> Result<Attempt, SessionError> {
     let stall = session.options.stall_timeout;
     loop {
@@ -512,7 +618,12 @@ async fn receive(
         let line = match next {
             Ok(Some(line)) => line,
             Ok(None) => return Ok(Attempt::Retry("connection closed".into())),
-            Err(e) => return Ok(Attempt::Retry(format!("read: {e}"))),
+            Err(e) => {
+                if let Some(why) = tls_failure(&e) {
+                    return Err(SessionError::Tls(format!("{addr}: {why}")));
+                }
+                return Ok(Attempt::Retry(format!("read: {e}")));
+            }
         };
         if let Some(sn) = line.strip_prefix("ACK ") {
             let sn: u64 = sn
@@ -582,10 +693,10 @@ enum Step {
 }
 
 /// Writes lines while the window has room; pulls new lines from the source.
-async fn transmit<S: LineSource>(
+async fn transmit<S: LineSource, W: AsyncWrite + Unpin>(
     session: &Session<'_>,
     source: &mut S,
-    writer: &mut BufWriter<OwnedWriteHalf>,
+    writer: &mut W,
 ) -> Result<Attempt, SessionError> {
     let interval = session
         .options
@@ -704,6 +815,43 @@ fn parse_welcome(line: &str, id: &ClientId) -> Result<u64, SessionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address_unless_given() {
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+        let config = ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+        let config = Arc::new(config);
+        let by_address = SessionTls::new(config.clone(), None).expect("no name");
+        let name = |addr: &str| {
+            by_address
+                .server_name_for(addr)
+                .map(|n| n.to_str().into_owned())
+        };
+        assert_eq!(name("127.0.0.1:7400").as_deref(), Ok("127.0.0.1"));
+        assert!(matches!(
+            by_address.server_name_for("127.0.0.1:7400"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert_eq!(name("[::1]:7400").as_deref(), Ok("::1"));
+        assert_eq!(
+            name("producer.example:7400").as_deref(),
+            Ok("producer.example")
+        );
+        let given = SessionTls::new(config.clone(), Some("ingest.example")).expect("a name");
+        assert_eq!(
+            given
+                .server_name_for("127.0.0.1:7400")
+                .map(|n| n.to_str().into_owned()),
+            Ok("ingest.example".to_owned())
+        );
+        assert!(SessionTls::new(config, Some("not a name!")).is_err());
+    }
 
     #[test]
     fn welcome_is_checked() {

@@ -1,5 +1,5 @@
-//! Client tokens: who may speak for a client id on ingest (`producer.auth.mode =
-//! "token"`).
+//! Who may speak for a client id on ingest: client tokens (`producer.auth.mode =
+//! "token"`) and the ids a client certificate names (`"mtls"`).
 //!
 //! A client's token is the HMAC-SHA256 of its id under a server secret, written as
 //! 64 lowercase hex digits, so an operator mints tokens offline (`tally admin
@@ -8,9 +8,16 @@
 //! either is accepted, so a secret is rotated by adding the new one, handing out
 //! new tokens, then dropping the old.
 //!
+//! A client certificate names the ids it may use in its SAN dNSNames (the subject
+//! CN is not looked at): a name equal to the id, or a name ending in `*` that
+//! stands for every id starting with what comes before it (`sensor-*` covers
+//! `sensor-17`; a lone `*` covers nothing).
+//!
 //! Invariant: [`TokenSecrets::admits`] is true only for a token minted for exactly
 //! that id under a configured secret; the comparison takes the same time wherever
-//! the tokens differ. Secrets are never printed (their `Debug` is redacted).
+//! the tokens differ. [`certificate_admits`] is true only for an id one of the
+//! certificate's names covers. Secrets are never printed (their `Debug` is
+//! redacted).
 
 use std::path::Path;
 
@@ -102,13 +109,13 @@ impl Secret {
     }
 }
 
-/// The secrets of `producer.auth`, or `None` when its mode is `none`.
+/// The secrets of `producer.auth`, or `None` when its mode is not `token`.
 pub fn from_settings(
     auth: &crate::settings::AuthSettings,
 ) -> Result<Option<TokenSecrets>, AuthError> {
     use crate::settings::AuthMode;
     match (auth.mode, &auth.secret_file) {
-        (AuthMode::None, _) => Ok(None),
+        (AuthMode::None | AuthMode::Mtls, _) => Ok(None),
         (AuthMode::Token, None) => Err(AuthError::NoSecret),
         (AuthMode::Token, Some(current)) => {
             let current = Secret::read("producer.auth.secret_file", current)?;
@@ -141,6 +148,20 @@ impl TokenSecrets {
             .chain(self.previous.as_ref())
             .fold(false, |ok, secret| ok | same(&secret.mint(id), token))
     }
+}
+
+/// Whether a client certificate whose SAN dNSNames are `names` may use `id`: one
+/// name equals it, or one name is `<prefix>*` with a non-empty prefix `id` starts
+/// with. Ids are compared exactly (case matters, as in ids).
+pub fn certificate_admits<S: AsRef<str>>(names: &[S], id: &ClientId) -> bool {
+    let id = id.as_str();
+    names.iter().any(|name| {
+        let name = name.as_ref();
+        match name.strip_suffix('*') {
+            Some(prefix) => !prefix.is_empty() && id.starts_with(prefix),
+            None => name == id,
+        }
+    })
 }
 
 /// Equality in time independent of where `a` and `b` differ.
@@ -192,6 +213,39 @@ mod tests {
         assert!(rotating.admits(&id("c"), &new.mint(&id("c"))));
         let rotated = TokenSecrets::new(new, None);
         assert!(!rotated.admits(&id("c"), &old.mint(&id("c"))));
+    }
+
+    #[test]
+    fn a_certificate_admits_the_ids_it_names_and_prefixes_it_covers() {
+        let names = ["a", "sensor-*"];
+        assert!(certificate_admits(&names, &id("a")));
+        assert!(certificate_admits(&names, &id("sensor-17")));
+        assert!(
+            certificate_admits(&names, &id("sensor-")),
+            "the prefix itself"
+        );
+        assert!(
+            !certificate_admits(&names, &id("ab")),
+            "a name is not a prefix"
+        );
+        assert!(!certificate_admits(&names, &id("A")), "case matters");
+        assert!(
+            !certificate_admits(&names, &id("sensor")),
+            "shorter than the prefix"
+        );
+        assert!(!certificate_admits(&names, &id("xsensor-1")));
+        assert!(
+            !certificate_admits(&["*"], &id("anything")),
+            "a lone * covers nothing"
+        );
+        assert!(
+            !certificate_admits::<&str>(&[], &id("a")),
+            "no names, no ids"
+        );
+        assert!(
+            !certificate_admits(&["sensor*-1"], &id("sensor-x-1")),
+            "only a trailing * is a wildcard"
+        );
     }
 
     #[test]

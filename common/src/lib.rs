@@ -25,6 +25,7 @@ pub mod service;
 pub mod settings;
 pub mod stash;
 pub mod telemetry;
+pub mod tls;
 
 pub use keys::{ClientId, Keys, MessageHash};
 pub use settings::Settings;

@@ -275,6 +275,12 @@ pub const FIRST_LINE_TIMEOUT: &str = "first_line_timeout";
 /// or no valid token for its id).
 pub const UNAUTHORIZED: &str = "unauthorized";
 
+/// The reason a connection whose TLS handshake failed or did not finish within
+/// `producer.first_line_timeout_ms` is counted under in
+/// `tally_producer_refused_connections_total`. Never sent: without a completed
+/// handshake there is no channel to send an `ERR` on; the connection just closes.
+pub const TLS_HANDSHAKE: &str = "tls_handshake";
+
 /// Whether a reply is a refusal (an abuse limit or `producer.auth`): the
 /// connection was closed and nothing of it claimed or stored.
 pub fn is_refusal(reply: &str) -> bool {

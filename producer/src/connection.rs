@@ -8,23 +8,60 @@
 //! replica, and a batch reaches the flusher only after that (invariant 2). When the
 //! stash write fails or its outcome is unknown the client gets `ERR unavailable` and
 //! the connection closes; it resumes with HELLO from the stored `last_sn`.
+//!
+//! The same code serves plain TCP and TLS ([`IngestStream`]); with TLS, no line is
+//! read before the handshake completed, and with `producer.auth.mode = "mtls"` no
+//! id is claimed that the client certificate does not name.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tally_common::redis::RedisOpError;
+use tally_common::settings::AuthMode;
 use tally_common::ClientId;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::limits::AddressSlot;
 use crate::protocol::{self, LineReader, ProtocolError, Request};
 use crate::registry::ClientSlot;
 use crate::shared::FlushCommand;
 use crate::shared::{now_ms, Shared};
+use crate::tls::ServerTls;
+
+/// A client's byte stream: plain TCP, or TLS over it. The line protocol is the
+/// same on both; only how to wait for bytes without a buffer differs.
+pub trait IngestStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits until a read would not block, without holding a read buffer (so idle
+    /// connections hold none).
+    fn ready_to_read(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl IngestStream for TcpStream {
+    fn ready_to_read(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl IngestStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn ready_to_read(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        let (socket, tls) = self.get_ref();
+        // rustls may hold decrypted bytes already (several records came in one
+        // read): then a read finds them at once, and the socket may never become
+        // readable for them.
+        let buffered = !tls.wants_read();
+        async move {
+            if !buffered {
+                socket.readable().await?;
+            }
+            Ok(())
+        }
+    }
+}
 
 /// Longest a claim (ownership lock, ownership set, claim script + `WAIT`) may take.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,13 +85,16 @@ struct Identity {
     last_sn: u64,
 }
 
-struct Connection {
+struct Connection<S> {
     shared: Arc<Shared>,
     peer: SocketAddr,
     conn_id: u64,
     reader: LineReader,
-    read_half: OwnedReadHalf,
-    writer: BufWriter<OwnedWriteHalf>,
+    /// Reads go through to the stream; replies are buffered until flushed.
+    stream: BufWriter<S>,
+    /// The SAN dNSNames of the client's certificate (TLS with client
+    /// certificates); with `producer.auth.mode = "mtls"` the ids it may use.
+    certificate_names: Vec<String>,
     identity: Option<Identity>,
     /// Cancelled when a newer connection with the same id attaches.
     superseded: CancellationToken,
@@ -72,9 +112,9 @@ struct Connection {
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Answers a connection an abuse limit refused with `ERR <code> <detail>` and
-/// closes it; nothing of it is read. `permit` (its connection slot) is held until
-/// then.
-pub async fn refuse<P: Send>(mut socket: TcpStream, code: &'static str, detail: String, permit: P) {
+/// closes it; nothing of it is read. Over TLS the handshake came first, so the
+/// client can read the `ERR`.
+async fn refuse<S: AsyncWrite + Unpin>(mut socket: S, code: &'static str, detail: String) {
     metrics::counter!(tally_common::observe::names::PRODUCER_REFUSED_CONNECTIONS, "reason" => code)
         .increment(1);
     debug!(code, "connection refused: {detail}");
@@ -84,45 +124,134 @@ pub async fn refuse<P: Send>(mut socket: TcpStream, code: &'static str, detail: 
         let _ = socket.shutdown().await;
     })
     .await;
-    drop(permit);
+}
+
+/// What the accept loop knows of a new connection.
+pub struct Accepted {
+    /// The socket.
+    pub socket: TcpStream,
+    /// Its peer address.
+    pub peer: SocketAddr,
+    /// This process's number for it.
+    pub conn_id: u64,
+    /// Its share of the per-address limit; `None`: the address holds
+    /// `producer.max_connections_per_address` connections already.
+    pub address_slot: Option<AddressSlot>,
+}
+
+/// Takes a new connection from accept to close: the TLS handshake when the
+/// listener has TLS, then the per-address refusal or the line protocol. The
+/// first-line deadline starts at accept, so a stalled handshake runs into it too.
+pub async fn handle(
+    shared: Arc<Shared>,
+    tls: Option<Arc<ServerTls>>,
+    accepted: Accepted,
+    shutdown: CancellationToken,
+) {
+    let first_line_due = tokio::time::Instant::now()
+        + Duration::from_millis(shared.settings.producer.first_line_timeout_ms);
+    let Accepted {
+        socket,
+        peer,
+        conn_id,
+        address_slot,
+    } = accepted;
+    let _ = socket.set_nodelay(true);
+    let ends = Ends {
+        peer,
+        conn_id,
+        address_slot,
+        first_line_due,
+        shutdown,
+    };
+    match tls {
+        None => ends.open(shared, socket, Vec::new()).await,
+        Some(tls) => {
+            // A shutdown does not wait for handshakes still under way.
+            let done = tokio::select! {
+                done = tls.handshake(socket, first_line_due) => done,
+                () = ends.shutdown.cancelled() => None,
+            };
+            if let Some((stream, names)) = done {
+                ends.open(shared, stream, names).await;
+            }
+        }
+    }
+}
+
+/// What a connection carries from accept to the line protocol, whatever its stream.
+struct Ends {
+    peer: SocketAddr,
+    conn_id: u64,
+    address_slot: Option<AddressSlot>,
+    first_line_due: tokio::time::Instant,
+    shutdown: CancellationToken,
+}
+
+impl Ends {
+    /// The per-address refusal, or the line protocol until the connection closes.
+    async fn open<S: IngestStream>(
+        self,
+        shared: Arc<Shared>,
+        stream: S,
+        certificate_names: Vec<String>,
+    ) {
+        let Some(address_slot) = self.address_slot else {
+            let detail = format!(
+                "{} holds producer.max_connections_per_address ({}) connections already",
+                self.peer.ip(),
+                shared.settings.producer.max_connections_per_address
+            );
+            refuse(stream, protocol::TOO_MANY_CONNECTIONS, detail).await;
+            return;
+        };
+        serve(
+            shared,
+            stream,
+            self.peer,
+            self.conn_id,
+            certificate_names,
+            self.first_line_due,
+            self.shutdown,
+        )
+        .await;
+        drop(address_slot);
+    }
 }
 
 /// Serves one accepted socket until it closes.
-pub async fn serve(
+async fn serve<S: IngestStream>(
     shared: Arc<Shared>,
-    socket: TcpStream,
+    socket: S,
     peer: SocketAddr,
     conn_id: u64,
+    certificate_names: Vec<String>,
+    first_line_due: tokio::time::Instant,
     shutdown: CancellationToken,
 ) {
     let span = tracing::info_span!("connection", %peer, client = tracing::field::Empty);
     async move {
-        let _ = socket.set_nodelay(true);
-        let (read_half, write_half) = socket.into_split();
-        let shared_first_line_timeout_ms = shared.settings.producer.first_line_timeout_ms;
         let mut conn = Connection {
             reader: LineReader::new(shared.settings.producer.max_line_bytes),
             shared,
             peer,
             conn_id,
-            read_half,
-            writer: BufWriter::with_capacity(REPLY_BUFFER, write_half),
+            stream: BufWriter::with_capacity(REPLY_BUFFER, socket),
+            certificate_names,
             identity: None,
             superseded: CancellationToken::new(),
             shutdown,
             carried: None,
             deferred_err: None,
-            first_line_due: Some(
-                tokio::time::Instant::now() + Duration::from_millis(shared_first_line_timeout_ms),
-            ),
+            first_line_due: Some(first_line_due),
         };
         metrics::gauge!(tally_common::observe::names::PRODUCER_CONNECTIONS).increment(1.0);
         match conn.run().await {
             Ok(()) => debug!("connection closed"),
             Err(e) => debug!("connection ended: {e}"),
         }
-        let _ = conn.writer.flush().await;
-        let _ = conn.writer.shutdown().await;
+        let _ = conn.stream.flush().await;
+        let _ = conn.stream.shutdown().await;
         conn.detach().await;
         metrics::gauge!(tally_common::observe::names::PRODUCER_CONNECTIONS).decrement(1.0);
     }
@@ -130,7 +259,7 @@ pub async fn serve(
     .await
 }
 
-impl Connection {
+impl<S: IngestStream> Connection<S> {
     async fn run(&mut self) -> Result<(), ConnectionEnd> {
         let settings = &self.shared.settings.producer;
         let (max_lines, max_bytes) = (settings.batch_max_lines, settings.batch_max_bytes);
@@ -161,6 +290,13 @@ impl Connection {
                                         )
                                         .await;
                                 }
+                                if self.ids_from_certificate() {
+                                    return self
+                                        .unauthorized(
+                                            "a HELLO with an id the client certificate names must come first",
+                                        )
+                                        .await;
+                                }
                                 let id = ClientId::from_peer(self.peer);
                                 if !self.claim(id, false, &mut replies).await? {
                                     self.write(&replies).await?;
@@ -182,6 +318,19 @@ impl Connection {
                                         .unauthorized(&format!("no valid token for client {id}"))
                                         .await;
                                 }
+                            }
+                            if self.ids_from_certificate()
+                                && !tally_common::auth::certificate_admits(
+                                    &self.certificate_names,
+                                    &id,
+                                )
+                            {
+                                self.write(&replies).await?;
+                                return self
+                                    .unauthorized(&format!(
+                                        "the client certificate does not name client {id}"
+                                    ))
+                                    .await;
                             }
                             if !self.claim(id, true, &mut replies).await? {
                                 self.write(&replies).await?;
@@ -215,12 +364,12 @@ impl Connection {
                 // Idle connections hold no read buffer: wait until bytes arrive,
                 // then allocate one (see `LineReader`).
                 self.reader.release_if_empty();
-                let (reader, read_half) = (&mut self.reader, &mut self.read_half);
+                let (reader, stream) = (&mut self.reader, &mut self.stream);
                 let read = async move {
                     if reader.is_empty() {
-                        read_half.readable().await?;
+                        stream.get_ref().ready_to_read().await?;
                     }
-                    reader.fill(read_half).await
+                    reader.fill(stream).await
                 };
                 // Before its first complete line, a connection waits at most until
                 // the first-line deadline, however it trickles bytes.
@@ -262,6 +411,12 @@ impl Connection {
         }
     }
 
+    /// Whether the client certificate decides which ids this connection may use
+    /// (`producer.auth.mode = "mtls"`).
+    fn ids_from_certificate(&self) -> bool {
+        self.shared.settings.producer.auth.mode == AuthMode::Mtls
+    }
+
     fn reader_max(&self) -> usize {
         self.shared.settings.producer.max_line_bytes
     }
@@ -282,8 +437,8 @@ impl Connection {
 
     async fn write(&mut self, text: &str) -> Result<(), ConnectionEnd> {
         if !text.is_empty() {
-            self.writer.write_all(text.as_bytes()).await?;
-            self.writer.flush().await?;
+            self.stream.write_all(text.as_bytes()).await?;
+            self.stream.flush().await?;
         }
         Ok(())
     }

@@ -14,7 +14,8 @@
 //! `flush_state` (one client's go-back-N flush state, pure), `flusher` (the task
 //! that does the flush state's I/O), `ownership` (claim, adopt, release, fence),
 //! `takeover` (heartbeats and when to adopt whom), `budget` (memory reservations),
-//! `registry` (client slots), `shared` (what the tasks share). This file only
+//! `registry` (client slots), `shared` (what the tasks share), `tls` (the
+//! listener's TLS configuration, its reload and handshakes). This file only
 //! wires them together; no module imports it.
 
 use std::future::Future;
@@ -49,6 +50,7 @@ pub use tally_common::protocol;
 mod registry;
 mod shared;
 mod takeover;
+mod tls;
 
 /// Capacity of the queue from connections to the flusher, in batches.
 const FLUSH_QUEUE: usize = 1_024;
@@ -71,6 +73,9 @@ pub enum ProducerError {
     /// The client-token secrets cannot be used.
     #[error("auth: {0}")]
     Auth(#[from] tally_common::auth::AuthError),
+    /// `[producer.tls]` cannot be used.
+    #[error("tls: {0}")]
+    Tls(#[from] tally_common::tls::TlsError),
 }
 
 /// The configured instance id, or a generated one (`p-<pid>-<random>`; the
@@ -105,7 +110,11 @@ pub async fn run_with_readiness(
     let (redis_ready, kafka_ready) = (readiness.condition("redis"), readiness.condition("kafka"));
     let instance = instance_id(&settings);
     let auth = tally_common::auth::from_settings(&settings.producer.auth)?;
-    if auth.is_none() {
+    let tls = match &settings.producer.tls {
+        Some(tls) => Some(Arc::new(tls::ServerTls::load(tls)?)),
+        None => None,
+    };
+    if settings.producer.auth.mode == tally_common::settings::AuthMode::None {
         warn!("producer.auth.mode = \"none\": anyone who reaches {} may store messages under any client id (docs/security.md)", settings.producer.listen);
     }
     let conn = connect(&settings.redis).await?;
@@ -133,7 +142,7 @@ pub async fn run_with_readiness(
         flusher: flush_tx,
         auth,
     });
-    info!(instance = %instance, listen = %listener.local_addr()?, "tally-producer starting");
+    info!(instance = %instance, listen = %listener.local_addr()?, tls = tls.is_some(), auth = ?shared.settings.producer.auth.mode, "tally-producer starting");
 
     let (remaining_tx, mut remaining) = watch::channel(0usize);
     let stop_flusher = CancellationToken::new();
@@ -152,6 +161,9 @@ pub async fn run_with_readiness(
     }
     let stop_ownership = CancellationToken::new();
     let ownership_task = tokio::spawn(takeover::run(shared.clone(), stop_ownership.clone()));
+
+    let stop_reloads = CancellationToken::new();
+    let reload_task = tokio::spawn(tls::reload_on_sighup(tls.clone(), stop_reloads.clone()));
 
     // Accept until shutdown.
     let stop_connections = CancellationToken::new();
@@ -175,24 +187,15 @@ pub async fn run_with_readiness(
         };
         match accepted {
             Ok((socket, peer)) => {
-                let Some(address_slot) = per_address.admit(peer.ip()) else {
-                    connections.spawn(connection::refuse(
-                        socket,
-                        tally_common::protocol::TOO_MANY_CONNECTIONS,
-                        format!(
-                            "{} holds producer.max_connections_per_address ({}) connections already",
-                            peer.ip(),
-                            shared.settings.producer.max_connections_per_address
-                        ),
-                        permit,
-                    ));
-                    continue;
+                let accepted = connection::Accepted {
+                    address_slot: per_address.admit(peer.ip()),
+                    socket,
+                    peer,
+                    conn_id: next_conn_id.fetch_add(1, Ordering::Relaxed),
                 };
-                let conn_id = next_conn_id.fetch_add(1, Ordering::Relaxed);
-                let (shared, stop) = (shared.clone(), stop_connections.clone());
+                let (shared, tls, stop) = (shared.clone(), tls.clone(), stop_connections.clone());
                 connections.spawn(async move {
-                    connection::serve(shared, socket, peer, conn_id, stop).await;
-                    drop(address_slot);
+                    connection::handle(shared, tls, accepted, stop).await;
                     drop(permit);
                 });
             }
@@ -206,6 +209,8 @@ pub async fn run_with_readiness(
 
     info!("shutting down: no new connections; finishing in-flight batches");
     drop(listener);
+    stop_reloads.cancel();
+    let _ = reload_task.await;
     stop_connections.cancel();
     connections.close();
     let deadline = tokio::time::Instant::now()

@@ -15,7 +15,8 @@ pub mod names {
     pub const PRODUCER_MESSAGES_FLUSHED: &str = "tally_producer_messages_flushed_total";
     /// Lines answered with `ERR` and not stored, by `reason` (counter).
     pub const PRODUCER_REJECTED_LINES: &str = "tally_producer_rejected_lines_total";
-    /// Connections refused by an abuse limit, by `reason` (counter).
+    /// Connections refused before they had an identity (an abuse limit,
+    /// `producer.auth`, a failed TLS handshake), by `reason` (counter).
     pub const PRODUCER_REFUSED_CONNECTIONS: &str = "tally_producer_refused_connections_total";
     /// Time from the stash call to its replicated answer, per batch (histogram).
     pub const PRODUCER_ACK_LATENCY: &str = "tally_producer_ack_latency_seconds";
@@ -149,7 +150,7 @@ pub const METRICS: &[MetricDoc] = {
             PRODUCER_REFUSED_CONNECTIONS,
             Counter,
             &["reason"],
-            "connections answered with ERR and closed by an abuse limit",
+            "connections closed before they had an identity: an abuse limit, producer.auth or a failed TLS handshake",
         ),
         doc(
             PRODUCER_ACK_LATENCY,
@@ -349,6 +350,7 @@ pub const KNOWN_LABEL_VALUES: &[(&str, &str, &[&str])] = &[
             crate::protocol::TOO_MANY_CONNECTIONS,
             crate::protocol::FIRST_LINE_TIMEOUT,
             crate::protocol::UNAUTHORIZED,
+            crate::protocol::TLS_HANDSHAKE,
         ],
     ),
 ];

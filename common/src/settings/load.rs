@@ -240,6 +240,12 @@ fn describe_serde_error(section: &str, path: &str, message: &str) -> (String, St
             .strip_prefix(opening)
             .and_then(|r| r.split(closing).next())
         {
+            // The config crate names the field by its path within the section
+            // (`tls.key_file`), which `base` already holds up to the field.
+            let field = field
+                .strip_prefix(path)
+                .and_then(|f| f.strip_prefix('.'))
+                .unwrap_or(field);
             return (format!("{base}.{field}"), "required but not set".into());
         }
     }

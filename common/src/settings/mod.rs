@@ -174,6 +174,10 @@ pub struct ProducerSettings {
     /// `[producer.auth]`: who may speak for a client id.
     #[serde(default)]
     pub auth: AuthSettings,
+    /// `[producer.tls]`: TLS on the ingest listener; absent, the listener speaks
+    /// plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
     /// A connection that sends nothing for this long is closed, in milliseconds.
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
@@ -274,8 +278,10 @@ pub struct ClientSettings {
 /// `[producer.auth]`: who may speak for a client id (see `common::auth`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuthSettings {
-    /// `none` (anyone reaching the port may use any id: a trusted network only)
-    /// or `token` (`HELLO <id> <token>`, the token minted by `tally admin token`).
+    /// `none` (anyone reaching the port may use any id: a trusted network only),
+    /// `token` (`HELLO <id> <token>`, the token minted by `tally admin token`) or
+    /// `mtls` (the client certificate names the ids it may use; needs
+    /// `[producer.tls]` with `client_ca_file`).
     #[serde(default)]
     pub mode: AuthMode,
     /// The secret tokens are minted under (≥ 32 bytes); required by `token`.
@@ -284,6 +290,20 @@ pub struct AuthSettings {
     /// A second secret still accepted while tokens are rotated to a new one.
     #[serde(default)]
     pub previous_secret_file: Option<PathBuf>,
+}
+
+/// `[producer.tls]`: the producer's certificate and, for client certificates, the
+/// CA they must chain to (see `common::tls`). Reloaded on SIGHUP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsSettings {
+    /// The producer's certificate chain (PEM, leaf first).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) a client certificate must chain to. Set, every client
+    /// must present one; required by `producer.auth.mode = "mtls"`.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// How a producer authenticates clients.
@@ -295,6 +315,9 @@ pub enum AuthMode {
     None,
     /// `HELLO <id> <token>` with an HMAC token of the id.
     Token,
+    /// `HELLO <id>` over TLS with a client certificate that names the id (a SAN
+    /// dNSName equal to it, or `prefix*` covering it).
+    Mtls,
 }
 
 /// `[serve]`

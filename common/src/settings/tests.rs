@@ -441,3 +441,45 @@ fn pipeline_env_points_a_child_at_the_same_pipeline() {
     assert_eq!(child.redis.nodes, parent.redis.nodes);
     assert_eq!(child.kafka.brokers, parent.kafka.brokers);
 }
+
+#[test]
+fn mtls_needs_tls_with_a_client_ca_and_is_reported_with_the_rest() {
+    let f = file(&format!(
+        "{MINIMAL}\n[producer]\nlisten = \"nowhere\"\n[producer.auth]\nmode = \"mtls\"\n"
+    ));
+    let found = issues(Settings::load_from(Some(f.path()), env(&[])).unwrap_err());
+    let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
+    assert!(keys.contains(&"producer.tls.client_ca_file"), "{found:?}");
+    assert!(keys.contains(&"producer.listen"), "all at once: {found:?}");
+
+    let tls = "[producer.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+    let f = file(&format!(
+        "{MINIMAL}\n[producer.auth]\nmode = \"mtls\"\n{tls}"
+    ));
+    let found = issues(Settings::load_from(Some(f.path()), env(&[])).unwrap_err());
+    assert_eq!(
+        found.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(),
+        ["producer.tls.client_ca_file"],
+        "{found:?}"
+    );
+    let s = Settings::load_from(
+        Some(f.path()),
+        env(&[("TALLY__PRODUCER__TLS__CLIENT_CA_FILE", "ca.pem")]),
+    )
+    .expect("mtls with a client CA is valid");
+    let loaded = s.producer.tls.expect("tls");
+    assert_eq!(loaded.client_ca_file, Some(PathBuf::from("ca.pem")));
+    assert_eq!(s.producer.auth.mode, AuthMode::Mtls);
+
+    // Without [producer.tls] the listener is plain TCP; with it, both files are needed.
+    let s = Settings::load_from(Some(file(MINIMAL).path()), env(&[])).expect("valid");
+    assert!(s.producer.tls.is_none());
+    let f = file(&format!(
+        "{MINIMAL}\n[producer.tls]\ncert_file = \"c.pem\"\n"
+    ));
+    let found = issues(Settings::load_from(Some(f.path()), env(&[])).unwrap_err());
+    assert!(
+        found.iter().any(|i| i.key == "producer.tls.key_file"),
+        "{found:?}"
+    );
+}

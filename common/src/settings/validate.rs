@@ -125,10 +125,27 @@ impl Settings {
             "must be ≥ 1",
         );
         check(
-            p.auth.mode == AuthMode::None || p.auth.secret_file.is_some(),
+            p.auth.mode != AuthMode::Token || p.auth.secret_file.is_some(),
             "producer.auth.secret_file",
             "required when producer.auth.mode = \"token\"",
         );
+        check(
+            p.auth.mode != AuthMode::Mtls
+                || p.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some()),
+            "producer.tls.client_ca_file",
+            "required when producer.auth.mode = \"mtls\" (with [producer.tls] cert_file and key_file)",
+        );
+        if let Some(tls) = &p.tls {
+            for (key, path) in [
+                ("producer.tls.cert_file", Some(&tls.cert_file)),
+                ("producer.tls.key_file", Some(&tls.key_file)),
+                ("producer.tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    check(!path.as_os_str().is_empty(), key, "must name a PEM file");
+                }
+            }
+        }
         check(
             p.first_line_timeout_ms >= 1,
             "producer.first_line_timeout_ms",
