@@ -7,7 +7,7 @@
 //! |---|---:|---:|---|
 //! | `stash_append` | [`STASH_LINES`] lines of the record size | [`STASH_CALLERS`] | 100 connected clients, each with a window of lines |
 //! | `count_client` | [`COUNT_SNS`] sns | [`COUNT_CALLERS`] | a counter batch of 1,000 records over 10 clients, `apply_concurrency` 32 |
-//! | `count_messages` | [`BUCKET_MESSAGES`] messages of one bucket, 1 sighting each | [`COUNT_CALLERS`] | the aggregator: a 5,000-record batch of distinct lines over 256 buckets |
+//! | `count_messages` | [`BUCKET_MESSAGES`] messages of one bucket, 1 sighting each | [`COUNT_CALLERS`] | the aggregator: a 5,000-record batch of distinct lines (one closed by `batch_max_ms`) over 256 buckets |
 //!
 //! Every call must succeed; keys are under their own prefix and the stash is
 //! trimmed afterwards, as a producer would after flushing.

@@ -82,8 +82,9 @@ impl fmt::Display for ClientId {
 }
 
 /// Hex digits of a message hash that form its key's hash tag: 256 buckets, so a
-/// 5,000-record batch of distinct messages needs ~256 count calls, not 5,000,
-/// while the buckets still spread over the cluster's masters.
+/// full batch of 20,000 distinct messages needs ~256 count calls, not 20,000 (and
+/// a 5,000-record one still ~20 messages per call), while the buckets still spread
+/// over the cluster's masters.
 pub const MESSAGE_BUCKET_HEX_DIGITS: usize = 2;
 
 /// How many buckets there are: `16 ^ MESSAGE_BUCKET_HEX_DIGITS`.
