@@ -275,6 +275,11 @@ pub const FIRST_LINE_TIMEOUT: &str = "first_line_timeout";
 /// or no valid token for its id).
 pub const UNAUTHORIZED: &str = "unauthorized";
 
+/// The code of `ERR too_many_auth_failures`: the source address made
+/// `producer.max_auth_failures_per_minute` failed authentications in the current
+/// minute; its connections are refused until that minute ends.
+pub const TOO_MANY_AUTH_FAILURES: &str = "too_many_auth_failures";
+
 /// The reason a connection whose TLS handshake failed or did not finish within
 /// `producer.first_line_timeout_ms` is counted under in
 /// `tally_producer_refused_connections_total`. Never sent: without a completed
@@ -284,13 +289,18 @@ pub const TLS_HANDSHAKE: &str = "tls_handshake";
 /// Whether a reply is a refusal (an abuse limit or `producer.auth`): the
 /// connection was closed and nothing of it claimed or stored.
 pub fn is_refusal(reply: &str) -> bool {
-    [TOO_MANY_CONNECTIONS, FIRST_LINE_TIMEOUT, UNAUTHORIZED]
-        .iter()
-        .any(|code| {
-            reply
-                .strip_prefix("ERR ")
-                .is_some_and(|r| r.starts_with(code))
-        })
+    [
+        TOO_MANY_CONNECTIONS,
+        FIRST_LINE_TIMEOUT,
+        UNAUTHORIZED,
+        TOO_MANY_AUTH_FAILURES,
+    ]
+    .iter()
+    .any(|code| {
+        reply
+            .strip_prefix("ERR ")
+            .is_some_and(|r| r.starts_with(code))
+    })
 }
 
 /// `ERR <code> <detail>` for a connection an abuse limit refuses
@@ -419,6 +429,7 @@ mod tests {
     fn refusals_are_told_from_other_errors() {
         assert!(is_refusal(&refused(TOO_MANY_CONNECTIONS, "x")));
         assert!(is_refusal(&refused(FIRST_LINE_TIMEOUT, "x")));
+        assert!(is_refusal(&refused(TOO_MANY_AUTH_FAILURES, "x")));
         assert!(!is_refusal(&unavailable("x")));
         assert!(!is_refusal(&err(&ProtocolError::HelloTooLate)));
         assert!(!is_refusal("first_line_timeout without ERR"));

@@ -203,6 +203,15 @@ impl Ends {
         stream: S,
         certificate_names: Vec<String>,
     ) {
+        let ip = self.peer.ip();
+        if shared.auth_failures.is_shut_out(ip, Instant::now()) {
+            let detail = format!(
+                "{ip} made producer.max_auth_failures_per_minute ({}) failed authentications this minute",
+                shared.settings.producer.max_auth_failures_per_minute
+            );
+            refuse(stream, protocol::TOO_MANY_AUTH_FAILURES, detail).await;
+            return;
+        }
         let Some(address_slot) = self.address_slot else {
             let detail = format!(
                 "{} holds producer.max_connections_per_address ({}) connections already",
@@ -437,6 +446,9 @@ impl<S: IngestStream> Connection<S> {
         )
         .increment(1);
         debug!("unauthorized: {detail}");
+        self.shared
+            .auth_failures
+            .record(self.peer.ip(), Instant::now());
         self.write(&protocol::refused(protocol::UNAUTHORIZED, detail))
             .await?;
         Ok(())

@@ -133,6 +133,7 @@ pub async fn run_with_readiness(
         kafka_ready,
     );
     let (flush_tx, flush_rx) = mpsc::channel(FLUSH_QUEUE);
+    let max_auth_failures = settings.producer.max_auth_failures_per_minute;
     let shared = Arc::new(Shared {
         instance: instance.clone(),
         memory: MemoryBudget::new(settings.producer.global_backlog_bytes),
@@ -141,6 +142,7 @@ pub async fn run_with_readiness(
         store,
         flusher: flush_tx,
         auth,
+        auth_failures: limits::AuthFailures::new(max_auth_failures),
     });
     info!(instance = %instance, listen = %listener.local_addr()?, tls = tls.is_some(), auth = ?shared.settings.producer.auth.mode, "tally-producer starting");
 

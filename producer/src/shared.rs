@@ -33,6 +33,8 @@ pub struct Shared {
     /// The secrets client tokens are checked against (`producer.auth.mode =
     /// "token"`); `None`: any client may use any id.
     pub auth: Option<tally_common::auth::TokenSecrets>,
+    /// Failed authentications per source address (`producer.max_auth_failures_per_minute`).
+    pub auth_failures: crate::limits::AuthFailures,
 }
 
 /// What connections and the ownership task tell the flusher.

@@ -23,6 +23,24 @@ struct Raw {
 impl Raw {
     async fn connect(addr: &str) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::over(stream)
+    }
+
+    /// Connects from another loopback address than 127.0.0.1 (Linux routes all of
+    /// 127.0.0.0/8 to the loopback interface).
+    async fn connect_from(source: &str, addr: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("source address"))
+            .expect("bind source");
+        let stream = socket
+            .connect(addr.parse().expect("producer address"))
+            .await
+            .expect("connect");
+        Self::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> Self {
         let local = stream.local_addr().expect("local addr").to_string();
         let (r, w) = stream.into_split();
         Self {
@@ -447,4 +465,68 @@ async fn ten_megabytes_without_newline_are_rejected_without_buffering_them() {
         .await
         .expect("meta");
     assert_eq!(meta.sn, 2, "{meta:?}\n{}", process.log_tail());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_authentications_shut_the_address_out_for_the_minute() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(
+        &secret_file,
+        "another example secret of at least thirty-two bytes\n",
+    )
+    .expect("write secret");
+    let secret = tally_common::auth::Secret::read("test", &secret_file).expect("secret");
+    let mut settings = isolated_settings("it-proto-auth-failures", 3).await;
+    settings.producer.auth.mode = tally_common::settings::AuthMode::Token;
+    settings.producer.auth.secret_file = Some(secret_file.clone());
+    settings.producer.max_auth_failures_per_minute = 3;
+    let producer = InProcessProducer::start(settings.clone()).await;
+    let hello = |id: &str| {
+        let token = secret.mint(&ClientId::parse(id).expect("id"));
+        format!("HELLO {id} {token}\n")
+    };
+
+    // An owner connected before the guessing starts.
+    let mut owner = Raw::connect(&producer.addr).await;
+    owner
+        .send(format!("{}one\n", hello("guarded")).as_bytes())
+        .await;
+    assert_eq!(owner.line().await, "WELCOME guarded 0");
+    assert_eq!(owner.line().await, "ACK 1");
+
+    // Three wrong tokens from 127.0.0.1 are each refused as unauthorized...
+    for guess in 0..3 {
+        let mut guesser = Raw::connect(&producer.addr).await;
+        guesser
+            .send(format!("HELLO guarded {:064x}\nstolen\n", guess).as_bytes())
+            .await;
+        let reply = guesser.line().await;
+        assert!(
+            reply.starts_with("ERR unauthorized "),
+            "guess {guess}: {reply}"
+        );
+        guesser.expect_closed().await;
+    }
+    // ...then the address is shut out, even with a right token, before anything
+    // of the connection is read.
+    let mut shut_out = Raw::connect(&producer.addr).await;
+    shut_out.send(hello("newcomer").as_bytes()).await;
+    let reply = shut_out.line().await;
+    assert!(
+        reply.starts_with("ERR too_many_auth_failures "),
+        "after 3 failures: {reply}"
+    );
+    shut_out.expect_closed().await;
+
+    // Another address is not affected, and the owner kept its id and its sn.
+    let mut elsewhere = Raw::connect_from("127.0.0.2", &producer.addr).await;
+    elsewhere
+        .send(format!("{}x\n", hello("newcomer")).as_bytes())
+        .await;
+    assert_eq!(elsewhere.line().await, "WELCOME newcomer 0");
+    assert_eq!(elsewhere.line().await, "ACK 1");
+    owner.send(b"two\n").await;
+    assert_eq!(owner.line().await, "ACK 2");
+    producer.shutdown().await.expect("clean shutdown");
 }

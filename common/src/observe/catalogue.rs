@@ -350,6 +350,7 @@ pub const KNOWN_LABEL_VALUES: &[(&str, &str, &[&str])] = &[
             crate::protocol::TOO_MANY_CONNECTIONS,
             crate::protocol::FIRST_LINE_TIMEOUT,
             crate::protocol::UNAUTHORIZED,
+            crate::protocol::TOO_MANY_AUTH_FAILURES,
             crate::protocol::TLS_HANDSHAKE,
         ],
     ),

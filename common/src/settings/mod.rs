@@ -171,6 +171,12 @@ pub struct ProducerSettings {
     /// byte would otherwise hold a connection slot for as long as it likes).
     #[serde(default = "defaults::first_line_timeout_ms")]
     pub first_line_timeout_ms: u64,
+    /// Most failed authentications (`ERR unauthorized`) one source address may
+    /// make per minute; once reached, its connections get
+    /// `ERR too_many_auth_failures` and are closed until the minute ends. `0`: no
+    /// limit.
+    #[serde(default = "defaults::max_auth_failures_per_minute")]
+    pub max_auth_failures_per_minute: u32,
     /// `[producer.auth]`: who may speak for a client id.
     #[serde(default)]
     pub auth: AuthSettings,
@@ -426,6 +432,9 @@ mod defaults {
     }
     pub fn max_connections() -> usize {
         10_000
+    }
+    pub fn max_auth_failures_per_minute() -> u32 {
+        20
     }
     pub fn first_line_timeout_ms() -> u64 {
         30_000
