@@ -287,6 +287,29 @@ pub fn spawn_sessions(
 }
 
 /// The stash operations on `settings`' key prefix.
+/// Changes a client counter (a string key) by `delta` behind the pipeline's back,
+/// as a tampering oracle test needs.
+pub async fn add_to_count(settings: &Settings, key: &str, delta: i64) {
+    use redis::AsyncCommands;
+    let mut conn = tally_common::redis::connect(&settings.redis)
+        .await
+        .expect("redis");
+    let _: i64 = conn.incr(key, delta).await.expect("INCRBY");
+}
+
+/// Changes a message's count (the `count` field of its hash) by `delta` behind
+/// the pipeline's back.
+pub async fn add_to_message_count(settings: &Settings, key: &str, delta: i64) {
+    use redis::AsyncCommands;
+    let mut conn = tally_common::redis::connect(&settings.redis)
+        .await
+        .expect("redis");
+    let _: i64 = conn
+        .hincr(key, tally_common::schema::message::COUNT, delta)
+        .await
+        .expect("HINCRBY");
+}
+
 pub async fn stash_store(settings: &Settings) -> tally_common::stash::StashStore {
     let conn = tally_common::redis::connect(&settings.redis)
         .await

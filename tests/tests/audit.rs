@@ -7,7 +7,6 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 use tally_tests::pipeline::{
     isolated, produce, service_env, start_aggregator, start_counter, RawRecord,
@@ -42,24 +41,6 @@ fn show(output: &Output) -> String {
 fn json(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|e| panic!("audit --json printed no JSON ({e}): {}", show(output)))
-}
-
-async fn add(settings: &Settings, key: &str, delta: i64) {
-    let mut conn = tally_common::redis::connect(&settings.redis)
-        .await
-        .expect("redis");
-    let _: i64 = conn.incr(key, delta).await.expect("INCRBY");
-}
-
-/// Changes a message's count by `delta` behind the pipeline's back.
-async fn add_to_message(settings: &Settings, key: &str, delta: i64) {
-    let mut conn = tally_common::redis::connect(&settings.redis)
-        .await
-        .expect("redis");
-    let _: i64 = conn
-        .hincr(key, tally_common::schema::message::COUNT, delta)
-        .await
-        .expect("HINCRBY");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,8 +155,8 @@ async fn audit_matches_a_real_load_and_catches_a_changed_client_and_message_coun
     let client = ClientId::parse(&format!("mtc-{run_id}-1")).expect("id");
     let client_count = keys.client_count(&client);
     let message_count = keys.message(&MessageHash::of(chorus.as_bytes()));
-    add(&settings, &client_count, -1).await;
-    add_to_message(&settings, &message_count, 1).await;
+    tally_tests::add_to_count(&settings, &client_count, -1).await;
+    tally_tests::add_to_message_count(&settings, &message_count, 1).await;
 
     let caught = tally(&settings, &["audit", "--messages", "--wait", "10s"]);
     eprintln!("{}", show(&caught));
@@ -227,8 +208,8 @@ async fn audit_matches_a_real_load_and_catches_a_changed_client_and_message_coun
         show(&clients_only)
     );
 
-    add(&settings, &client_count, 1).await;
-    add_to_message(&settings, &message_count, -1).await;
+    tally_tests::add_to_count(&settings, &client_count, 1).await;
+    tally_tests::add_to_message_count(&settings, &message_count, -1).await;
     let restored = tally(&settings, &["audit", "--messages"]);
     assert_eq!(restored.status.code(), Some(0), "{}", show(&restored));
 }
@@ -475,7 +456,7 @@ async fn a_client_whose_early_records_expired_is_reported_not_judged() {
     // Still checked: a truncated client's count equals its last_sn.
     let keys = Keys::new(settings.redis.prefix.clone());
     let early_count = keys.client_count(&ClientId::parse(&early).expect("id"));
-    add(&settings, &early_count, -1).await;
+    tally_tests::add_to_count(&settings, &early_count, -1).await;
     let caught = tally(&settings, &["audit"]);
     assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
     let out = String::from_utf8_lossy(&caught.stdout);

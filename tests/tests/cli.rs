@@ -130,24 +130,6 @@ fn workload(prefix: &str) -> String {
     text
 }
 
-async fn add(settings: &Settings, key: &str, delta: i64) {
-    let mut conn = tally_common::redis::connect(&settings.redis)
-        .await
-        .expect("redis");
-    let _: i64 = conn.incr(key, delta).await.expect("INCRBY");
-}
-
-/// Changes a message's count by `delta` behind the pipeline's back.
-async fn add_to_message(settings: &Settings, key: &str, delta: i64) {
-    let mut conn = tally_common::redis::connect(&settings.redis)
-        .await
-        .expect("redis");
-    let _: i64 = conn
-        .hincr(key, tally_common::schema::message::COUNT, delta)
-        .await
-        .expect("HINCRBY");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtc_then_verify_is_exact_and_the_oracle_catches_tampering() {
     let settings = isolated("it-cli", 3).await;
@@ -225,7 +207,7 @@ async fn mtc_then_verify_is_exact_and_the_oracle_catches_tampering() {
     let keys = Keys::new(settings.redis.prefix.clone());
     let client = ClientId::parse(&format!("mtc-{run_id}-1")).expect("id");
     let client_count = keys.client_count(&client);
-    add(&settings, &client_count, -1).await;
+    tally_tests::add_to_count(&settings, &client_count, -1).await;
     let caught = verify("5s")();
     assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
     let out = String::from_utf8_lossy(&caught.stdout);
@@ -234,14 +216,14 @@ async fn mtc_then_verify_is_exact_and_the_oracle_catches_tampering() {
         "{}",
         show(&caught)
     );
-    add(&settings, &client_count, 1).await;
+    tally_tests::add_to_count(&settings, &client_count, 1).await;
     let restored = verify("5s")();
     assert_eq!(restored.status.code(), Some(0), "{}", show(&restored));
 
     // One message counted once too often.
     let text = format!("{} chorus 0", settings.redis.prefix);
     let message_count = keys.message(&MessageHash::of(text.as_bytes()));
-    add_to_message(&settings, &message_count, 1).await;
+    tally_tests::add_to_message_count(&settings, &message_count, 1).await;
     let caught = verify("5s")();
     assert_eq!(caught.status.code(), Some(1), "{}", show(&caught));
     let out = String::from_utf8_lossy(&caught.stdout);

@@ -319,19 +319,33 @@ async fn abuse_limits_refuse_extra_connections_and_slow_first_lines() {
     producer.shutdown().await.expect("clean shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_auth_admits_only_the_ids_token_and_an_impostor_disturbs_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Isolated settings with `producer.auth.mode = "token"` under a fresh secret
+/// written into `dir`; the secret mints the clients' tokens.
+async fn token_settings(
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> (
+    tally_common::Settings,
+    tally_common::auth::Secret,
+    std::path::PathBuf,
+) {
     let secret_file = dir.path().join("secret");
     std::fs::write(
         &secret_file,
-        "an example secret of at least thirty-two bytes\n",
+        format!("an example secret of at least thirty-two bytes for {name}\n"),
     )
     .expect("write secret");
     let secret = tally_common::auth::Secret::read("test", &secret_file).expect("secret");
-    let mut settings = isolated_settings("it-proto-auth", 3).await;
+    let mut settings = isolated_settings(name, 3).await;
     settings.producer.auth.mode = tally_common::settings::AuthMode::Token;
     settings.producer.auth.secret_file = Some(secret_file.clone());
+    (settings, secret, secret_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_admits_only_the_ids_token_and_an_impostor_disturbs_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (settings, secret, secret_file) = token_settings(&dir, "it-proto-auth").await;
     let producer = InProcessProducer::start(settings.clone()).await;
     let id = ClientId::parse("sensor-7").expect("id");
     let token = secret.mint(&id);
@@ -470,16 +484,7 @@ async fn ten_megabytes_without_newline_are_rejected_without_buffering_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_authentications_shut_the_address_out_for_the_minute() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let secret_file = dir.path().join("secret");
-    std::fs::write(
-        &secret_file,
-        "another example secret of at least thirty-two bytes\n",
-    )
-    .expect("write secret");
-    let secret = tally_common::auth::Secret::read("test", &secret_file).expect("secret");
-    let mut settings = isolated_settings("it-proto-auth-failures", 3).await;
-    settings.producer.auth.mode = tally_common::settings::AuthMode::Token;
-    settings.producer.auth.secret_file = Some(secret_file.clone());
+    let (mut settings, secret, _) = token_settings(&dir, "it-proto-auth-failures").await;
     settings.producer.max_auth_failures_per_minute = 3;
     let producer = InProcessProducer::start(settings.clone()).await;
     let hello = |id: &str| {
