@@ -371,7 +371,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config {
             command: ConfigCommand::Check,
         } => {
-            let problems = producer_file_problems(&settings);
+            let problems = file_problems(&settings);
             if !problems.is_empty() {
                 return Err(usage(anyhow!("configuration: {}", problems.join("; "))));
             }
@@ -495,11 +495,14 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What is wrong with the files the producer's settings name (token secrets,
-/// `[producer.tls]`'s certificate, key and client CA), all of it: the producer
-/// would refuse to start on any of it.
-fn producer_file_problems(settings: &Settings) -> Vec<String> {
+/// What is wrong with the files the settings name (`[redis]`'s password file and
+/// CA, token secrets, `[producer.tls]`'s certificate, key and client CA), all of
+/// it: the services would refuse to start on any of it.
+fn file_problems(settings: &Settings) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Err(e) = tally_common::redis::read_access_files(&settings.redis) {
+        problems.push(e.to_string());
+    }
     if let Err(e) = tally_common::auth::from_settings(&settings.producer.auth) {
         problems.push(e.to_string());
     }

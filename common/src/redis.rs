@@ -16,7 +16,10 @@ use std::time::Duration;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{FromRedisValue, RedisError, ServerError, ToRedisArgs, Value};
+use redis::{
+    FromRedisValue, IntoConnectionInfo, RedisError, ServerError, TlsCertificates, ToRedisArgs,
+    Value,
+};
 
 use crate::schema::refusal;
 use crate::settings::RedisSettings;
@@ -59,32 +62,93 @@ pub enum RedisOpError {
     Result(String),
 }
 
-/// Opens a cluster connection with the configured timeouts and retries.
+/// Opens a cluster connection with the configured timeouts, retries, credentials
+/// and TLS roots.
 pub async fn connect(settings: &RedisSettings) -> Result<ClusterConnection, RedisError> {
-    remember_node_url_template(settings);
-    ClusterClientBuilder::new(settings.nodes.clone())
+    let access = NodeAccess::read(settings)?;
+    let mut builder = ClusterClientBuilder::new(settings.nodes.clone())
         .connection_timeout(settings.connect_timeout())
         .response_timeout(settings.response_timeout())
-        .retries(settings.retries)
-        .build()?
-        .get_async_connection()
-        .await
+        .retries(settings.retries);
+    if let Some(user) = &access.username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &access.password {
+        builder = builder.password(password);
+    }
+    if let Some(certs) = &access.certs {
+        builder = builder.certs(certs.clone());
+    }
+    *NODE_ACCESS.write().unwrap_or_else(|e| e.into_inner()) = Some(access);
+    builder.build()?.get_async_connection().await
 }
 
 /// A node's `(host, port)`.
 pub type Node = (String, u16);
 
-/// Scheme and credentials of the configured nodes (`redis://user:pass@`), to open
-/// direct connections to the masters the write combiner talks to.
-static NODE_URL_PREFIX: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+/// How a connection reaches and authenticates to any node of the cluster: the
+/// configured nodes' scheme and user info, or `[redis]`'s `username`,
+/// `password_file` and `tls_ca_file`.
+#[derive(Clone, Default)]
+struct NodeAccess {
+    /// `redis://` or `rediss://` with the seed URL's user info (`user:pass@`), if any.
+    url_prefix: String,
+    username: Option<String>,
+    password: Option<String>,
+    certs: Option<TlsCertificates>,
+}
 
-fn remember_node_url_template(settings: &RedisSettings) {
-    let Some(seed) = settings.nodes.first() else {
-        return;
-    };
-    // `scheme://[userinfo@]host:port[/db]` → `scheme://[userinfo@]`
+impl NodeAccess {
+    /// Reads the password and CA files named in `settings`.
+    fn read(settings: &RedisSettings) -> Result<Self, RedisError> {
+        let unreadable = |what: &'static str, path: &std::path::Path, e: std::io::Error| {
+            RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                what,
+                format!("{}: {e}", path.display()),
+            ))
+        };
+        let password = match &settings.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| unreadable("cannot read redis.password_file", path, e))?;
+                Some(text.lines().next().unwrap_or_default().to_owned())
+            }
+            None => None,
+        };
+        let certs = match &settings.tls_ca_file {
+            Some(path) => Some(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(
+                    std::fs::read(path)
+                        .map_err(|e| unreadable("cannot read redis.tls_ca_file", path, e))?,
+                ),
+            }),
+            None => None,
+        };
+        Ok(Self {
+            url_prefix: url_prefix(settings.nodes.first().map(String::as_str).unwrap_or("")),
+            username: settings.username.clone(),
+            password,
+            certs,
+        })
+    }
+}
+
+/// Reads the files `[redis]` names (`password_file`, `tls_ca_file`), as [`connect`]
+/// will: what `tally config check` asks.
+pub fn read_access_files(settings: &RedisSettings) -> Result<(), RedisError> {
+    NodeAccess::read(settings).map(|_| ())
+}
+
+/// How [`connect_node`] reaches nodes: set by the last [`connect`].
+static NODE_ACCESS: std::sync::RwLock<Option<NodeAccess>> = std::sync::RwLock::new(None);
+
+/// `scheme://[userinfo@]host:port[/db]` → `scheme://[userinfo@]` (`redis://` when
+/// the URL has no scheme).
+fn url_prefix(seed: &str) -> String {
     let Some((scheme, rest)) = seed.split_once("://") else {
-        return;
+        return "redis://".to_owned();
     };
     let userinfo = rest
         .split('/')
@@ -92,28 +156,71 @@ fn remember_node_url_template(settings: &RedisSettings) {
         .and_then(|authority| authority.rsplit_once('@'))
         .map(|(user, _)| format!("{user}@"))
         .unwrap_or_default();
-    *NODE_URL_PREFIX.write().unwrap_or_else(|e| e.into_inner()) =
-        Some(format!("{scheme}://{userinfo}"));
+    format!("{scheme}://{userinfo}")
 }
 
-/// Opens a plain (non-cluster) connection to one node, with the scheme and
-/// credentials of the configured nodes.
-pub async fn connect_node(
-    (host, port): &Node,
-) -> Result<redis::aio::MultiplexedConnection, RedisError> {
-    let prefix = NODE_URL_PREFIX
+/// Opens a plain (non-cluster) connection to one node, with the scheme,
+/// credentials and TLS roots of the nodes the last [`connect`] was given.
+pub async fn connect_node(node: &Node) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+    let access = NODE_ACCESS
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
-        .unwrap_or_else(|| "redis://".to_owned());
+        .unwrap_or_else(|| NodeAccess {
+            url_prefix: "redis://".to_owned(),
+            ..NodeAccess::default()
+        });
+    open_node(&access, node).await
+}
+
+/// Opens a plain (non-cluster) connection to the first configured node (for
+/// cluster-wide questions such as `CLUSTER NODES`).
+pub async fn connect_seed(
+    settings: &RedisSettings,
+) -> Result<redis::aio::MultiplexedConnection, RedisError> {
+    let access = NodeAccess::read(settings)?;
+    let seed = settings.nodes.first().map(String::as_str).unwrap_or("");
+    let info = seed.into_connection_info()?;
+    let node = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        _ => {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "redis.nodes",
+                format!(
+                    "{} is not a TCP node",
+                    crate::settings::redact::redact_url(seed)
+                ),
+            )))
+        }
+    };
+    open_node(&access, &node).await
+}
+
+async fn open_node(
+    access: &NodeAccess,
+    (host, port): &Node,
+) -> Result<redis::aio::MultiplexedConnection, RedisError> {
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.clone()
     };
-    redis::Client::open(format!("{prefix}{host}:{port}"))?
-        .get_multiplexed_async_connection()
-        .await
+    let mut info = format!("{}{host}:{port}", access.url_prefix).into_connection_info()?;
+    let mut redis_info = info.redis_settings().clone();
+    if let Some(user) = &access.username {
+        redis_info = redis_info.set_username(user);
+    }
+    if let Some(password) = &access.password {
+        redis_info = redis_info.set_password(password);
+    }
+    info = info.set_redis_settings(redis_info);
+    let client = match &access.certs {
+        Some(certs) => redis::Client::build_with_tls(info, certs.clone())?,
+        None => redis::Client::open(info)?,
+    };
+    client.get_multiplexed_async_connection().await
 }
 
 /// Which master serves which slots: `(first, last, master)`, sorted, from

@@ -413,7 +413,7 @@ fn run_tally(args: &[&str], stdin: &str, env: &[(&'static str, String)]) -> (boo
     use std::io::Write;
     let mut cmd = std::process::Command::new(tally_tests::binary("tally"));
     cmd.arg("--config")
-        .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+        .arg(tally_tests::local_config())
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -649,7 +649,7 @@ fn tls_options_that_cannot_work_are_usage_errors_naming_every_problem() {
     ] {
         let output = std::process::Command::new(tally_tests::binary("tally"))
             .arg("--config")
-            .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+            .arg(tally_tests::local_config())
             .args(&args)
             .stdin(std::process::Stdio::null())
             .output()
@@ -675,7 +675,7 @@ fn config_check_reads_the_tls_files_and_names_every_problem() {
     let check = |cert: &Path, key: &Path, mode: &str| {
         std::process::Command::new(tally_tests::binary("tally"))
             .arg("--config")
-            .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+            .arg(tally_tests::local_config())
             .args(["config", "check"])
             .env("TALLY__PRODUCER__AUTH__MODE", mode)
             .env("TALLY__PRODUCER__TLS__CERT_FILE", cert)
@@ -696,4 +696,19 @@ fn config_check_reads_the_tls_files_and_names_every_problem() {
     let (_, other_key) = ca.server(dir.path(), "other");
     let mismatched = check(&cert, &other_key, "none");
     assert_eq!(mismatched.status.code(), Some(2), "{mismatched:?}");
+
+    // `[redis]`'s password file is read as well.
+    let redis = std::process::Command::new(tally_tests::binary("tally"))
+        .arg("--config")
+        .arg(tally_tests::local_config())
+        .args(["config", "check"])
+        .env(
+            "TALLY__REDIS__PASSWORD_FILE",
+            dir.path().join("missing.password"),
+        )
+        .output()
+        .expect("run tally config check");
+    let stderr = String::from_utf8_lossy(&redis.stderr);
+    assert_eq!(redis.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("redis.password_file"), "{stderr}");
 }

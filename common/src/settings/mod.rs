@@ -83,6 +83,19 @@ pub struct RedisSettings {
     /// Longest a `WAIT` blocks for its replicas, in milliseconds.
     #[serde(default = "defaults::redis_wait_timeout_ms")]
     pub wait_timeout_ms: u64,
+    /// ACL user to authenticate as (Redis 6+). Unset: the user named in the node
+    /// URLs, else Redis' `default` user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File whose first line is that user's password. Unset: the password in the
+    /// node URLs, if any. A file keeps the secret out of configs, the environment
+    /// and `tally config show`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) that signed the nodes' certificates, for
+    /// `rediss://` nodes. Unset: the system's trusted roots.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// `[kafka]`

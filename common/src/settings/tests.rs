@@ -483,3 +483,30 @@ fn mtls_needs_tls_with_a_client_ca_and_is_reported_with_the_rest() {
         "{found:?}"
     );
 }
+
+#[test]
+fn redis_credentials_and_tls_roots_are_checked_together() {
+    // A CA for TLS nodes, a user and a password file: fine.
+    let ok = file(
+        "[redis]\nnodes = [\"rediss://h:7000\"]\nusername = \"tally\"\npassword_file = \"p\"\n\
+         tls_ca_file = \"ca.pem\"\n[kafka]\nbrokers = \"h:9092\"\n",
+    );
+    let s = Settings::load_from(Some(ok.path()), env(&[])).expect("valid");
+    assert_eq!(s.redis.username.as_deref(), Some("tally"));
+
+    // A CA for plain nodes, credentials in two places and an empty user: all
+    // three reported at once.
+    let bad = file(
+        "[redis]\nnodes = [\"redis://app:pw@h:7000\"]\nusername = \"\"\n\
+         tls_ca_file = \"ca.pem\"\n[kafka]\nbrokers = \"h:9092\"\n",
+    );
+    let found = issues(Settings::load_from(Some(bad.path()), env(&[])).unwrap_err());
+    let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["redis.tls_ca_file", "redis.username", "redis.username"],
+        "{found:?}"
+    );
+    // The password in the URL is not repeated in any problem.
+    assert!(found.iter().all(|i| !i.problem.contains("pw")), "{found:?}");
+}

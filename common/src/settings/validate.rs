@@ -35,6 +35,29 @@ impl Settings {
                 ),
             );
         }
+        let all_tls = self.redis.nodes.iter().all(|n| n.starts_with("rediss://"));
+        check(
+            self.redis.tls_ca_file.is_none() || all_tls,
+            "redis.tls_ca_file",
+            "is set, but not every node is a rediss:// URL (TLS)",
+        );
+        let url_credentials = self.redis.nodes.iter().any(|n| {
+            n.split_once("://")
+                .and_then(|(_, rest)| rest.split('/').next())
+                .is_some_and(|authority| authority.contains('@'))
+        });
+        check(
+            !(url_credentials
+                && (self.redis.username.is_some() || self.redis.password_file.is_some())),
+            "redis.username",
+            "credentials are in the node URLs and in redis.username / redis.password_file: \
+             give them in one place",
+        );
+        check(
+            self.redis.username.as_deref() != Some(""),
+            "redis.username",
+            "is empty (leave it unset for the default user)",
+        );
         check(
             crate::keys::is_valid_prefix(&self.redis.prefix),
             "redis.prefix",
