@@ -12,7 +12,7 @@ use tally_common::Settings;
 
 use crate::local_config;
 
-/// Settings for the local stack: `deploy/local/tally.toml`, then `TALLY__…`
+/// Settings for the local stack: [`local_config`], then `TALLY__…`
 /// environment overrides (how `scripts/test` passes non-default ports). Panics
 /// when they do not load (a test convenience).
 pub fn settings() -> Settings {
@@ -56,14 +56,24 @@ pub async fn create_topics(
 
 /// Settings isolated for one test: a fresh key prefix and fresh topics
 /// (`it.<name>.…`) with `partitions` partitions (RF 3, min ISR 2), created here.
-/// Panics when the topics cannot be created (a test convenience).
+/// On the secure stack the names extend tally's default ones instead
+/// (`client_message.it.<name>`, key prefix `tally.it.<name>`), because that is
+/// what its least-privilege users may reach. Panics when the topics cannot be
+/// created (a test convenience).
 pub async fn isolated_settings(what: &str, partitions: i32) -> Settings {
     let mut s = settings();
     let name = unique(what);
-    s.redis.prefix = name.clone();
-    s.kafka.client_message_topic = format!("it.{name}.client_message");
-    s.kafka.message_aggregation_topic = format!("it.{name}.message_aggregation");
-    s.kafka.dlq_topic = format!("it.{name}.dlq");
+    if crate::secure_config_dir().is_some() {
+        s.redis.prefix = format!("tally.it.{name}");
+        s.kafka.client_message_topic = format!("client_message.it.{name}");
+        s.kafka.message_aggregation_topic = format!("message_aggregation.it.{name}");
+        s.kafka.dlq_topic = format!("tally.dlq.it.{name}");
+    } else {
+        s.redis.prefix = name.clone();
+        s.kafka.client_message_topic = format!("it.{name}.client_message");
+        s.kafka.message_aggregation_topic = format!("it.{name}.message_aggregation");
+        s.kafka.dlq_topic = format!("it.{name}.dlq");
+    }
     create_topics(&s.kafka, partitions, Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("create test topics: {e}"));

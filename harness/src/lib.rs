@@ -75,7 +75,32 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// `deploy/local/tally.toml`: the local stack's configuration.
+/// Set by `scripts/stack --secure env`: the secure stack's folder of tally configs,
+/// `tally.toml` (its admin user) and one `<service binary>.toml` per service (its
+/// least-privilege user).
+pub const STACK_CONFIG_DIR_ENV: &str = "TALLY_STACK_CONFIG_DIR";
+
+/// The local stack's configuration: `deploy/local/tally.toml`, or the secure
+/// stack's admin config when [`STACK_CONFIG_DIR_ENV`] is set.
 pub fn local_config() -> PathBuf {
-    repo_root().join("deploy/local/tally.toml")
+    match secure_config_dir() {
+        Some(dir) => dir.join("tally.toml"),
+        None => repo_root().join("deploy/local/tally.toml"),
+    }
+}
+
+/// The configuration a service binary runs with on the local stack: its own
+/// least-privilege config on the secure stack, else [`local_config`].
+pub fn service_config(binary_name: &str) -> PathBuf {
+    secure_config_dir()
+        .map(|dir| dir.join(format!("{binary_name}.toml")))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(local_config)
+}
+
+/// The secure stack's config folder, when the tests run against it.
+pub fn secure_config_dir() -> Option<PathBuf> {
+    std::env::var_os(STACK_CONFIG_DIR_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
 }

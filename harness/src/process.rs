@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tally_common::Settings;
 
-use crate::{local_config, unique, HarnessError};
+use crate::{service_config, unique, HarnessError};
 
 /// The directory of the workspace binaries that belong with the running
 /// executable: its own directory, or the one above for a test executable (those
@@ -146,7 +146,8 @@ impl ServiceProcess {
     pub fn start(binary_name: &str, env: &[(&str, String)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique(binary_name)));
         let env = env.iter().map(|(k, v)| (*k, v.as_str()));
-        Self::spawn(&binary(binary_name), binary_name, &local_config(), env, log)
+        let config = service_config(binary_name);
+        Self::spawn(&binary(binary_name), binary_name, &config, env, log)
             .unwrap_or_else(|e| panic!("start {binary_name}: {e}"))
     }
 

@@ -137,7 +137,10 @@ kafka_prepare() {
 	kafka_write_admin_config
 	for node in "${KAFKA_NODES[@]}"; do
 		mkdir -p "$(node_dir "$node")"
-		kafka_server_properties "$node" >"$(node_dir "$node")/server.properties"
+		{
+			kafka_server_properties "$node"
+			if [[ $SECURE == 1 ]]; then secure_kafka_properties "${node#kafka-}"; fi
+		} >"$(node_dir "$node")/server.properties"
 	done
 	kafka_format_storage
 }
@@ -230,6 +233,7 @@ request.timeout.ms=5000
 default.api.timeout.ms=15000
 retry.backoff.ms=200
 EOF
+	if [[ $SECURE == 1 ]]; then secure_kafka_admin_properties >>"$STACK_DIR/kafka-admin.properties"; fi
 }
 
 kafka_cluster_id() {
@@ -247,7 +251,9 @@ kafka_format_storage() {
 		[[ -f $(node_dir "$node")/data/meta.properties ]] && continue
 		[[ -n ${cid:-} ]] || cid=$(kafka_cluster_id)
 		log "formatting $node storage (cluster id $cid)"
-		kafka_tool kafka.tools.StorageTool format -t "$cid" -c "$(node_dir "$node")/server.properties" \
+		local scram=()
+		if [[ $SECURE == 1 ]]; then mapfile -t scram < <(secure_format_args); fi
+		kafka_tool kafka.tools.StorageTool format -t "$cid" -c "$(node_dir "$node")/server.properties" ${scram[@]+"${scram[@]}"} \
 			>"$(node_dir "$node")/format.log" 2>&1 &
 		pids+=($!)
 		names+=("$node")

@@ -4,9 +4,10 @@
 
 # redis-cli with a hard timeout: a paused (SIGSTOPped) node would block it forever.
 rcli() {
-	local port=$1
+	local port=$1 secure=()
 	shift
-	timeout 3 redis-cli -h 127.0.0.1 -p "$port" "$@"
+	if [[ $SECURE == 1 ]]; then mapfile -t secure < <(secure_rcli_args); fi
+	timeout 3 redis-cli -h 127.0.0.1 -p "$port" ${secure[@]+"${secure[@]}"} "$@"
 }
 
 # Value of FIELD in an INFO-style "field:value" reply.
@@ -22,8 +23,12 @@ redis_prepare() {
 	local node
 	for node in "${REDIS_NODES[@]}"; do
 		mkdir -p "$(node_dir "$node")"
-		redis_conf "$node" >"$(node_dir "$node")/redis.conf"
+		{
+			redis_conf "$node"
+			if [[ $SECURE == 1 ]]; then secure_redis_conf "$node"; fi
+		} >"$(node_dir "$node")/redis.conf"
 	done
+	if [[ $SECURE == 1 ]]; then secure_redis_prepare; fi
 }
 
 redis_conf() {
@@ -110,7 +115,9 @@ redis_ensure_cluster() {
 		return 0
 	elif ((blank == 6)); then
 		log "creating the Redis cluster (3 masters, 1 replica each)"
-		if ! redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+		local secure=()
+		if [[ $SECURE == 1 ]]; then mapfile -t secure < <(secure_rcli_args); fi
+		if ! redis-cli ${secure[@]+"${secure[@]}"} --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
 			>"$STACK_DIR/redis-cluster-create.log" 2>&1; then
 			tail -n 40 "$STACK_DIR/redis-cluster-create.log" >&2
 			die "redis-cli --cluster create failed"

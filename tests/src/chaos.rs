@@ -20,7 +20,7 @@ use tally_common::{ClientId, Keys, Settings};
 
 use crate::pipeline::{isolated, service_env};
 use crate::report::{FaultKind, FaultMark, Sample, ScenarioReport};
-use crate::{binary, free_port, repo_root, unique, wait_listening, ServiceProcess};
+use crate::{binary, free_port, local_config, repo_root, unique, wait_listening, ServiceProcess};
 
 /// Scenarios in one test binary run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -332,7 +332,7 @@ impl Harness {
             .unwrap_or_else(|e| panic!("mtc log: {e}"));
         let mut cmd = Command::new(binary("tally"));
         cmd.arg("--config")
-            .arg(repo_root().join("deploy/local/tally.toml"))
+            .arg(local_config())
             .args(["mtc", "--clients", &spec.clients.to_string()])
             .arg("--file")
             .arg(self.dir.path().join("workload.txt"))
@@ -464,7 +464,7 @@ impl Harness {
 
         let verify = Command::new(binary("tally"))
             .arg("--config")
-            .arg(repo_root().join("deploy/local/tally.toml"))
+            .arg(local_config())
             .arg("verify")
             .arg("--manifest")
             .arg(self.manifest_path())
@@ -594,10 +594,7 @@ fn save(report: &ScenarioReport, dir: &Path) -> Result<(), String> {
 
 /// The stack node name (`redis-<port>`) of the master that serves `key` now.
 pub async fn redis_master_of(settings: &Settings, key: &str) -> String {
-    let seed = settings.redis.nodes[0].clone();
-    let mut admin = redis::Client::open(seed)
-        .unwrap_or_else(|e| panic!("redis url: {e}"))
-        .get_multiplexed_async_connection()
+    let mut admin = tally_common::redis::connect_seed(&settings.redis)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let slot: u16 = redis::cmd("CLUSTER")

@@ -133,8 +133,10 @@ impl Expected {
 /// of its own (groups are not isolated by topic).
 pub async fn isolated(what: &str, partitions: i32) -> Settings {
     let mut s = crate::isolated_settings(what, partitions).await;
-    s.counter.group_id = unique(&format!("{what}-counter"));
-    s.aggregator.group_id = unique(&format!("{what}-aggregator"));
+    // Extending tally's default group names: on the secure stack that is what
+    // the services' least-privilege users may join.
+    s.counter.group_id = format!("tally-counter.{}", unique(what));
+    s.aggregator.group_id = format!("tally-aggregator.{}", unique(what));
     // Derived from the group at load time; set with it, as loading would have.
     s.counter.transactional_id_prefix = s.counter.group_id.clone();
     // The broker's minimum: a killed member's partitions move on sooner.

@@ -11,7 +11,7 @@ use tally_common::{ClientId, Keys, MessageHash, Settings};
 use tally_tests::pipeline::{
     isolated, produce, service_env, start_aggregator, start_counter, RawRecord,
 };
-use tally_tests::{binary, free_port, repo_root, unique, wait_listening, ServiceProcess};
+use tally_tests::{binary, free_port, local_config, unique, wait_listening, ServiceProcess};
 
 fn tally(settings: &Settings, args: &[&str]) -> Output {
     tally_at(&binary("tally"), settings, args)
@@ -20,7 +20,7 @@ fn tally(settings: &Settings, args: &[&str]) -> Output {
 fn tally_at(bin: &std::path::Path, settings: &Settings, args: &[&str]) -> Output {
     let mut cmd = Command::new(bin);
     cmd.arg("--config")
-        .arg(repo_root().join("deploy/local/tally.toml"))
+        .arg(local_config())
         .args(args)
         .env("TALLY_RUNS_DIR", std::env::temp_dir().join("tally-it-runs"));
     for (k, v) in ServiceProcess::env_for(settings) {
@@ -305,7 +305,7 @@ async fn audit_during_a_live_load_reports_no_false_difference() {
     // 4 clients × 100 lines × 30 at 150 messages/s each: ~20 s of load.
     let mut cmd = Command::new(binary("tally"));
     cmd.arg("--config")
-        .arg(repo_root().join("deploy/local/tally.toml"))
+        .arg(local_config())
         .args([
             "mtc",
             "--clients",

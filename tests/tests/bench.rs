@@ -8,12 +8,12 @@
 use std::process::Command;
 
 use serde_json::Value;
-use tally_tests::{binary, repo_root};
+use tally_tests::{binary, local_config, repo_root};
 
 fn bench(args: &[&str]) -> std::process::Output {
     Command::new(binary("tally-bench"))
         .arg("--config")
-        .arg(repo_root().join("deploy/local/tally.toml"))
+        .arg(local_config())
         .arg("--input")
         .arg(repo_root().join("data/pride-and-prejudice.txt"))
         .args(args)

@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 use tally_tests::pipeline::{isolated, service_env, start_aggregator, start_counter};
 use tally_tests::{
-    binary, check_stream, complete, free_port, read_client_messages, repo_root, unique,
+    binary, check_stream, complete, free_port, local_config, read_client_messages, unique,
     wait_listening, ServiceProcess,
 };
 
@@ -19,7 +19,7 @@ use tally_tests::{
 fn tally(settings: Option<&Settings>, args: &[&str]) -> Output {
     let mut cmd = Command::new(binary("tally"));
     cmd.arg("--config")
-        .arg(repo_root().join("deploy/local/tally.toml"))
+        .arg(local_config())
         .args(args)
         .env("TALLY_RUNS_DIR", std::env::temp_dir().join("tally-it-runs"));
     if let Some(settings) = settings {
@@ -274,7 +274,7 @@ async fn send_with_id_delivers_a_piped_file_exactly_once_across_a_producer_resta
 
     let mut cmd = Command::new(binary("tally"));
     cmd.arg("--config")
-        .arg(repo_root().join("deploy/local/tally.toml"))
+        .arg(local_config())
         .args(["send", "--id", &id, "--addr", &addr])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -19,7 +19,8 @@ use tally_client::session::send_all;
 use tally_common::{ClientId, MessageHash};
 use tally_tests::pipeline::{isolated, service_env, start_aggregator, start_counter};
 use tally_tests::{
-    binary, free_port, http_get, http_get_with, repo_root, unique, wait_listening, ServiceProcess,
+    binary, free_port, http_get, http_get_with, local_config, repo_root, unique, wait_listening,
+    ServiceProcess,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -72,7 +73,7 @@ impl Serve {
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = std::process::Command::new(binary("tally"));
         cmd.arg("--config")
-            .arg(repo_root().join("deploy/local/tally.toml"))
+            .arg(local_config())
             .args(["serve", "--listen", listen, "--max-streams"])
             .arg(max_streams.to_string())
             .env("TALLY__LOG__FORMAT", "plain")

@@ -379,7 +379,7 @@ async fn token_auth_admits_only_the_ids_token_and_an_impostor_disturbs_nothing()
     // `tally admin token` mints the same token from the same secret.
     let output = std::process::Command::new(tally_tests::binary("tally"))
         .arg("--config")
-        .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+        .arg(tally_tests::local_config())
         .args(["admin", "token", "--id", "sensor-7"])
         .env("TALLY__PRODUCER__AUTH__SECRET_FILE", &secret_file)
         .output()
@@ -392,7 +392,7 @@ async fn token_auth_admits_only_the_ids_token_and_an_impostor_disturbs_nothing()
     std::fs::write(&input, "alpha\nbeta\ngamma\n").expect("write input");
     let mut mtc = std::process::Command::new(tally_tests::binary("tally"));
     mtc.arg("--config")
-        .arg(tally_tests::repo_root().join("deploy/local/tally.toml"))
+        .arg(tally_tests::local_config())
         .args(["mtc", "--clients", "3", "--addr", &producer.addr, "--file"])
         .arg(&input)
         .arg("--manifest")

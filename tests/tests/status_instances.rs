@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use tally_tests::pipeline::{isolated, service_env, start_aggregator, start_counter};
 use tally_tests::{
-    binary, free_port, http_get, metric_sample, repo_root, unique, wait_listening, ServiceProcess,
+    binary, free_port, http_get, local_config, metric_sample, unique, wait_listening,
+    ServiceProcess,
 };
 
 /// `tally status --json` against `settings`' pipeline, parsed.
 fn status_json(settings: &tally_common::Settings) -> serde_json::Value {
     let mut cmd = Command::new(binary("tally"));
     cmd.arg("--config")
-        .arg(repo_root().join("deploy/local/tally.toml"))
+        .arg(local_config())
         .args(["status", "--json"]);
     for (k, v) in settings.pipeline_env() {
         cmd.env(k, v);
