@@ -11,7 +11,10 @@
 //!
 //! The same code serves plain TCP and TLS ([`IngestStream`]); with TLS, no line is
 //! read before the handshake completed, and with `producer.auth.mode = "mtls"` no
-//! id is claimed that the client certificate does not name.
+//! id is claimed that the client certificate does not name. With `"token"` or
+//! `"mtls"`, a connection whose first line is not an accepted HELLO (whatever the
+//! line: a message, garbage, an over-long or malformed line) gets
+//! `ERR unauthorized` and closes: no connection lives on without an identity.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -355,7 +358,14 @@ impl<S: IngestStream> Connection<S> {
                         }
                         Request::Invalid(error) => {
                             metrics::counter!(tally_common::observe::names::PRODUCER_REJECTED_LINES, "reason" => reason(&error)).increment(1);
-                            let err = protocol::err(&error);
+                            let before_hello = self.identity.is_none() && self.must_authenticate();
+                            let err = match rejection(&error, before_hello) {
+                                Rejection::Refuse(detail) => {
+                                    self.write(&replies).await?;
+                                    return self.unauthorized(&detail).await;
+                                }
+                                Rejection::Answer(err) => err,
+                            };
                             if batch.is_empty() {
                                 replies.push_str(&err);
                             } else {
@@ -425,6 +435,12 @@ impl<S: IngestStream> Connection<S> {
                 return Ok(());
             }
         }
+    }
+
+    /// Whether a connection must prove its id before anything else
+    /// (`producer.auth.mode` `"token"` or `"mtls"`).
+    fn must_authenticate(&self) -> bool {
+        self.shared.auth.is_some() || self.ids_from_certificate()
     }
 
     /// Whether the client certificate decides which ids this connection may use
@@ -649,12 +665,70 @@ impl<S: IngestStream> Connection<S> {
     }
 }
 
+/// How a connection answers a line the protocol rejects.
+#[derive(Debug, PartialEq, Eq)]
+enum Rejection {
+    /// `ERR unauthorized <detail>`; the connection closes.
+    Refuse(String),
+    /// This `ERR` line; the connection stays open.
+    Answer(String),
+}
+
+/// A rejected line gets its `ERR` and the connection goes on, unless the
+/// connection must still authenticate (`before_hello`: `producer.auth` requires a
+/// HELLO with credentials and none was accepted yet). Then it is refused like any
+/// other first line that is not such a HELLO: a garbage, over-long or malformed
+/// first line must not take an unauthenticated connection past the first-line
+/// deadline (which ends at the first complete line) into a connection that stays
+/// open without an identity for as long as it keeps sending.
+fn rejection(error: &ProtocolError, before_hello: bool) -> Rejection {
+    if before_hello {
+        Rejection::Refuse(format!(
+            "the first line must be a HELLO with the client's credentials; it was refused as {error}"
+        ))
+    } else {
+        Rejection::Answer(protocol::err(error))
+    }
+}
+
 fn reason(error: &ProtocolError) -> &'static str {
     match error {
         ProtocolError::TooLong { .. } => "too_long",
         ProtocolError::InvalidUtf8 { .. } => "invalid_utf8",
         ProtocolError::BadHelloId(_) | ProtocolError::HelloTooLate | ProtocolError::BadToken => {
             "bad_hello"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_line_closes_only_a_connection_that_must_still_authenticate() {
+        let errors = [
+            ProtocolError::TooLong { max: 8 },
+            ProtocolError::InvalidUtf8 { valid_up_to: 0 },
+            ProtocolError::BadHelloId(tally_common::keys::ClientIdError::Empty),
+            ProtocolError::HelloTooLate,
+            ProtocolError::BadToken,
+        ];
+        for error in errors {
+            assert_eq!(
+                rejection(&error, false),
+                Rejection::Answer(protocol::err(&error)),
+                "{error}"
+            );
+            match rejection(&error, true) {
+                Rejection::Refuse(detail) => {
+                    let reply = protocol::refused(protocol::UNAUTHORIZED, &detail);
+                    assert!(protocol::is_refusal(&reply), "{reply}");
+                    assert!(reply.contains(reason(&error)), "{reply} names {error}");
+                    assert_eq!(reply.matches('\n').count(), 1, "{reply}");
+                }
+                other => panic!("{error} before HELLO: {other:?}"),
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod chaos;
 pub mod pipeline;
+pub mod raw;
 pub mod report;
 
 use tally_common::Settings;
@@ -286,7 +287,6 @@ pub fn spawn_sessions(
         .collect()
 }
 
-/// The stash operations on `settings`' key prefix.
 /// Changes a client counter (a string key) by `delta` behind the pipeline's back,
 /// as a tampering oracle test needs.
 pub async fn add_to_count(settings: &Settings, key: &str, delta: i64) {
@@ -310,6 +310,7 @@ pub async fn add_to_message_count(settings: &Settings, key: &str, delta: i64) {
         .expect("HINCRBY");
 }
 
+/// The stash operations on `settings`' key prefix.
 pub async fn stash_store(settings: &Settings) -> tally_common::stash::StashStore {
     let conn = tally_common::redis::connect(&settings.redis)
         .await
@@ -321,6 +322,35 @@ pub async fn stash_store(settings: &Settings) -> tally_common::stash::StashStore
     )
     .await
     .expect("stash store")
+}
+
+/// Isolated settings with `producer.auth.mode = "token"` under a fresh secret
+/// written into `dir`; the secret mints the clients' tokens.
+pub async fn token_settings(
+    dir: &tempfile::TempDir,
+    name: &str,
+) -> (Settings, tally_common::auth::Secret, std::path::PathBuf) {
+    let secret_file = dir.path().join("secret");
+    std::fs::write(
+        &secret_file,
+        format!("an example secret of at least thirty-two bytes for {name}\n"),
+    )
+    .expect("write secret");
+    let secret = tally_common::auth::Secret::read("test", &secret_file).expect("secret");
+    let mut settings = isolated_settings(name, 3).await;
+    settings.producer.auth.mode = tally_common::settings::AuthMode::Token;
+    settings.producer.auth.secret_file = Some(secret_file.clone());
+    (settings, secret, secret_file)
+}
+
+/// Peak resident memory of a process (`VmHWM`), from /proc, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
 }
 
 /// One plain HTTP/1.1 GET: (status, body).

@@ -4,103 +4,12 @@
 use std::time::{Duration, Instant};
 
 use tally_common::keys::ClientId;
+use tally_tests::raw::{Raw, REPLY_TIMEOUT};
 use tally_tests::{
-    check_stream, complete, isolated_settings, read_client_messages, InProcessProducer,
-    ServiceProcess,
+    check_stream, complete, isolated_settings, peak_rss_kib, read_client_messages, token_settings,
+    InProcessProducer, ServiceProcess,
 };
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
-
-struct Raw {
-    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
-    writer: OwnedWriteHalf,
-    local: String,
-}
-
-impl Raw {
-    async fn connect(addr: &str) -> Self {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        Self::over(stream)
-    }
-
-    /// Connects from another loopback address than 127.0.0.1 (Linux routes all of
-    /// 127.0.0.0/8 to the loopback interface).
-    async fn connect_from(source: &str, addr: &str) -> Self {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind(format!("{source}:0").parse().expect("source address"))
-            .expect("bind source");
-        let stream = socket
-            .connect(addr.parse().expect("producer address"))
-            .await
-            .expect("connect");
-        Self::over(stream)
-    }
-
-    fn over(stream: TcpStream) -> Self {
-        let local = stream.local_addr().expect("local addr").to_string();
-        let (r, w) = stream.into_split();
-        Self {
-            lines: BufReader::new(r).lines(),
-            writer: w,
-            local,
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).await.expect("write");
-    }
-
-    async fn line(&mut self) -> String {
-        match tokio::time::timeout(REPLY_TIMEOUT, self.lines.next_line()).await {
-            Ok(Ok(Some(line))) => line,
-            other => panic!("expected a reply line, got {other:?}"),
-        }
-    }
-
-    /// Reads replies until `ACK <sn>`, returning the lines before it.
-    async fn until_ack(&mut self, sn: u64) -> Vec<String> {
-        let mut other = Vec::new();
-        loop {
-            let line = self.line().await;
-            if line == format!("ACK {sn}") {
-                return other;
-            }
-            other.push(line);
-        }
-    }
-
-    /// Reads replies until `ACK <sn>`, returning the lines other than ACKs before
-    /// it; the earlier ACKs must be cumulative. Replies are in line order, so a
-    /// rejected line ends a batch and the lines before it get their ACK first.
-    async fn errors_until_ack(&mut self, sn: u64) -> Vec<String> {
-        let mut errors = Vec::new();
-        let mut previous = 0;
-        for line in self.until_ack(sn).await {
-            match line
-                .strip_prefix("ACK ")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                Some(n) => {
-                    assert!(n > previous && n < sn, "ACK {n} after {previous}");
-                    previous = n;
-                }
-                None => errors.push(line),
-            }
-        }
-        errors
-    }
-
-    async fn expect_closed(&mut self) {
-        match tokio::time::timeout(REPLY_TIMEOUT, self.lines.next_line()).await {
-            Ok(Ok(None)) | Ok(Err(_)) => {}
-            other => panic!("expected the connection to close, got {other:?}"),
-        }
-    }
-}
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_are_cumulative_and_hello_resumes_from_last_sn() {
@@ -319,29 +228,6 @@ async fn abuse_limits_refuse_extra_connections_and_slow_first_lines() {
     producer.shutdown().await.expect("clean shutdown");
 }
 
-/// Isolated settings with `producer.auth.mode = "token"` under a fresh secret
-/// written into `dir`; the secret mints the clients' tokens.
-async fn token_settings(
-    dir: &tempfile::TempDir,
-    name: &str,
-) -> (
-    tally_common::Settings,
-    tally_common::auth::Secret,
-    std::path::PathBuf,
-) {
-    let secret_file = dir.path().join("secret");
-    std::fs::write(
-        &secret_file,
-        format!("an example secret of at least thirty-two bytes for {name}\n"),
-    )
-    .expect("write secret");
-    let secret = tally_common::auth::Secret::read("test", &secret_file).expect("secret");
-    let mut settings = isolated_settings(name, 3).await;
-    settings.producer.auth.mode = tally_common::settings::AuthMode::Token;
-    settings.producer.auth.secret_file = Some(secret_file.clone());
-    (settings, secret, secret_file)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_admits_only_the_ids_token_and_an_impostor_disturbs_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -429,16 +315,6 @@ async fn admitted(addr: &str, id: &str) -> Raw {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
