@@ -496,11 +496,14 @@ async fn send(settings: &Settings, args: SendArgs) -> Result<(), Failure> {
 }
 
 /// What is wrong with the files the settings name (`[redis]`'s password file and
-/// CA, token secrets, `[producer.tls]`'s certificate, key and client CA), all of
-/// it: the services would refuse to start on any of it.
+/// CA, `[kafka]`'s SASL password file, token secrets, `[producer.tls]`'s
+/// certificate, key and client CA), all of it: the services would fail on any of it.
 fn file_problems(settings: &Settings) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = tally_common::redis::read_access_files(&settings.redis) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = tally_common::kafka::read_sasl_password(&settings.kafka) {
         problems.push(e.to_string());
     }
     if let Err(e) = tally_common::auth::from_settings(&settings.producer.auth) {

@@ -4,8 +4,8 @@
 //! exactly-once rests on cannot be forgotten in one place: producers are idempotent
 //! with `acks=all`; consumers read only committed records and never commit offsets
 //! on their own; transactional producers fit their delivery timeout inside the
-//! transaction timeout. `[kafka.extra]` properties are applied last so users can
-//! add security settings for their own clusters.
+//! transaction timeout. The `[kafka]` security keys (TLS, SASL) come next, and
+//! `[kafka.extra]` properties last, so users can reach any librdkafka setting.
 
 use std::time::Duration;
 
@@ -21,7 +21,50 @@ use crate::settings::KafkaSettings;
 fn base(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers);
+    if let Some(protocol) = &settings.security_protocol {
+        config.set("security.protocol", protocol);
+    }
+    if let Some(ca) = &settings.ssl_ca_file {
+        config.set("ssl.ca.location", ca.display().to_string());
+    }
+    if let Some(user) = &settings.sasl_username {
+        config
+            .set(
+                "sasl.mechanisms",
+                settings
+                    .sasl_mechanism
+                    .as_deref()
+                    .unwrap_or("SCRAM-SHA-512"),
+            )
+            .set("sasl.username", user);
+    }
+    match read_sasl_password(settings) {
+        Ok(Some(password)) => {
+            config.set("sasl.password", password);
+        }
+        Ok(None) => {}
+        // `tally config check` reports it too; here the brokers will refuse the
+        // login, and this says why.
+        Err(e) => tracing::error!(error = %e, "kafka: no SASL password"),
+    }
     config
+}
+
+/// The SASL password from `kafka.sasl_password_file` (its first line), if set.
+pub fn read_sasl_password(settings: &KafkaSettings) -> Result<Option<String>, std::io::Error> {
+    let Some(path) = &settings.sasl_password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot read kafka.sasl_password_file {}: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    Ok(Some(text.lines().next().unwrap_or_default().to_owned()))
 }
 
 fn with_extra(mut config: ClientConfig, settings: &KafkaSettings) -> ClientConfig {
@@ -416,6 +459,37 @@ async fn describe_layouts(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn security_keys_become_librdkafka_properties_and_extra_wins() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let password = dir.path().join("pw");
+        std::fs::write(&password, "s3cret\nignored\n").expect("write");
+        let mut settings: crate::settings::KafkaSettings =
+            serde_json::from_str(r#"{"brokers": "b:9092"}"#).expect("settings");
+        settings.security_protocol = Some("sasl_ssl".into());
+        settings.ssl_ca_file = Some(dir.path().join("ca.pem"));
+        settings.sasl_username = Some("tally-counter".into());
+        settings.sasl_password_file = Some(password);
+        settings
+            .extra
+            .insert("sasl.mechanisms".into(), "SCRAM-SHA-256".into());
+        let config = admin_config(&settings);
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.username"), Some("tally-counter"));
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-256"));
+        assert!(config
+            .get("ssl.ca.location")
+            .is_some_and(|p| p.ends_with("ca.pem")));
+
+        settings.sasl_password_file = Some(dir.path().join("missing"));
+        let err = read_sasl_password(&settings).expect_err("missing file");
+        assert!(
+            err.to_string().contains("kafka.sasl_password_file"),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     fn settings() -> KafkaSettings {

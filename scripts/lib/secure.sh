@@ -237,12 +237,11 @@ partitions = $PARTITIONS
 replication_factor = 3
 min_insync_replicas = 2
 
-[kafka.extra]
-"security.protocol" = "SASL_SSL"
-"sasl.mechanisms" = "SCRAM-SHA-512"
-"sasl.username" = "$kafka_user"
-"sasl.password" = "$(secure_password "$kafka_user")"
-"ssl.ca.location" = "$dir/ca.pem"
+security_protocol = "sasl_ssl"
+ssl_ca_file = "$dir/ca.pem"
+sasl_mechanism = "SCRAM-SHA-512"
+sasl_username = "$kafka_user"
+sasl_password_file = "$dir/$kafka_user.password"
 
 [log]
 format = "auto"

@@ -147,8 +147,28 @@ pub struct KafkaSettings {
     /// Consumer group session timeout (`session.timeout.ms`).
     #[serde(default = "defaults::session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How clients talk to the brokers (librdkafka `security.protocol`):
+    /// `plaintext` (the default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: Option<String>,
+    /// PEM file of the CA certificate(s) that signed the brokers' certificates
+    /// (`ssl.ca.location`). Unset: the system's trusted roots.
+    #[serde(default)]
+    pub ssl_ca_file: Option<PathBuf>,
+    /// SASL mechanism (`sasl.mechanisms`): `SCRAM-SHA-512` (the default when
+    /// `sasl_username` is set), `SCRAM-SHA-256` or `PLAIN`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user (`sasl.username`): this service's principal.
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// File whose first line is the SASL user's password (`sasl.password`): a
+    /// mounted secret, never shown by `tally config show`.
+    #[serde(default)]
+    pub sasl_password_file: Option<PathBuf>,
     /// Any further librdkafka properties, passed through as they are (for example
-    /// `"security.protocol" = "SASL_SSL"`). Applied last, so they override the above.
+    /// `"ssl.endpoint.identification.algorithm" = "none"`). Applied last, so they
+    /// override the above.
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
 }

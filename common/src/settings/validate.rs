@@ -69,6 +69,27 @@ impl Settings {
             "must be greater than redis.wait_timeout_ms",
         );
         check(
+            self.kafka.security_protocol.as_deref().is_none_or(|p| {
+                ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]
+                    .contains(&p.to_ascii_lowercase().as_str())
+            }),
+            "kafka.security_protocol",
+            "must be one of plaintext, ssl, sasl_plaintext, sasl_ssl",
+        );
+        check(
+            self.kafka
+                .sasl_mechanism
+                .as_deref()
+                .is_none_or(|m| ["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"].contains(&m)),
+            "kafka.sasl_mechanism",
+            "must be one of SCRAM-SHA-512, SCRAM-SHA-256, PLAIN",
+        );
+        check(
+            self.kafka.sasl_username.is_some() || self.kafka.sasl_password_file.is_none(),
+            "kafka.sasl_password_file",
+            "is set without kafka.sasl_username",
+        );
+        check(
             !self.kafka.brokers.trim().is_empty(),
             "kafka.brokers",
             "must name at least one broker",
