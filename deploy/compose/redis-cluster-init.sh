@@ -1,7 +1,13 @@
 #!/bin/sh
 # Forms the Redis Cluster once (3 masters + 3 replicas); a no-op when it exists.
+# With REDIS_SECURE set (compose.secure.yaml): over TLS as the ACL user admin.
 set -eu
-if redis-cli -h redis-1 cluster info | grep -q '^cluster_state:ok'; then
+if [ -n "${REDIS_SECURE:-}" ]; then
+  cli() { redis-cli --tls --cacert /secrets/ca.pem --user admin --pass "$(cat /secrets/redis-admin.password)" --no-auth-warning "$@"; }
+else
+  cli() { redis-cli "$@"; }
+fi
+if cli -h redis-1 cluster info | grep -q '^cluster_state:ok'; then
   echo "cluster already formed"
   exit 0
 fi
@@ -11,4 +17,4 @@ for h in redis-1 redis-2 redis-3 redis-4 redis-5 redis-6; do
   nodes="$nodes $ip:6379"
 done
 # shellcheck disable=SC2086 # one word per node
-redis-cli --cluster create $nodes --cluster-replicas 1 --cluster-yes
+cli --cluster create $nodes --cluster-replicas 1 --cluster-yes

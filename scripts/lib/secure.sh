@@ -42,9 +42,34 @@ secure_dir() { echo "$STACK_DIR/secure"; }
 
 secure_password() { cat "$(secure_dir)/$1.password"; }
 
+# Makes, in DIR: a CA (ca.pem, ca.key) and one node certificate for CN
+# $SECURE_NODE_CN with the subjectAltName SANS (node.crt, node.key in PKCS#8 as
+# Kafka's PEM key store reads it, node.pem = key + certificate for Kafka), and a
+# random password per user (<user>.password). Also used by
+# deploy/compose/secure-setup.sh.
+secure_make_pki() {
+	local dir=$1 sans=$2 user
+	(
+		cd "$dir"
+		openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=tally CA (throwaway)" \
+			-keyout ca.key -out ca.pem 2>/dev/null
+		openssl req -newkey rsa:2048 -nodes -subj "/CN=$SECURE_NODE_CN" \
+			-keyout node.key.pkcs1 -out node.csr 2>/dev/null
+		openssl pkcs8 -topk8 -nocrypt -in node.key.pkcs1 -out node.key
+		printf '%s\n' "subjectAltName=$sans" "extendedKeyUsage=serverAuth,clientAuth" >node.ext
+		openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+			-extfile node.ext -out node.crt 2>/dev/null
+		cat node.key node.crt >node.pem
+		rm -f node.csr node.key.pkcs1 node.ext ca.srl
+		for user in "${SECURE_USERS[@]}" redis-admin redis-replicator redis-tally; do
+			openssl rand -hex 24 >"$user.password"
+		done
+	)
+}
+
 # CA, node certificate and passwords, once (kept across down/up; gone with --wipe).
 secure_init() {
-	local dir user
+	local dir
 	dir=$(secure_dir)
 	[[ -f $dir/.complete ]] && return 0
 	command -v openssl >/dev/null || apt_install openssl
@@ -52,25 +77,8 @@ secure_init() {
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	chmod 700 "$dir"
-	(
-		cd "$dir"
-		openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=tally stack CA" \
-			-keyout ca.key -out ca.pem 2>/dev/null
-		openssl req -newkey rsa:2048 -nodes -subj "/CN=$SECURE_NODE_CN" \
-			-keyout node.key.pkcs1 -out node.csr 2>/dev/null
-		# PKCS#8: what Kafka's PEM key store reads
-		openssl pkcs8 -topk8 -nocrypt -in node.key.pkcs1 -out node.key
-		printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
-			"extendedKeyUsage=serverAuth,clientAuth" >node.ext
-		openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
-			-extfile node.ext -out node.crt 2>/dev/null
-		cat node.key node.crt >node.pem # Kafka: key and chain in one PEM key store
-		rm -f node.csr node.key.pkcs1 node.ext ca.srl
-		for user in "${SECURE_USERS[@]}" redis-admin redis-replicator redis-tally; do
-			openssl rand -hex 24 >"$user.password"
-		done
-		chmod 600 ./*
-	)
+	secure_make_pki "$dir" "IP:127.0.0.1,DNS:localhost"
+	chmod 600 "$dir"/*
 	touch "$dir/.complete"
 }
 
@@ -120,33 +128,31 @@ ssl.truststore.location=$(secure_dir)/ca.pem
 EOF
 }
 
-# One kafka-acls call: PRINCIPAL, then its arguments. Prints nothing on success.
-secure_acl() {
-	local user=$1
-	shift
-	kafka_tool org.apache.kafka.tools.AclCommand --bootstrap-server "$(kafka_live_bootstrap)" \
-		--command-config "$STACK_DIR/kafka-admin.properties" --add --force \
-		--allow-principal "User:$user" --resource-pattern-type prefixed "$@" >/dev/null
-}
+# The least-privilege ACLs, as `kafka-acls --add` arguments, one line per call
+# (principal first), all on name prefixes: a principal reaches the names that start
+# with tally's default ones and nothing else. The producer cannot write
+# message_aggregation*, the aggregator cannot write client_message*. The table in
+# docs/security.md and deploy/k8s/strimzi/users.yaml say the same.
+SECURE_KAFKA_ACLS=(
+	"tally-producer --operation Write --operation Describe --topic client_message"
+	"tally-counter --operation Read --operation Describe --topic client_message --group tally-counter"
+	"tally-counter --operation Write --operation Describe --topic message_aggregation --topic tally.dlq"
+	"tally-counter --operation Write --operation Describe --transactional-id tally-counter"
+	"tally-aggregator --operation Read --operation Describe --topic message_aggregation --group tally-aggregator"
+	"tally-aggregator --operation Write --operation Describe --topic tally.dlq"
+)
 
-# The least-privilege ACLs, on name prefixes: a principal reaches the names that
-# start with tally's default ones and nothing else. The producer cannot write
-# message_aggregation*, the aggregator cannot write client_message*.
 secure_kafka_acls() {
-	local pids=() failed=0 p
+	local pids=() failed=0 p line user args
 	log "granting the services' Kafka ACLs"
-	secure_acl tally-producer --operation Write --operation Describe --topic client_message &
-	pids+=($!)
-	secure_acl tally-counter --operation Read --operation Describe --topic client_message --group tally-counter &
-	pids+=($!)
-	secure_acl tally-counter --operation Write --operation Describe --topic message_aggregation --topic tally.dlq &
-	pids+=($!)
-	secure_acl tally-counter --operation Write --operation Describe --transactional-id tally-counter &
-	pids+=($!)
-	secure_acl tally-aggregator --operation Read --operation Describe --topic message_aggregation --group tally-aggregator &
-	pids+=($!)
-	secure_acl tally-aggregator --operation Write --operation Describe --topic tally.dlq &
-	pids+=($!)
+	for line in "${SECURE_KAFKA_ACLS[@]}"; do
+		read -r user args <<<"$line"
+		# shellcheck disable=SC2086 # args is a word list by design
+		kafka_tool org.apache.kafka.tools.AclCommand --bootstrap-server "$(kafka_live_bootstrap)" \
+			--command-config "$STACK_DIR/kafka-admin.properties" --add --force \
+			--allow-principal "User:$user" --resource-pattern-type prefixed $args >/dev/null &
+		pids+=($!)
+	done
 	for p in "${pids[@]}"; do wait "$p" || failed=1; done
 	((failed == 0)) || die "granting Kafka ACLs failed"
 }
@@ -174,14 +180,15 @@ masterauth $(secure_password redis-replicator)
 EOF
 }
 
+# The Redis ACL file for the passwords in DIR (default: this stack's).
 secure_redis_acl() {
-	local c allowed=""
+	local dir=${1:-$(secure_dir)} c allowed=""
 	for c in "${SECURE_REDIS_COMMANDS[@]}"; do allowed+=" +$c"; done
 	cat <<EOF
 user default off
-user admin on >$(secure_password redis-admin) ~* &* +@all
-user replicator on >$(secure_password redis-replicator) -@all +psync +replconf +ping
-user tally on >$(secure_password redis-tally) ~tally* resetchannels -@all$allowed
+user admin on >$(cat "$dir/redis-admin.password") ~* &* +@all
+user replicator on >$(cat "$dir/redis-replicator.password") -@all +psync +replconf +ping
+user tally on >$(cat "$dir/redis-tally.password") ~tally* resetchannels -@all$allowed
 EOF
 }
 
