@@ -22,6 +22,13 @@
 //! (`NOSCRIPT`, `MOVED`, `TRYAGAIN`, …) are retried; the scripts are safe to re-run,
 //! so a pipeline the cluster client re-sends after a dropped connection is
 //! harmless too.
+//!
+//! For the same reason a round that failed on its connection (a connection a
+//! restarted node closed long ago, a reset, a round slower than its limit on a
+//! busy master) is retried on a fresh connection, up to [`CONNECTION_RETRIES`]
+//! times, before the caller hears "outcome unknown": a stale connection or one
+//! slow round is not an unavailable cluster, and a caller told "unavailable" bounces
+//! its client although the write may well have landed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,6 +55,9 @@ const ATTEMPTS: usize = 20;
 /// A round's pipeline may take the `WAIT` timeout plus this before it is
 /// abandoned as failed (a dead master must not stall its queue).
 const ROUND_SLACK: Duration = Duration::from_secs(2);
+/// Further rounds, each on a fresh connection, for a call whose round failed on
+/// its connection (IO error or round timeout) before the error reaches the caller.
+pub const CONNECTION_RETRIES: usize = 2;
 
 struct Job {
     sha: String,
@@ -68,6 +78,10 @@ enum Retry {
     NoScript,
     Moved,
     Later,
+    /// The round failed on its connection (the error); the next round opens a
+    /// fresh one. Whether this round's scripts ran is unknown, which a re-run makes
+    /// moot.
+    Connection(RedisError),
 }
 
 /// Shared handle; cheap to clone.
@@ -114,6 +128,7 @@ impl WriteCombiner {
         })?;
         let slot = crate::keys::slot(key.as_bytes());
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        let mut connection_retries = 0;
         for _ in 0..ATTEMPTS {
             let node = match self.node_for(slot) {
                 Some(node) => node,
@@ -138,10 +153,12 @@ impl WriteCombiner {
             })
             .await
             .unwrap_or_else(|_| {
-                Ok(Outcome::Done(Err(RedisOpError::Result(format!(
-                    "no answer from {}:{} within {limit:?}",
-                    node.0, node.1
-                )))))
+                Ok(Outcome::Retry(Retry::Connection(RedisError::from(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer from {}:{} within {limit:?}", node.0, node.1),
+                    ),
+                ))))
             })?;
             match answered {
                 Outcome::Done(result) => {
@@ -170,6 +187,18 @@ impl WriteCombiner {
                 Outcome::Retry(Retry::Later) => {
                     backoff.wait().await;
                     self.refresh_slots().await?;
+                }
+                Outcome::Retry(Retry::Connection(error)) => {
+                    if connection_retries == CONNECTION_RETRIES {
+                        let _ = self.refresh_slots().await;
+                        return Err(RedisOpError::Redis(error));
+                    }
+                    connection_retries += 1;
+                    metrics::counter!(crate::observe::names::REDIS_ROUND_RETRIES).increment(1);
+                    debug!(node = %format!("{}:{}", node.0, node.1), "round failed on its connection, retrying on a fresh one: {error}");
+                    // The master may have failed over meanwhile. A table that cannot be
+                    // read now is no reason to give up: the next round finds out.
+                    let _ = self.refresh_slots().await;
                 }
             }
         }
@@ -266,9 +295,7 @@ async fn rounds(node: Node, replication: Replication, mut jobs: mpsc::Receiver<J
                 let message = e.to_string();
                 for job in round {
                     let error = RedisError::from(std::io::Error::other(message.clone()));
-                    let _ = job
-                        .reply
-                        .send(Outcome::Done(Err(RedisOpError::Redis(error))));
+                    let _ = job.reply.send(Outcome::Retry(Retry::Connection(error)));
                 }
             }
             Ok(mut values) => {

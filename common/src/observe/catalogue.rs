@@ -80,6 +80,9 @@ pub mod names {
     pub const REBALANCES: &str = "tally_rebalances_total";
     /// Replicated script calls per write-combiner round (histogram).
     pub const REDIS_ROUND_CALLS: &str = "tally_redis_round_calls";
+    /// Calls retried on a fresh connection after their round failed on its
+    /// connection: a stale connection or a slow round, not an error (counter).
+    pub const REDIS_ROUND_RETRIES: &str = "tally_redis_round_retries_total";
     /// 1 while `/ready` answers 200, else 0 (gauge).
     pub const READY: &str = "tally_ready";
 }
@@ -325,6 +328,12 @@ pub const METRICS: &[MetricDoc] = {
             Histogram,
             &[],
             "replicated script calls per write-combiner round (one WAIT each)",
+        ),
+        doc(
+            REDIS_ROUND_RETRIES,
+            Counter,
+            &[],
+            "calls retried on a fresh connection after their round failed on its connection",
         ),
         doc(READY, Gauge, &[], "1 while /ready answers 200"),
     ]

@@ -1,0 +1,208 @@
+//! The write combiner against a private one-node Redis Cluster (a real
+//! `redis-server` of this test's own, so restarting and pausing it disturbs no
+//! other test): a connection a restarted node closed long ago, and a round slower
+//! than its limit on a busy master, are retried on a fresh connection instead of
+//! reaching the caller as "unavailable"; a master that is really gone still does.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tally_common::combiner::WriteCombiner;
+use tally_common::redis::{ReplicatedScript, Replication, ScriptCall};
+use tally_common::settings::RedisSettings;
+use tally_tests::free_port;
+
+/// Idempotent, as every tally script must be: a re-run leaves the same state.
+const SET_GET: &str = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])";
+
+/// One `redis-server` with every slot: a cluster of one, no replicas.
+struct PrivateRedis {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let mut redis = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: free_port(),
+            child: None,
+        };
+        redis.spawn().await;
+        redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !redis.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+            assert!(Instant::now() < deadline, "one-node cluster not ok");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        redis
+    }
+
+    /// Starts the server (again: nodes.conf in its folder keeps its slots).
+    async fn spawn(&mut self) {
+        let dir: &Path = self.dir.path();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--cluster-enabled",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            // Alone, a node does not know its own address (CLUSTER SLOTS would
+            // name it ""): no peer ever told it.
+            .args(["--cluster-announce-ip", "127.0.0.1"])
+            .arg("--cluster-config-file")
+            .arg(dir.join("nodes.conf"))
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{name} {pid}");
+    }
+
+    fn settings(&self) -> RedisSettings {
+        serde_json::from_value(serde_json::json!({
+            "nodes": [format!("redis://127.0.0.1:{}", self.port)],
+            "wait_replicas": 0,
+        }))
+        .expect("redis settings")
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server would ignore nothing but SIGKILL; resume it anyway.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+fn set(value: &str) -> ScriptCall {
+    let mut call = ScriptCall::new();
+    call.key("stale-test").arg(value);
+    call
+}
+
+/// A combiner over `redis` that has made one call, and the script it uses.
+async fn combiner(redis: &PrivateRedis) -> (WriteCombiner, ReplicatedScript) {
+    let settings = redis.settings();
+    let conn = tally_common::redis::connect(&settings)
+        .await
+        .expect("connect");
+    let replication = Replication {
+        replicas: 0,
+        timeout: Duration::from_millis(settings.wait_timeout_ms),
+    };
+    let combiner = WriteCombiner::new(conn, replication)
+        .await
+        .expect("combiner");
+    let script = ReplicatedScript::new(SET_GET);
+    let first: String = combiner
+        .invoke(&script, set("1"))
+        .await
+        .expect("first call");
+    assert_eq!(first, "1");
+    (combiner, script)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_a_restarted_node_closed_is_retried_and_a_dead_node_reported() {
+    let mut redis = PrivateRedis::start().await;
+    let (combiner, script) = combiner(&redis).await;
+
+    // The node restarts: the combiner's connection to it was closed meanwhile
+    // (before the retry: `ERR unavailable redis: broken pipe` for the client).
+    redis.kill();
+    redis.spawn().await;
+    let after_restart: Result<String, _> = combiner.invoke(&script, set("2")).await;
+    assert_eq!(
+        after_restart.expect("a stale connection is retried on a fresh one"),
+        "2"
+    );
+
+    // Gone for good: the caller hears it (after the retries, within seconds).
+    redis.kill();
+    let started = Instant::now();
+    let gone: Result<String, _> = combiner.invoke(&script, set("3")).await;
+    assert!(gone.is_err(), "a dead master answered: {gone:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a dead master took {:?} to report",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_slower_than_its_limit_on_a_busy_master_is_retried() {
+    let redis = PrivateRedis::start().await;
+    let (combiner, script) = combiner(&redis).await;
+
+    // A master too busy to answer within a round's limit (the `WAIT` timeout plus
+    // 2 s): paused past it, then back. Before the retry the caller heard
+    // `redis: timed out` and its client `ERR unavailable`, though the write landed.
+    redis.signal("STOP");
+    let resume = {
+        let pid = redis.child.as_ref().expect("running").id();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(4_500)).await;
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(pid.to_string())
+                .status();
+        })
+    };
+    let started = Instant::now();
+    let slow: Result<String, _> = combiner.invoke(&script, set("2")).await;
+    let waited = started.elapsed();
+    resume.await.expect("resume task");
+    assert_eq!(slow.expect("a slow round is retried, not reported"), "2");
+    assert!(
+        waited >= Duration::from_secs(3),
+        "the round cannot have finished while the master was paused: {waited:?}"
+    );
+    assert_eq!(redis.cli(&["GET", "stale-test"]).trim(), "2");
+}
