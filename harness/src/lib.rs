@@ -13,8 +13,11 @@
 //! - [`isolation`]: settings of the local stack, names no other run uses, and
 //!   per-run topics, so runs never see each other's data.
 //! - [`net`]: free ports and waiting for a listener.
+//! - [`lab`]: the network lab (`scripts/stack --lab`): lab hosts for services and
+//!   link faults between hosts.
 
 pub mod isolation;
+pub mod lab;
 pub mod net;
 pub mod process;
 pub mod stack;
@@ -22,6 +25,7 @@ pub mod stack;
 use std::path::{Path, PathBuf};
 
 pub use isolation::{create_topics, isolated_settings, settings, unique};
+pub use lab::{Host, Lab, LinkFaults};
 pub use net::{free_port, wait_listening};
 pub use process::{bin_dir, binary, ServiceProcess};
 pub use stack::{stack, RestoreNode};

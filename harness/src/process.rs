@@ -106,6 +106,24 @@ impl ServiceProcess {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
+        Self::spawn_in(None, binary, name, config, env, log)
+    }
+
+    /// [`ServiceProcess::spawn`] in the network namespace `netns` (a lab host,
+    /// see [`crate::lab`]) when one is given. `ip netns exec` execs the binary, so
+    /// the child's pid is the service's and signals reach it.
+    pub fn spawn_in<K, V>(
+        netns: Option<&str>,
+        binary: &Path,
+        name: &str,
+        config: &Path,
+        env: impl IntoIterator<Item = (K, V)>,
+        log: PathBuf,
+    ) -> Result<Self, HarnessError>
+    where
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
         let env: Vec<(K, V)> = env.into_iter().collect();
         let arms_failpoint = env
             .iter()
@@ -115,7 +133,14 @@ impl ServiceProcess {
         }
         let file = std::fs::File::create(&log)
             .map_err(|e| HarnessError::io(log.display().to_string(), e))?;
-        let mut cmd = Command::new(binary);
+        let mut cmd = match netns {
+            Some(netns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", netns]).arg(binary);
+                cmd
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--config")
             .arg(config)
             .env("TALLY__LOG__FORMAT", "plain")
@@ -144,10 +169,15 @@ impl ServiceProcess {
     /// overrides; the log goes to a fresh temp file. Panics on failure (a test
     /// convenience).
     pub fn start(binary_name: &str, env: &[(&str, String)]) -> Self {
+        Self::start_in(None, binary_name, env)
+    }
+
+    /// [`ServiceProcess::start`] in the network namespace `netns`, if given.
+    pub fn start_in(netns: Option<&str>, binary_name: &str, env: &[(&str, String)]) -> Self {
         let log = std::env::temp_dir().join(format!("{}.log", unique(binary_name)));
         let env = env.iter().map(|(k, v)| (*k, v.as_str()));
         let config = service_config(binary_name);
-        Self::spawn(&binary(binary_name), binary_name, &config, env, log)
+        Self::spawn_in(netns, &binary(binary_name), binary_name, &config, env, log)
             .unwrap_or_else(|e| panic!("start {binary_name}: {e}"))
     }
 

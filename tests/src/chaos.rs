@@ -21,6 +21,7 @@ use tally_common::{ClientId, Keys, Settings};
 use crate::pipeline::{isolated, service_env};
 use crate::report::{FaultKind, FaultMark, Sample, ScenarioReport};
 use crate::{binary, free_port, local_config, repo_root, unique, wait_listening, ServiceProcess};
+use tally_harness::Lab;
 
 /// Scenarios in one test binary run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -93,6 +94,9 @@ pub struct Harness {
     expected: u64,
     run_id: String,
     dir: tempfile::TempDir,
+    /// The network lab, when the scenario runs on it: each service on its own
+    /// lab host ([`Harness::host_of`]).
+    lab: Option<Lab>,
     _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
@@ -128,12 +132,14 @@ impl Harness {
             expected: 0,
             run_id: unique("run"),
             dir,
+            lab: Lab::current(),
             _serial: serial,
         };
         for i in 0..topology.producers {
-            harness
-                .producer_addrs
-                .push(format!("127.0.0.1:{}", free_port()));
+            let ip = harness
+                .placement(Role::Producer, i)
+                .map_or_else(|| "127.0.0.1".to_owned(), |(_, ip)| ip);
+            harness.producer_addrs.push(format!("{ip}:{}", free_port()));
             harness.producer_ids.push(unique(&format!("p{i}")));
             harness.producers.push(None);
             harness.start_producer(i);
@@ -158,25 +164,58 @@ impl Harness {
         env
     }
 
+    /// The network lab, when the scenario runs on it.
+    pub fn lab(&self) -> Option<&Lab> {
+        self.lab.as_ref()
+    }
+
+    /// The lab host member `i` of `role` runs on (`producer-1` for producer 0).
+    pub fn host_of(role: Role, i: usize) -> String {
+        format!("{}-{}", role.name(), i + 1)
+    }
+
+    /// On the lab: member `i` of `role`'s namespace and address.
+    fn placement(&self, role: Role, i: usize) -> Option<(String, String)> {
+        let lab = self.lab.as_ref()?;
+        let host = lab.host(&Self::host_of(role, i));
+        Some((host.netns.clone(), host.addr.to_string()))
+    }
+
+    /// Starts member `i` of `role` with `env`: on its lab host when there is a
+    /// lab (its `/metrics` on that host's address, so the harness can scrape it).
+    fn spawn(&self, role: Role, i: usize, mut env: Vec<(&'static str, String)>) -> ServiceProcess {
+        let placement = self.placement(role, i);
+        if let Some((_, ip)) = &placement {
+            let key = match role {
+                Role::Producer => "TALLY__PRODUCER__OBSERVE_LISTEN",
+                Role::Counter => "TALLY__COUNTER__OBSERVE_LISTEN",
+                Role::Aggregator => "TALLY__AGGREGATOR__OBSERVE_LISTEN",
+            };
+            env.push((key, format!("{ip}:0")));
+        }
+        let netns = placement.as_ref().map(|(ns, _)| ns.as_str());
+        ServiceProcess::start_in(netns, role.binary(), &env)
+    }
+
     /// Starts producer `i` (again), same address and instance id.
     pub fn start_producer(&mut self, i: usize) {
         let mut env = self.env(&[]);
         env.push(("TALLY__PRODUCER__LISTEN", self.producer_addrs[i].clone()));
         env.push(("TALLY__PRODUCER__INSTANCE_ID", self.producer_ids[i].clone()));
-        self.producers[i] = Some(ServiceProcess::start("tally-producer", &env));
+        self.producers[i] = Some(self.spawn(Role::Producer, i, env));
     }
 
     /// Starts counter `i` (again; instance `c<i>`), with `extra` environment.
     pub fn start_counter(&mut self, i: usize, extra: &[(&'static str, String)]) {
         let mut env = self.env(extra);
         env.push(("TALLY__COUNTER__INSTANCE_ID", format!("c{i}")));
-        self.counters[i] = Some(ServiceProcess::start("tally-counter", &env));
+        self.counters[i] = Some(self.spawn(Role::Counter, i, env));
     }
 
     /// Starts aggregator `i` (again), with `extra` environment.
     pub fn start_aggregator(&mut self, i: usize, extra: &[(&'static str, String)]) {
         let env = self.env(extra);
-        self.aggregators[i] = Some(ServiceProcess::start("tally-aggregator", &env));
+        self.aggregators[i] = Some(self.spawn(Role::Aggregator, i, env));
     }
 
     /// Member `i` of `role`'s process.
@@ -621,4 +660,56 @@ pub async fn redis_master_of(settings: &Settings, key: &str) -> String {
 pub fn first_client(harness: &Harness) -> ClientId {
     ClientId::parse(&Manifest::client_id(&harness.run_id, 0))
         .unwrap_or_else(|e| panic!("client id: {e}"))
+}
+
+/// Starts a scenario's services (small batches) and its load.
+pub async fn scenario(name: &str, title: &str, topology: Topology, load: LoadSpec) -> Harness {
+    let mut h = Harness::start(name, title, topology, &small_batches()).await;
+    h.start_load(load).await;
+    h
+}
+
+/// Small batches, so a fault lands between many transactions.
+pub fn small_batches() -> Vec<(&'static str, String)> {
+    vec![
+        ("TALLY__COUNTER__BATCH_MAX_RECORDS", "200".to_owned()),
+        ("TALLY__AGGREGATOR__BATCH_MAX_RECORDS", "200".to_owned()),
+    ]
+}
+
+/// How long a scenario waits for progress before it fails.
+pub const SETTLE: Duration = Duration::from_secs(180);
+
+/// Whether this is the full suite (`scripts/chaos` sets `TALLY_CHAOS_FULL=1`)
+/// rather than the quick subset CI runs.
+pub fn full() -> bool {
+    std::env::var("TALLY_CHAOS_FULL").is_ok_and(|v| v == "1")
+}
+
+/// The judge's word: every count exact, every message ACKed.
+pub fn assert_exact(report: &ScenarioReport) {
+    assert!(
+        report.exact,
+        "{}: counts are not exact: {:#?}",
+        report.name, report.mismatches
+    );
+    assert_eq!(
+        report.acked, report.expected,
+        "{}: not every message was ACKed",
+        report.name
+    );
+}
+
+/// Progress fractions at which `n` faults are injected, spread over the run.
+pub fn at(i: usize, n: usize) -> f64 {
+    0.05 + 0.75 * i as f64 / n.max(1) as f64
+}
+
+/// One producer, one counter, one aggregator.
+pub fn one_each() -> Topology {
+    Topology {
+        producers: 1,
+        counters: 1,
+        aggregators: 1,
+    }
 }

@@ -13,47 +13,11 @@ use tally_common::failpoint;
 use tally_common::kafka::group_positions;
 use tally_common::Keys;
 use tally_tests::chaos::{
-    first_client, redis_master_of, rounds, Harness, LoadSpec, Role, Topology,
+    assert_exact, at, first_client, full, one_each, redis_master_of, rounds, scenario,
+    small_batches, Harness, LoadSpec, Role, Topology, SETTLE,
 };
 use tally_tests::pipeline::{produce_to, RawRecord};
-use tally_tests::report::ScenarioReport;
 use tally_tests::{stack, RestoreNode};
-
-/// Starts a scenario's services (small batches) and its load.
-async fn scenario(name: &str, title: &str, topology: Topology, load: LoadSpec) -> Harness {
-    let mut h = Harness::start(name, title, topology, &small_batches()).await;
-    h.start_load(load).await;
-    h
-}
-
-/// Small batches, so a kill lands between many transactions.
-fn small_batches() -> Vec<(&'static str, String)> {
-    vec![
-        ("TALLY__COUNTER__BATCH_MAX_RECORDS", "200".to_owned()),
-        ("TALLY__AGGREGATOR__BATCH_MAX_RECORDS", "200".to_owned()),
-    ]
-}
-
-const SETTLE: Duration = Duration::from_secs(180);
-
-/// Whether this is the full suite (`scripts/chaos` sets `TALLY_CHAOS_FULL=1`)
-/// rather than the quick subset CI runs.
-fn full() -> bool {
-    std::env::var("TALLY_CHAOS_FULL").is_ok_and(|v| v == "1")
-}
-
-fn assert_exact(report: &ScenarioReport) {
-    assert!(
-        report.exact,
-        "{}: counts are not exact: {:#?}",
-        report.name, report.mismatches
-    );
-    assert_eq!(
-        report.acked, report.expected,
-        "{}: not every message was ACKed",
-        report.name
-    );
-}
 
 /// [`rounds`] kills (-9) of member 0 or 1 of `role`, alternating, each restarted a
 /// second later; round r waits for progress `at(first + r, n)`.
@@ -97,19 +61,6 @@ async fn failpoint_rounds(h: &mut Harness, role: Role, points: &[&str], first: u
         h.restart(role, i, &[]);
         h.heal(format!("restart {what}-{i}"));
     }
-}
-
-fn one_each() -> Topology {
-    Topology {
-        producers: 1,
-        counters: 1,
-        aggregators: 1,
-    }
-}
-
-/// Progress fractions at which `n` faults are injected, spread over the run.
-fn at(i: usize, n: usize) -> f64 {
-    0.05 + 0.75 * i as f64 / n.max(1) as f64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
