@@ -432,7 +432,12 @@ impl Pipeline {
             exact,
             mismatches,
             cost,
-            err_unavailable: outcome.err_unavailable + probe_unavailable,
+            err_unavailable: outcome
+                .manifest
+                .result
+                .as_ref()
+                .map_or(0, |r| r.err_unavailable)
+                + probe_unavailable,
             reconnects,
         };
         Ok((point, lag))

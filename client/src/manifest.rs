@@ -7,7 +7,7 @@
 //! verified or resumed, and message counts shared with earlier runs of the same
 //! text are checked as `baseline + expected`, not as absolute values.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,14 @@ pub struct RunResult {
     pub ack_latency_us: [u64; 4],
     /// Reconnections over all clients.
     pub reconnects: u64,
+    /// `ERR unavailable` answers over all clients (each closed a connection; the
+    /// client reconnected and resent what was not ACKed).
+    #[serde(default)]
+    pub err_unavailable: u64,
+    /// The same answers by reason, the text after `ERR unavailable ` (a producer
+    /// says why: `redis: timed out` is an outcome it could not know).
+    #[serde(default)]
+    pub unavailable_reasons: BTreeMap<String, u64>,
 }
 
 /// A mass-test run: inputs, clients and expectations.

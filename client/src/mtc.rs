@@ -7,6 +7,7 @@
 //! with the same run id and the same inputs resumes the run: each session starts
 //! after whatever the producer already stores for its id.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,9 +85,6 @@ pub struct MtcOutcome {
     pub failures: Vec<(String, SessionError)>,
     /// Merged ACK latency, µs.
     pub latency_us: Histogram<u64>,
-    /// `ERR unavailable` answers the completed sessions got (each closed a
-    /// connection; the session reconnected and resent).
-    pub err_unavailable: u64,
     /// Whether the run resumed an earlier one.
     pub resumed: bool,
 }
@@ -244,12 +242,14 @@ pub async fn execute(
     let mut latency = latency_histogram();
     let mut failures = Vec::new();
     let mut acked = 0;
-    let mut err_unavailable = 0;
+    let mut unavailable_reasons = BTreeMap::new();
     while let Some(joined) = sessions.join_next().await {
         match joined {
             Ok((_, Ok(report))) => {
                 acked += report.acked;
-                err_unavailable += unavailable_answers(&report.errors);
+                for reason in unavailable_reasons_of(&report.errors) {
+                    *unavailable_reasons.entry(reason.to_owned()).or_insert(0) += 1;
+                }
                 merge(&mut latency, &report);
             }
             Ok((id, Err(e))) => failures.push((id.as_str().to_string(), e)),
@@ -273,13 +273,14 @@ pub async fn execute(
             latency.max(),
         ],
         reconnects: progress.reconnects.load(Ordering::Relaxed),
+        err_unavailable: unavailable_reasons.values().sum(),
+        unavailable_reasons,
     });
     manifest.save(&plan.manifest_path)?;
     Ok(MtcOutcome {
         manifest,
         failures,
         latency_us: latency,
-        err_unavailable,
         resumed,
     })
 }
@@ -332,10 +333,21 @@ impl LineSource for SaltedSource {
 
 /// How many of a session's `ERR` lines were `ERR unavailable`.
 pub fn unavailable_answers(errors: &[String]) -> u64 {
-    errors
-        .iter()
-        .filter(|e| e.starts_with("ERR unavailable"))
-        .count() as u64
+    unavailable_reasons_of(errors).count() as u64
+}
+
+/// The reason of each of a session's `ERR unavailable` lines: what follows
+/// `ERR unavailable ` (`-` when the producer gave none).
+pub fn unavailable_reasons_of(errors: &[String]) -> impl Iterator<Item = &str> {
+    errors.iter().filter_map(|e| {
+        let rest = e.strip_prefix("ERR unavailable")?;
+        if rest.is_empty() {
+            Some("-")
+        } else {
+            rest.strip_prefix(' ')
+                .map(|r| if r.is_empty() { "-" } else { r })
+        }
+    })
 }
 
 fn merge(into: &mut Histogram<u64>, report: &SessionReport) {
@@ -357,6 +369,12 @@ mod tests {
         ];
         assert_eq!(unavailable_answers(&errors), 2);
         assert_eq!(unavailable_answers(&[]), 0);
+        assert_eq!(
+            unavailable_reasons_of(&errors).collect::<Vec<_>>(),
+            ["redis: timed out", "kafka"]
+        );
+        let odd = ["ERR unavailable".to_owned(), "ERR unavailablex".to_owned()];
+        assert_eq!(unavailable_reasons_of(&odd).collect::<Vec<_>>(), ["-"]);
     }
 
     #[tokio::test]

@@ -564,6 +564,8 @@ impl Harness {
             exact,
             mismatches,
             duplicates_absorbed,
+            err_unavailable: result.err_unavailable,
+            unavailable_reasons: result.unavailable_reasons.clone(),
             samples: rates(&readings),
             faults: self.faults.clone(),
             elapsed: self.started.elapsed(),

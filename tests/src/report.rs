@@ -53,6 +53,13 @@ pub struct ScenarioReport {
     pub mismatches: Vec<String>,
     /// Duplicates the counters and aggregators skipped.
     pub duplicates_absorbed: u64,
+    /// `ERR unavailable` answers the load's clients got (each one a write whose
+    /// outcome the producer could not know: the client reconnected and resent).
+    #[serde(default)]
+    pub err_unavailable: u64,
+    /// The same answers by the producer's reason (`redis: timed out`, ...).
+    #[serde(default)]
+    pub unavailable_reasons: std::collections::BTreeMap<String, u64>,
     /// Throughput over time, in time order.
     pub samples: Vec<Sample>,
     /// When faults were injected and healed.
@@ -463,7 +470,7 @@ fn recovery_cell(report: &ScenarioReport, series: Series) -> String {
 ///
 /// The report has one table row per scenario, in the order given: name, title,
 /// messages sent / ACKed / expected, exact (`yes` or `NO`), duplicates absorbed,
-/// the worst recovery time per series ([`worst_recovery`]; `never`, `n/a` without a
+/// `ERR unavailable` answers (by reason under the scenario's chart), the worst recovery time per series ([`worst_recovery`]; `never`, `n/a` without a
 /// baseline, `–` without an injected fault) and elapsed time. Then per scenario its
 /// chart, each fault's recovery, and its mismatches if any.
 pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf, ReportError> {
@@ -487,6 +494,7 @@ pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf,
         .column("expected", Align::Right)
         .column("exact", Align::Center)
         .column("duplicates absorbed", Align::Right)
+        .column("ERR unavailable", Align::Right)
         .column("recovery (ACKed)", Align::Right)
         .column("recovery (counted)", Align::Right)
         .column("elapsed", Align::Right);
@@ -499,6 +507,7 @@ pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf,
             r.expected.to_string(),
             (if r.exact { "yes" } else { "NO" }).to_owned(),
             r.duplicates_absorbed.to_string(),
+            r.err_unavailable.to_string(),
             recovery_cell(r, Series::Acked),
             recovery_cell(r, Series::Counted),
             format!("{:.1} s", r.elapsed.as_secs_f64()),
@@ -537,6 +546,14 @@ pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf,
             }
             faults.write_to(&mut md);
             md.push('\n');
+        }
+        if !r.unavailable_reasons.is_empty() {
+            let reasons: Vec<String> = r
+                .unavailable_reasons
+                .iter()
+                .map(|(reason, n)| format!("`{}` × {n}", reason.replace('`', "'")))
+                .collect();
+            let _ = writeln!(md, "`ERR unavailable` by reason: {}.\n", reasons.join(", "));
         }
         if r.exact {
             let _ = writeln!(md, "Counts exact.");
@@ -601,6 +618,8 @@ mod tests {
                 vec!["client c-7: counted 41, sent 42".to_owned()]
             },
             duplicates_absorbed: 17,
+            err_unavailable: 3,
+            unavailable_reasons: [("redis: timed out".to_owned(), 3)].into(),
             samples: series(40, dip(15.0), dip(18.0)),
             faults: vec![
                 FaultMark::inject(10.5, "kill -9 counter-1"),
@@ -842,9 +861,13 @@ mod tests {
         assert_eq!(rows.len(), 2, "{md}");
         assert_eq!(rows[0][0], "03-counter-kill");
         assert_eq!(rows[1][0], "07-broker-bounce");
-        assert_eq!(&rows[0][2..7], ["1200", "1150", "1150", "yes", "17"]);
+        assert_eq!(&rows[0][2..8], ["1200", "1150", "1150", "yes", "17", "3"]);
         assert_eq!(rows[1][5], "NO");
-        assert_eq!(&rows[0][7..], ["4.5 s", "7.5 s", "40.0 s"]);
+        assert_eq!(&rows[0][8..], ["4.5 s", "7.5 s", "40.0 s"]);
+        assert!(
+            md.contains("`ERR unavailable` by reason: `redis: timed out` × 3."),
+            "{md}"
+        );
 
         for r in &reports {
             assert!(md.contains(&format!("]({}.png)", r.name)), "{md}");

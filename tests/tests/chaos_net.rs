@@ -229,3 +229,131 @@ async fn s19_link_flap() {
     let report = h.finish().await;
     assert_exact(&report);
 }
+
+/// One numeric `INFO` field of the node at `addr`.
+async fn node_info(addr: &str, field: &str) -> Option<i64> {
+    node_info_text(addr, field).await?.parse().ok()
+}
+
+/// One `INFO` field of the node at `addr`, asked directly (not through the cluster
+/// client, which would follow the slots elsewhere); `None` when it does not answer.
+async fn node_info_text(addr: &str, field: &str) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let info: String = tokio::time::timeout(
+        Duration::from_secs(3),
+        redis::cmd("INFO").arg("everything").query_async(&mut conn),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    info.lines()
+        .find_map(|l| l.trim_end().strip_prefix(&format!("{field}:")))
+        .map(str::to_owned)
+}
+
+/// The cluster's view of its nodes, from any node that answers.
+async fn cluster_nodes(h: &Harness) -> Vec<tally_tests::ClusterNode> {
+    let mut admin = tally_common::redis::connect_seed(&h.settings.redis)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("CLUSTER NODES: {e}"));
+    tally_tests::parse_cluster_nodes(&text)
+}
+
+/// Scenario 2: the split-brain window. The master holding the first client's
+/// stash and counts is cut off from its replica and the other masters while every
+/// client still reaches it. Until it notices (cluster-node-timeout, then
+/// `min-replicas-max-lag`) it accepts writes that never reach the replica, which
+/// is promoted meanwhile; when the link heals the old master becomes a replica and
+/// drops them. tally ACKs nothing its `WAIT` did not see replicated, so the judge
+/// must find every ACKed message counted once; the scenario reports how much the
+/// isolated master accepted in the window that the promoted replica never had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos (network lab)"]
+async fn s16_redis_split_brain() {
+    require_lab("16-redis-split-brain");
+    let mut h = scenario(
+        "16-redis-split-brain",
+        "Redis master cut off from its replica and the other masters, clients still reach it",
+        Topology {
+            producers: 1,
+            counters: 2,
+            aggregators: 1,
+        },
+        LoadSpec {
+            clients: 8,
+            lines: 2000,
+            rate: 30.0,
+        },
+    )
+    .await;
+    let faults = link_faults(&h);
+    let rounds = if full() { 2 } else { 1 };
+    for r in 0..rounds {
+        h.wait_counted(at(r, rounds), SETTLE).await;
+        let victim = first_clients_master(&h).await;
+        let port = victim.trim_start_matches("redis-");
+        let nodes = cluster_nodes(&h).await;
+        let master = nodes
+            .iter()
+            .find(|n| n.master && n.addr.ends_with(&format!(":{port}")))
+            .unwrap_or_else(|| panic!("{victim} is not in CLUSTER NODES: {nodes:?}"))
+            .clone();
+        let replica = nodes
+            .iter()
+            .find(|n| n.master_id.as_deref() == Some(master.id.as_str()))
+            .unwrap_or_else(|| panic!("{victim} has no replica: {nodes:?}"))
+            .clone();
+        let commands_before = node_info(&master.addr, "total_commands_processed").await;
+        h.inject(format!(
+            "partition {victim} | redis (its replica and the other masters)"
+        ));
+        faults.partition(&victim, "redis");
+        // Past cluster-node-timeout (3 s): the replica is promoted on the majority
+        // side while the old master still serves its clients for a while.
+        tokio::time::sleep(span(15, 12)).await;
+        let accepted = node_info(&master.addr, "master_repl_offset").await;
+        let commands_after = node_info(&master.addr, "total_commands_processed").await;
+        let promoted = node_info(&replica.addr, "second_repl_offset").await;
+        let role_is_master =
+            node_info_text(&replica.addr, "role").await.as_deref() == Some("master");
+        faults.heal();
+        // The promoted replica's history ends at second_repl_offset - 1: whatever
+        // the old master accepted beyond it is what the window cost (never ACKed).
+        let lost_bytes = match (accepted, promoted) {
+            (Some(a), Some(p)) if p > 0 => (a - (p - 1)).max(0).to_string(),
+            _ => "?".to_owned(),
+        };
+        let commands = match (commands_before, commands_after) {
+            (Some(b), Some(a)) => (a - b).to_string(),
+            _ => "?".to_owned(),
+        };
+        eprintln!(
+            "[{}] {victim} isolated: {commands} commands processed in the window, \
+             {lost_bytes} bytes of writes its replica ({}) never got; replica promoted: {role_is_master}",
+            h.name, replica.addr
+        );
+        assert!(
+            role_is_master,
+            "[{}] the replica of {victim} was not promoted within the window",
+            h.name
+        );
+        h.heal(format!(
+            "heal {victim}: in the window it processed {commands} commands and accepted {lost_bytes} bytes of writes its promoted replica never got"
+        ));
+        stack(&["wait-healthy", "180"]);
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
