@@ -139,7 +139,19 @@ impl LinkFaults {
         lab_command(&["lossy", a, b, &percent.to_string()]);
     }
 
-    /// Every partition, cut, isolation and loss undone.
+    /// `from`'s connections to the Kafka or Redis nodes of `to` through the lab's
+    /// proxy, delayed each way by `latency_ms` plus up to `jitter_ms`.
+    pub fn slow(&self, from: &str, to: &str, latency_ms: u32, jitter_ms: u32) {
+        lab_command(&[
+            "slow",
+            from,
+            to,
+            &latency_ms.to_string(),
+            &jitter_ms.to_string(),
+        ]);
+    }
+
+    /// Every partition, cut, isolation, loss and slow link undone.
     pub fn heal(&self) {
         lab_command(&["heal"]);
     }

@@ -8,8 +8,8 @@
 //! *built* service binaries as processes instead.
 //!
 //! - [`process`]: the one supervisor of the service binaries ([`ServiceProcess`]).
-//! - [`stack`]: `scripts/stack` as functions, and [`RestoreNode`], which heals a
-//!   node a test broke even when the test fails.
+//! - [`stack`]: `scripts/stack` as functions, [`RestoreNode`], which heals a
+//!   node a test broke even when the test fails, and [`RestoreDisk`] (full disks).
 //! - [`isolation`]: settings of the local stack, names no other run uses, and
 //!   per-run topics, so runs never see each other's data.
 //! - [`net`]: free ports and waiting for a listener.
@@ -28,7 +28,7 @@ pub use isolation::{create_topics, isolated_settings, settings, unique};
 pub use lab::{Host, Lab, LinkFaults};
 pub use net::{free_port, wait_listening};
 pub use process::{bin_dir, binary, ServiceProcess};
-pub use stack::{stack, RestoreNode};
+pub use stack::{stack, RestoreDisk, RestoreNode};
 
 /// Why a harness step failed (the functions that return it are the ones a
 /// release binary uses; test conveniences panic with the same message instead).

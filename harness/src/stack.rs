@@ -1,8 +1,9 @@
 //! The local stack's fault controls: `scripts/stack` as functions.
 //!
-//! Invariant: a node broken through [`RestoreNode`] is started again when the
-//! guard is dropped, also when the test that broke it panics, so one failing test
-//! does not leave the stack broken for the tests after it.
+//! Invariant: a node broken through [`RestoreNode`] is started again, and a node
+//! put on a small disk through [`RestoreDisk`] is moved back to the real disk,
+//! when the guard is dropped, also when the test that broke it panics, so one
+//! failing test does not leave the stack broken for the tests after it.
 
 use std::process::Command;
 
@@ -58,5 +59,40 @@ impl Drop for RestoreNode {
                 .args(["start", &self.node])
                 .status();
         }
+    }
+}
+
+/// A node on a small disk of its own (`scripts/stack disk-limit`) that can be
+/// filled and freed; moved back to the real disk (data and all) when dropped.
+pub struct RestoreDisk {
+    node: String,
+}
+
+impl RestoreDisk {
+    /// Restarts `node` with its write-ahead directory on a tmpfs with `free_mib`
+    /// MiB free beyond its data.
+    pub fn limit(node: &str, free_mib: u32) -> Self {
+        stack(&["disk-limit", node, &free_mib.to_string()]);
+        Self {
+            node: node.to_owned(),
+        }
+    }
+
+    /// Fills the small disk to the last byte.
+    pub fn fill(&self) {
+        stack(&["disk-fill", &self.node]);
+    }
+
+    /// Gives it its room back.
+    pub fn free(&self) {
+        stack(&["disk-free", &self.node]);
+    }
+}
+
+impl Drop for RestoreDisk {
+    fn drop(&mut self) {
+        let _ = Command::new(repo_root().join("scripts/stack"))
+            .args(["disk-restore", &self.node])
+            .status();
     }
 }

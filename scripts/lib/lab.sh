@@ -188,10 +188,15 @@ cmd_lab() {
 		done < <(lab_expand "$1")
 		log "lossy $1 | $2: $3 % of packets dropped"
 		;;
+	slow)
+		[[ $# -eq 4 && $3 =~ ^[0-9]+$ && $4 =~ ^[0-9]+$ ]] || usage_error "usage: slow FROM TO LATENCY_MS JITTER_MS"
+		lab_slow "$@"
+		;;
 	heal)
 		[[ $# -eq 0 ]] || usage_error "heal takes no arguments"
 		lab_nft flush set bridge "$LAB_TABLE" cut
 		lab_nft flush chain bridge "$LAB_TABLE" lossy
+		lab_slow_heal
 		log "healed every link"
 		;;
 	faults)
@@ -206,4 +211,69 @@ cmd_lab() {
 		exec ip netns exec "$ns" "$@"
 		;;
 	esac
+}
+
+# ---------------------------------------------------------------- slow links
+
+LAB_SLOW_TABLE=tally_lab_slow
+LAB_PROXY_FIRST_PORT=20000
+
+lab_proxy_pid_file() { echo "$STACK_DIR/lab-proxy.pid"; }
+lab_slow_hosts_file() { echo "$STACK_DIR/lab-slow-hosts"; }
+
+# slow FROM TO LATENCY JITTER: FROM's TCP connections to the nodes of TO go through
+# a delaying proxy on the proxy host (scripts/lib/lab-proxy.py), steered there by a
+# DNAT rule in each FROM host. NAT applies to new connections only, so FROM's open
+# connections to TO are reset (ss -K) and its clients reconnect through the proxy.
+lab_slow() {
+	local from=$1 to=$2 latency=$3 jitter=$4 a b port lp=$LAB_PROXY_FIRST_PORT maps=() rules=()
+	[[ ! -s $(lab_proxy_pid_file) ]] || die "a slow link is in place already; heal first"
+	local proxy
+	proxy=$(lab_addr proxy)
+	while read -r b; do
+		case $b in kafka-* | redis-*) ;; *) die "slow: $b is not a Kafka or Redis node" ;; esac
+		port=$(node_port "$b")
+		maps+=("$proxy:$lp=$(lab_addr "$b"):$port")
+		rules+=("ip daddr $(lab_addr "$b") tcp dport $port dnat to $proxy:$lp")
+		lp=$((lp + 1))
+	done < <(lab_expand "$to")
+	ip netns exec "$(lab_ns proxy)" setsid python3 "$LIB_DIR/lab-proxy.py" --latency-ms "$latency" \
+		--jitter-ms "$jitter" "${maps[@]}" </dev/null >>"$STACK_DIR/lab-proxy.log" 2>&1 7>&- 8>&- &
+	echo $! >"$(lab_proxy_pid_file)"
+	local deadline=$((SECONDS + 10))
+	until ip netns exec "$(lab_ns ctl)" timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$proxy" "$LAB_PROXY_FIRST_PORT" 2>/dev/null; do
+		((SECONDS < deadline)) || die "the lab proxy did not start (see $STACK_DIR/lab-proxy.log)"
+		sleep 0.1
+	done
+	while read -r a; do
+		{
+			echo "table ip $LAB_SLOW_TABLE {"
+			echo "  chain out { type nat hook output priority -100; policy accept;"
+			printf '    %s\n' "${rules[@]}"
+			echo "  }"
+			echo "}"
+		} | ip netns exec "$(lab_ns "$a")" nft -f -
+		echo "$a" >>"$(lab_slow_hosts_file)"
+		while read -r b; do
+			ip netns exec "$(lab_ns "$a")" ss -K dst "$(lab_addr "$b")" dport = "$(node_port "$b")" >/dev/null 2>&1 || true
+		done < <(lab_expand "$to")
+	done < <(lab_expand "$from")
+	log "slow $from -> $to: $latency ms + up to $jitter ms each way"
+}
+
+# Every slow link undone: the NAT rules deleted (connections through the proxy
+# break when it stops, and their clients reconnect straight).
+lab_slow_heal() {
+	local h pid
+	if [[ -f $(lab_slow_hosts_file) ]]; then
+		while read -r h; do
+			ip netns exec "$(lab_ns "$h")" nft delete table ip "$LAB_SLOW_TABLE" 2>/dev/null || true
+		done <"$(lab_slow_hosts_file)"
+		rm -f "$(lab_slow_hosts_file)"
+	fi
+	if [[ -s $(lab_proxy_pid_file) ]]; then
+		pid=$(<"$(lab_proxy_pid_file)")
+		[[ $pid =~ ^[0-9]+$ ]] && kill "$pid" 2>/dev/null || true
+		rm -f "$(lab_proxy_pid_file)"
+	fi
 }

@@ -85,6 +85,7 @@ pub struct Harness {
     extra: Vec<(&'static str, String)>,
     started: Instant,
     faults: Vec<FaultMark>,
+    notes: Vec<String>,
     readings: Arc<Mutex<Vec<Reading>>>,
     sampler: Option<tokio::task::JoinHandle<()>>,
     load: Option<Child>,
@@ -124,6 +125,7 @@ impl Harness {
             extra: extra.to_vec(),
             started: Instant::now(),
             faults: Vec::new(),
+            notes: Vec::new(),
             readings: Arc::new(Mutex::new(Vec::new())),
             sampler: None,
             load: None,
@@ -276,6 +278,13 @@ impl Harness {
     /// Records a fault being healed now.
     pub fn heal(&mut self, label: impl Into<String>) {
         self.mark(label.into(), FaultKind::Heal);
+    }
+
+    /// Records a figure the scenario measured (shown under its chart).
+    pub fn note(&mut self, note: impl Into<String>) {
+        let note = note.into();
+        eprintln!("[{}] note: {note}", self.name);
+        self.notes.push(note);
     }
 
     fn mark(&mut self, label: String, kind: FaultKind) {
@@ -568,6 +577,7 @@ impl Harness {
             unavailable_reasons: result.unavailable_reasons.clone(),
             samples: rates(&readings),
             faults: self.faults.clone(),
+            notes: self.notes.clone(),
             elapsed: self.started.elapsed(),
         };
         let dir = results_dir();
@@ -655,6 +665,83 @@ pub async fn redis_master_of(settings: &Settings, key: &str) -> String {
         .unwrap_or_else(|| panic!("no master serves slot {slot}"));
     let port = master.addr.rsplit(':').next().unwrap_or_default();
     format!("redis-{port}")
+}
+
+/// One numeric `INFO` field of the node at `addr`.
+pub async fn node_info(addr: &str, field: &str) -> Option<i64> {
+    node_info_text(addr, field).await?.parse().ok()
+}
+
+/// One `INFO` field of the node at `addr`, asked directly (not through the cluster
+/// client, which would follow the slots elsewhere); `None` when it does not answer.
+pub async fn node_info_text(addr: &str, field: &str) -> Option<String> {
+    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let info: String = tokio::time::timeout(
+        Duration::from_secs(3),
+        redis::cmd("INFO").arg("everything").query_async(&mut conn),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    info.lines()
+        .find_map(|l| l.trim_end().strip_prefix(&format!("{field}:")))
+        .map(str::to_owned)
+}
+
+/// The cluster's view of its nodes, from any node that answers.
+pub async fn cluster_nodes(h: &Harness) -> Vec<crate::ClusterNode> {
+    let mut admin = tally_common::redis::connect_seed(&h.settings.redis)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let text: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("CLUSTER NODES: {e}"));
+    crate::parse_cluster_nodes(&text)
+}
+
+/// Makes the replica `node` (`redis-<port>`) its shard's master again with
+/// `CLUSTER FAILOVER` (a coordinated switch: no write is lost), and waits until
+/// it is; does nothing when it is a master already.
+pub async fn make_master(h: &Harness, node: &str) {
+    let port = node.trim_start_matches("redis-");
+    let addr = cluster_nodes(h)
+        .await
+        .into_iter()
+        .find(|n| n.addr.ends_with(&format!(":{port}")))
+        .unwrap_or_else(|| panic!("{node} is not in the cluster"))
+        .addr;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut asked = false;
+    while node_info_text(&addr, "role").await.as_deref() != Some("master") {
+        assert!(
+            Instant::now() < deadline,
+            "{node} did not become master again"
+        );
+        if !asked {
+            let client = redis::Client::open(format!("redis://{addr}/"))
+                .unwrap_or_else(|e| panic!("{addr}: {e}"));
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+            let _: () = redis::cmd("CLUSTER")
+                .arg("FAILOVER")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("CLUSTER FAILOVER on {node}: {e}"));
+            asked = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The first client id of the scenario's run (its keys decide which Redis master a

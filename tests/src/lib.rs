@@ -17,7 +17,7 @@ pub mod report;
 use tally_common::Settings;
 pub use tally_harness::{
     binary, isolated_settings, local_config, repo_root, settings, stack, unique, wait_listening,
-    RestoreNode, ServiceProcess,
+    RestoreDisk, RestoreNode, ServiceProcess,
 };
 
 /// A free TCP port on 127.0.0.1; panics when none can be had.

@@ -66,6 +66,10 @@ pub struct ScenarioReport {
     pub faults: Vec<FaultMark>,
     /// How long the scenario ran.
     pub elapsed: Duration,
+    /// What the scenario measured beside the counts (latencies in a fault, what
+    /// an isolated node accepted), one line each, shown under its chart.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Throughput at one moment of a scenario.
@@ -547,6 +551,12 @@ pub fn write_markdown(reports: &[ScenarioReport], dir: &Path) -> Result<PathBuf,
             faults.write_to(&mut md);
             md.push('\n');
         }
+        for note in &r.notes {
+            let _ = writeln!(md, "- {}", note.replace('\n', " "));
+        }
+        if !r.notes.is_empty() {
+            md.push('\n');
+        }
         if !r.unavailable_reasons.is_empty() {
             let reasons: Vec<String> = r
                 .unavailable_reasons
@@ -626,6 +636,7 @@ mod tests {
                 FaultMark::heal(13.0, "restart counter-1"),
             ],
             elapsed: Duration::from_secs(40),
+            notes: vec!["ACK p99 during the fault: 812 ms".to_owned()],
         }
     }
 
@@ -868,6 +879,7 @@ mod tests {
             md.contains("`ERR unavailable` by reason: `redis: timed out` × 3."),
             "{md}"
         );
+        assert!(md.contains("- ACK p99 during the fault: 812 ms"), "{md}");
 
         for r in &reports {
             assert!(md.contains(&format!("]({}.png)", r.name)), "{md}");

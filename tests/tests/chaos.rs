@@ -13,11 +13,11 @@ use tally_common::failpoint;
 use tally_common::kafka::group_positions;
 use tally_common::Keys;
 use tally_tests::chaos::{
-    assert_exact, at, first_client, full, one_each, redis_master_of, rounds, scenario,
+    assert_exact, at, first_client, full, make_master, one_each, redis_master_of, rounds, scenario,
     small_batches, Harness, LoadSpec, Role, Topology, SETTLE,
 };
 use tally_tests::pipeline::{produce_to, RawRecord};
-use tally_tests::{stack, RestoreNode};
+use tally_tests::{stack, RestoreDisk, RestoreNode};
 
 /// [`rounds`] kills (-9) of member 0 or 1 of `role`, alternating, each restarted a
 /// second later; round r waits for progress `at(first + r, n)`.
@@ -626,5 +626,70 @@ async fn s14_soak() {
         }
     }
     let report = h.finish().await;
+    assert_exact(&report);
+}
+
+/// Full disks: the Redis master holding the first client's stash and counts, then
+/// a broker, each with its write-ahead directory on a small disk of its own that is
+/// filled to the last byte for 20 s. Redis answers writes with `MISCONF` while its
+/// AOF cannot be written (the producer's stash and the counters' scripts fail and
+/// retry or answer `ERR unavailable`; nothing is ACKed); the broker takes its log
+/// directory offline, and with its only one gone, shuts down, like a crash. Space
+/// returns, the broker is started again, and everything must come out exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos (root: tmpfs mounts)"]
+async fn s22_full_disk() {
+    let mut h = Harness::start(
+        "22-full-disk",
+        "full disk under a Redis master's AOF, then under a broker's log dir",
+        Topology {
+            producers: 1,
+            counters: 2,
+            aggregators: 1,
+        },
+        &small_batches(),
+    )
+    .await;
+    // Both disks are made small before the load: moving a directory restarts its node.
+    let keys = Keys::new(h.settings.redis.prefix.clone());
+    let master = redis_master_of(&h.settings, &keys.client_count(&first_client(&h))).await;
+    let redis_disk = RestoreDisk::limit(&master, 64);
+    stack(&["wait-healthy", "120"]);
+    // Back within cluster-node-timeout it is usually master still; if its replica
+    // took over meanwhile, a coordinated failover gives it back.
+    make_master(&h, &master).await;
+    let broker = "kafka-2";
+    let broker_disk = RestoreDisk::limit(broker, 256);
+    stack(&["wait-healthy", "120"]);
+    h.start_load(LoadSpec {
+        clients: 8,
+        lines: 2000,
+        rate: 30.0,
+    })
+    .await;
+
+    h.wait_counted(0.2, SETTLE).await;
+    h.inject(format!("{master}'s AOF disk full"));
+    redis_disk.fill();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    redis_disk.free();
+    h.heal(format!("{master}'s AOF disk has room again"));
+
+    h.wait_counted(0.5, SETTLE).await;
+    h.inject(format!("{broker}'s log disk full"));
+    broker_disk.fill();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    broker_disk.free();
+    // A broker whose only log directory failed has shut itself down.
+    stack(&["start", broker]);
+    stack(&["wait-healthy", "180"]);
+    h.heal(format!(
+        "{broker}'s log disk has room again, {broker} started"
+    ));
+
+    let report = h.finish().await;
+    drop(broker_disk);
+    drop(redis_disk);
+    stack(&["wait-healthy", "180"]);
     assert_exact(&report);
 }

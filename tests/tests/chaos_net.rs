@@ -13,8 +13,8 @@ use std::time::Duration;
 use tally_common::Keys;
 use tally_harness::{Lab, LinkFaults};
 use tally_tests::chaos::{
-    assert_exact, at, first_client, full, redis_master_of, scenario, small_batches, Harness,
-    LoadSpec, Role, Topology, SETTLE,
+    assert_exact, at, cluster_nodes, first_client, full, node_info, node_info_text,
+    redis_master_of, scenario, small_batches, Harness, LoadSpec, Role, Topology, SETTLE,
 };
 use tally_tests::stack;
 
@@ -230,47 +230,6 @@ async fn s19_link_flap() {
     assert_exact(&report);
 }
 
-/// One numeric `INFO` field of the node at `addr`.
-async fn node_info(addr: &str, field: &str) -> Option<i64> {
-    node_info_text(addr, field).await?.parse().ok()
-}
-
-/// One `INFO` field of the node at `addr`, asked directly (not through the cluster
-/// client, which would follow the slots elsewhere); `None` when it does not answer.
-async fn node_info_text(addr: &str, field: &str) -> Option<String> {
-    let client = redis::Client::open(format!("redis://{addr}/")).ok()?;
-    let mut conn = tokio::time::timeout(
-        Duration::from_secs(3),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    let info: String = tokio::time::timeout(
-        Duration::from_secs(3),
-        redis::cmd("INFO").arg("everything").query_async(&mut conn),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    info.lines()
-        .find_map(|l| l.trim_end().strip_prefix(&format!("{field}:")))
-        .map(str::to_owned)
-}
-
-/// The cluster's view of its nodes, from any node that answers.
-async fn cluster_nodes(h: &Harness) -> Vec<tally_tests::ClusterNode> {
-    let mut admin = tally_common::redis::connect_seed(&h.settings.redis)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    let text: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut admin)
-        .await
-        .unwrap_or_else(|e| panic!("CLUSTER NODES: {e}"));
-    tally_tests::parse_cluster_nodes(&text)
-}
-
 /// Scenario 2: the split-brain window. The master holding the first client's
 /// stash and counts is cut off from its replica and the other masters while every
 /// client still reaches it. Until it notices (cluster-node-timeout, then
@@ -339,21 +298,192 @@ async fn s16_redis_split_brain() {
             (Some(b), Some(a)) => (a - b).to_string(),
             _ => "?".to_owned(),
         };
-        eprintln!(
-            "[{}] {victim} isolated: {commands} commands processed in the window, \
-             {lost_bytes} bytes of writes its replica ({}) never got; replica promoted: {role_is_master}",
-            h.name, replica.addr
-        );
+        h.note(format!(
+            "round {}: {victim} isolated for the window: it processed {commands} commands and accepted \
+             {lost_bytes} bytes of writes that its promoted replica ({}) never got; replica promoted: {role_is_master}",
+            r + 1,
+            replica.addr
+        ));
         assert!(
             role_is_master,
             "[{}] the replica of {victim} was not promoted within the window",
             h.name
         );
-        h.heal(format!(
-            "heal {victim}: in the window it processed {commands} commands and accepted {lost_bytes} bytes of writes its promoted replica never got"
-        ));
+        h.heal(format!("heal {victim}"));
         stack(&["wait-healthy", "180"]);
     }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
+
+/// One line at a time from a client of its own, with its ACK latency: what a
+/// client feels while a link is slow. Texts are its own (never the novel's), so
+/// the judge's counts are untouched; an error or a closed connection reconnects.
+struct LatencyProbe {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(tokio::time::Instant, Duration)>>>,
+    errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LatencyProbe {
+    fn start(addr: String) -> Self {
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let errors = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let id = tally_tests::unique("probe");
+        let (s, e) = (samples.clone(), errors.clone());
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                if let Err(why) = probe_session(&addr, &id, &mut n, &s).await {
+                    e.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("[probe] {why}; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Self {
+            samples,
+            errors,
+            task,
+        }
+    }
+
+    /// ACK latency p50 / p99 / max (ms) and samples between `from` and `to`.
+    fn summary(&self, from: tokio::time::Instant, to: tokio::time::Instant) -> String {
+        let samples = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ms: Vec<f64> = samples
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .map(|(_, d)| d.as_secs_f64() * 1e3)
+            .collect();
+        if ms.is_empty() {
+            return "no ACK".to_owned();
+        }
+        ms.sort_by(f64::total_cmp);
+        let q = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+        format!(
+            "ACK p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} lines",
+            q(0.5),
+            q(0.99),
+            ms[ms.len() - 1],
+            ms.len()
+        )
+    }
+}
+
+impl Drop for LatencyProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One connection of the probe: HELLO, then a line every 100 ms, each waiting for
+/// its ACK (30 s at most).
+async fn probe_session(
+    addr: &str,
+    id: &str,
+    n: &mut u64,
+    samples: &std::sync::Mutex<Vec<(tokio::time::Instant, Duration)>>,
+) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    w.write_all(format!("HELLO {id}\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let welcome = next_reply(&mut lines).await?;
+    let mut sn: u64 = welcome
+        .strip_prefix(&format!("WELCOME {id} "))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("HELLO answered {welcome:?}"))?;
+    loop {
+        *n += 1;
+        let sent = tokio::time::Instant::now();
+        w.write_all(format!("probe line {n} of {id}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        sn += 1;
+        let answer = next_reply(&mut lines).await?;
+        if answer != format!("ACK {sn}") {
+            return Err(format!("line {n} answered {answer:?}"));
+        }
+        samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((sent, sent.elapsed()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The next reply line, within 30 s.
+async fn next_reply<R>(lines: &mut tokio::io::Lines<R>) -> Result<String, String>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+        Ok(Ok(Some(line))) => Ok(line),
+        other => Err(format!("no reply: {other:?}")),
+    }
+}
+
+/// Scenario 6: a slow path. The producer's connections to every Redis node go
+/// through a proxy that delays each way by 50–200 ms, and 1 % of the packets
+/// between the producer and the proxy are lost; then the link is healed. A probe
+/// client measures the ACK latency before, during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos (network lab)"]
+async fn s20_slow_producer_redis() {
+    require_lab("20-slow-producer-redis");
+    let mut h = scenario(
+        "20-slow-producer-redis",
+        "producer-Redis links 50-200 ms each way with 1 % loss, then healed",
+        Topology {
+            producers: 1,
+            counters: 1,
+            aggregators: 1,
+        },
+        LoadSpec {
+            clients: 6,
+            lines: 2500,
+            rate: 25.0,
+        },
+    )
+    .await;
+    let faults = link_faults(&h);
+    let probe = LatencyProbe::start(h.producer_addrs[0].clone());
+    h.wait_counted(0.2, SETTLE).await;
+    let producer = Harness::host_of(Role::Producer, 0);
+    let calm = tokio::time::Instant::now();
+    h.inject(format!("slow {producer} -> redis: 50-200 ms, 1 % loss"));
+    faults.slow(&producer, "redis", 50, 150);
+    faults.lossy(&producer, "proxy", 1);
+    let slow = tokio::time::Instant::now();
+    tokio::time::sleep(span(40, 20)).await;
+    faults.heal();
+    let healed = tokio::time::Instant::now();
+    h.heal(format!("heal {producer} -> redis"));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = tokio::time::Instant::now();
+    h.note(format!(
+        "probe before: {}",
+        probe.summary(calm - Duration::from_secs(30), calm)
+    ));
+    h.note(format!("probe during: {}", probe.summary(slow, healed)));
+    h.note(format!(
+        "probe after (the 20 s after the heal): {}",
+        probe.summary(healed, after)
+    ));
+    h.note(format!(
+        "probe reconnects: {}",
+        probe.errors.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    drop(probe);
     let report = h.finish().await;
     assert_exact(&report);
 }
