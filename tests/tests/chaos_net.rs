@@ -487,3 +487,112 @@ async fn s20_slow_producer_redis() {
     let report = h.finish().await;
     assert_exact(&report);
 }
+
+/// Scenario 9: a soak drawing from the network faults above and the process
+/// faults of `chaos.rs`, with quiet stretches, `TALLY_CHAOS_MINUTES` long
+/// (`scripts/chaos --minutes`; the seed is printed and noted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos (network lab)"]
+async fn s23_net_soak() {
+    require_lab("23-net-soak");
+    let minutes: f64 = std::env::var("TALLY_CHAOS_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .filter(|m: &f64| *m > 0.0)
+        .unwrap_or(3.0);
+    let mut extra = small_batches();
+    extra.push(("TALLY__KAFKA__TRANSACTION_TIMEOUT_MS", "6000".to_owned()));
+    let mut h = Harness::start(
+        "23-net-soak",
+        &format!("network soak: random partitions, flaps, slow links and kills, {minutes} min"),
+        Topology {
+            producers: 2,
+            counters: 2,
+            aggregators: 2,
+        },
+        &extra,
+    )
+    .await;
+    let lines = 11_000usize;
+    // Spread the novel over the soak, leaving the last fifth to drain.
+    let rate = lines as f64 / (minutes * 60.0 * 0.8);
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines,
+        rate,
+    })
+    .await;
+    let faults = link_faults(&h);
+    let seed = fastrand::u64(..);
+    h.note(format!("seed {seed}"));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let topic = h.settings.kafka.client_message_topic.clone();
+    let end = tokio::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0 * 0.75);
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(rng.u64(10..25))).await;
+        let hold = Duration::from_secs(rng.u64(8..16));
+        match rng.u8(0..8) {
+            0 => {
+                let producer = Harness::host_of(Role::Producer, rng.usize(0..2));
+                let master = first_clients_master(&h).await;
+                h.inject(format!("partition {producer} | {master}"));
+                faults.partition(&producer, &master);
+                tokio::time::sleep(hold).await;
+            }
+            1 => {
+                let counter = Harness::host_of(Role::Counter, rng.usize(0..2));
+                h.inject(format!("partition {counter} | kafka"));
+                faults.partition(&counter, "kafka");
+                tokio::time::sleep(hold).await;
+            }
+            2 => {
+                let aggregator = Harness::host_of(Role::Aggregator, rng.usize(0..2));
+                h.inject(format!("partition {aggregator} | redis"));
+                faults.partition(&aggregator, "redis");
+                tokio::time::sleep(hold).await;
+            }
+            3 => {
+                let producer = Harness::host_of(Role::Producer, rng.usize(0..2));
+                flap(&mut h, &faults, &producer, "kafka", hold).await;
+                continue;
+            }
+            4 => {
+                let leader = stack(&["leader", &topic, "0"]).trim().to_owned();
+                let others: Vec<&str> = ["kafka-1", "kafka-2", "kafka-3"]
+                    .into_iter()
+                    .filter(|b| *b != leader)
+                    .collect();
+                h.inject(format!("partition {leader} | {}", others.join(",")));
+                faults.partition(&leader, &others.join(","));
+                tokio::time::sleep(hold + Duration::from_secs(10)).await;
+            }
+            5 => {
+                let master = first_clients_master(&h).await;
+                h.inject(format!("partition {master} | redis (split brain)"));
+                faults.partition(&master, "redis");
+                tokio::time::sleep(hold).await;
+            }
+            6 => {
+                let producer = Harness::host_of(Role::Producer, rng.usize(0..2));
+                h.inject(format!("slow {producer} -> redis, 1 % loss"));
+                faults.slow(&producer, "redis", 50, 150);
+                faults.lossy(&producer, "proxy", 1);
+                tokio::time::sleep(hold).await;
+            }
+            _ => {
+                let i = rng.usize(0..2);
+                h.inject(format!("kill -9 counter-{i}"));
+                h.counter(i).kill9();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                h.start_counter(i, &[]);
+                h.heal(format!("restart counter-{i}"));
+                continue;
+            }
+        }
+        faults.heal();
+        h.heal("heal");
+        stack(&["wait-healthy", "180"]);
+    }
+    let report = h.finish().await;
+    assert_exact(&report);
+}
