@@ -634,7 +634,9 @@ pub fn adoptions_in(log: &str) -> Vec<String> {
     log.lines()
         .filter(|line| line.contains("adopted client"))
         .filter_map(|line| {
-            let from = line.split_whitespace().find_map(|w| w.strip_prefix("from="))?;
+            let from = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("from="))?;
             Some(from.trim_matches('"').to_owned())
         })
         .collect()
