@@ -627,6 +627,14 @@ fn save(report: &ScenarioReport, dir: &Path) -> Result<(), String> {
     std::fs::write(dir.join(format!("{}.json", report.name)), json).map_err(|e| e.to_string())
 }
 
+/// Writes a scenario's figure to stderr even when the test passes: libtest
+/// captures `eprintln!` and shows it only on failure, while a write to the stream
+/// itself reaches `scripts/chaos`'s test-output.log either way.
+pub fn tell(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The instance each adoption in a producer's log took a client from: the `from`
 /// field of every `adopted client` line (`tally_producer::takeover` logs one per client
 /// adopted, where it also counts `tally_producer_takeovers_total`).

@@ -13,7 +13,7 @@ use tally_common::failpoint;
 use tally_common::kafka::group_positions;
 use tally_common::Keys;
 use tally_tests::chaos::{
-    adoptions_in, first_client, redis_master_of, rounds, Harness, LoadSpec, Role, Topology,
+    adoptions_in, first_client, redis_master_of, rounds, tell, Harness, LoadSpec, Role, Topology,
 };
 use tally_tests::pipeline::{produce_to, RawRecord};
 use tally_tests::report::ScenarioReport;
@@ -722,18 +722,18 @@ async fn s21_clock_skew() {
         for (j, id) in ids.iter().enumerate() {
             let n = from.iter().filter(|f| *f == id).count();
             if n > 0 {
-                eprintln!(
+                tell(&format!(
                     "[21-clock-skew] producer-{i} ({:+} s) adopted {n} client(s) of live producer-{j} ({:+} s)",
                     offsets_s[i], offsets_s[j]
-                );
+                ));
             }
         }
         takeovers += from.len();
     }
-    eprintln!(
-        "[21-clock-skew] takeovers: {takeovers}; counts exact: {}",
-        report.exact
-    );
+    tell(&format!(
+        "[21-clock-skew] takeovers: {takeovers}; counts exact: {}; duplicates absorbed: {}",
+        report.exact, report.duplicates_absorbed
+    ));
     assert_exact(&report);
     assert_eq!(
         takeovers, 0,
