@@ -7,7 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -19,7 +19,7 @@ use tally_common::kafka::{group_positions, PartitionPosition};
 use tally_common::keys::slot;
 use tally_common::keys::MESSAGE_BUCKET_HEX_DIGITS;
 use tally_common::redis::{cluster_slots, masters, to_node, Node, RedisOpError};
-use tally_common::registry::InstanceEntry;
+use tally_common::registry::{self, InstanceEntry};
 use tally_common::schema;
 use tally_common::stash::{MetaReadError, ProducerRegistry, StashMeta};
 use tally_common::{ClientId, Keys, MessageHash, Settings};
@@ -188,7 +188,7 @@ pub struct InstanceView {
     pub metrics: String,
     /// Its process id.
     pub pid: u32,
-    /// Milliseconds since it last refreshed its entry.
+    /// Milliseconds since it last refreshed its entry (by the Redis server's clock).
     pub refreshed_age_ms: u64,
 }
 
@@ -532,19 +532,22 @@ impl Inspector {
         let keys = self
             .scan(&format!("{}*", glob_escape(&self.keys.instances())))
             .await?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
         let mut views = Vec::new();
         for key in keys {
-            let text: Option<String> = self.conn.clone().get(&key).await?;
+            let mut conn = self.conn.clone();
+            let text: Option<String> = conn.get(&key).await?;
             let Some(entry) = text.and_then(|t| InstanceEntry::decode(&t).ok()) else {
+                continue;
+            };
+            // Aged by the key's remaining TTL (the server's clock): the entry's
+            // own `refreshed_ms` is the instance's clock, which may be off.
+            let pttl: i64 = conn.pttl(&key).await?;
+            let Some(refreshed_age_ms) = registry::refreshed_age_ms(pttl) else {
                 continue;
             };
             views.push(InstanceView {
                 metrics: entry.metrics_url(),
-                refreshed_age_ms: u64::try_from(now_ms - entry.refreshed_ms).unwrap_or(0),
+                refreshed_age_ms,
                 role: entry.role,
                 instance: entry.instance,
                 pid: entry.pid,
