@@ -7,7 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -19,9 +19,9 @@ use tally_common::kafka::{group_positions, PartitionPosition};
 use tally_common::keys::slot;
 use tally_common::keys::MESSAGE_BUCKET_HEX_DIGITS;
 use tally_common::redis::{cluster_slots, masters, to_node, Node, RedisOpError};
-use tally_common::registry::InstanceEntry;
+use tally_common::registry::{self, InstanceEntry};
 use tally_common::schema;
-use tally_common::stash::{MetaReadError, StashMeta};
+use tally_common::stash::{MetaReadError, ProducerRegistry, StashMeta};
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 
 /// Concurrent reads in flight on the cluster connection.
@@ -164,9 +164,10 @@ pub struct MessageView {
 pub struct ProducerView {
     /// Instance id.
     pub instance: String,
-    /// Milliseconds since its last heartbeat.
+    /// Milliseconds since its last heartbeat, by the Redis server's clock.
     pub heartbeat_age_ms: u64,
-    /// Whether it is alive (heartbeat within 3 intervals).
+    /// Whether it is alive (heartbeat within 3 intervals; the producers' rule,
+    /// `ProducerRegistry::is_alive`).
     pub alive: bool,
     /// Clients in its ownership set. Owned clients are listed before they are
     /// claimed and unlisted only after they are released, so this may include a
@@ -187,7 +188,7 @@ pub struct InstanceView {
     pub metrics: String,
     /// Its process id.
     pub pid: u32,
-    /// Milliseconds since it last refreshed its entry.
+    /// Milliseconds since it last refreshed its entry (by the Redis server's clock).
     pub refreshed_age_ms: u64,
 }
 
@@ -531,19 +532,22 @@ impl Inspector {
         let keys = self
             .scan(&format!("{}*", glob_escape(&self.keys.instances())))
             .await?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
         let mut views = Vec::new();
         for key in keys {
-            let text: Option<String> = self.conn.clone().get(&key).await?;
+            let mut conn = self.conn.clone();
+            let text: Option<String> = conn.get(&key).await?;
             let Some(entry) = text.and_then(|t| InstanceEntry::decode(&t).ok()) else {
+                continue;
+            };
+            // Aged by the key's remaining TTL (the server's clock): the entry's
+            // own `refreshed_ms` is the instance's clock, which may be off.
+            let pttl: i64 = conn.pttl(&key).await?;
+            let Some(refreshed_age_ms) = registry::refreshed_age_ms(pttl) else {
                 continue;
             };
             views.push(InstanceView {
                 metrics: entry.metrics_url(),
-                refreshed_age_ms: u64::try_from(now_ms - entry.refreshed_ms).unwrap_or(0),
+                refreshed_age_ms,
                 role: entry.role,
                 instance: entry.instance,
                 pid: entry.pid,
@@ -564,21 +568,17 @@ impl Inspector {
     pub async fn status(&self) -> Result<StatusView, InspectError> {
         let instances = self.instances().await?;
         let mut conn = self.conn.clone();
-        let heartbeats: Vec<(String, f64)> =
-            conn.zrange_withscores(self.keys.producers(), 0, -1).await?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
-        let alive_within = 3 * self.settings.producer.heartbeat_interval_ms;
+        // Heartbeats are aged by the Redis server's clock, as the producers age
+        // them: this host's clock may be off too.
+        let registry = ProducerRegistry::read(&mut conn, &self.keys).await?;
+        let interval_ms = self.settings.producer.heartbeat_interval_ms;
         let mut producers = Vec::new();
-        for (instance, heartbeat) in heartbeats {
-            let clients: u64 = conn.scard(self.keys.producer_clients(&instance)).await?;
-            let age = now_ms.saturating_sub(heartbeat as u64);
+        for (instance, heartbeat) in &registry.beats {
+            let clients: u64 = conn.scard(self.keys.producer_clients(instance)).await?;
             producers.push(ProducerView {
-                instance,
-                heartbeat_age_ms: age,
-                alive: heartbeat > 0.0 && age <= alive_within,
+                instance: instance.clone(),
+                heartbeat_age_ms: registry.age_ms(*heartbeat),
+                alive: registry.is_alive(*heartbeat, interval_ms),
                 clients,
                 owned: 0,
             });

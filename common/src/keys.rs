@@ -204,7 +204,9 @@ impl Keys {
         format!("{}:m:{{{bucket:0width$x}}}{hash}", self.prefix)
     }
 
-    /// Sorted set of live producer instances, scored by last heartbeat (ms since epoch).
+    /// Sorted set of live producer instances, scored by last heartbeat: ms since
+    /// the epoch by the clock of the Redis server holding it, never a producer's
+    /// (`lua/producer_registry.lua`).
     pub fn producers(&self) -> String {
         format!("{}:producers", self.prefix)
     }

@@ -165,6 +165,15 @@ fn report(failing: &mut bool, what: &str) {
     }
 }
 
+/// How long ago an entry was last refreshed, from its remaining time-to-live
+/// (`PTTL`, ms): every refresh sets it to [`TTL`], so this is the Redis server's
+/// own measure, not a comparison of the instance's clock with the reader's (either
+/// may be off). `None` for a key without a TTL or already gone (`PTTL` < 0).
+pub fn refreshed_age_ms(pttl_ms: i64) -> Option<u64> {
+    let left = u64::try_from(pttl_ms).ok()?;
+    Some((TTL.as_millis() as u64).saturating_sub(left))
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -175,6 +184,17 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refreshed_age_comes_from_the_remaining_ttl() {
+        assert_eq!(refreshed_age_ms(15_000), Some(0));
+        assert_eq!(refreshed_age_ms(12_000), Some(3_000));
+        assert_eq!(refreshed_age_ms(0), Some(15_000));
+        // A longer TTL than ours (written by someone else): not negative.
+        assert_eq!(refreshed_age_ms(20_000), Some(0));
+        assert_eq!(refreshed_age_ms(-1), None, "no TTL");
+        assert_eq!(refreshed_age_ms(-2), None, "gone");
+    }
 
     #[test]
     fn an_entry_round_trips_and_names_its_metrics_url() {

@@ -6,6 +6,11 @@
 //! (1); `flushed` only moves forward and the stash is trimmed only up to it (3);
 //! every write is fenced by owner and epoch, claimed by compare-and-set (6).
 //! Appends and claims are confirmed on a replica (`WAIT`) before they return (2).
+//! Liveness is judged on one clock, the Redis server's that holds the registry:
+//! heartbeats are stamped with its time and compared with its time, never one
+//! host's clock with another's ([`ProducerRegistry`]).
+
+use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
 use redis::AsyncCommands;
@@ -128,6 +133,100 @@ impl StashMeta {
         })
     }
 }
+
+/// Heartbeats an instance may miss before it counts as dead.
+pub const MISSED_HEARTBEATS: u64 = 3;
+
+/// An instance and its last heartbeat (ms since the epoch, server time).
+pub type Beat = (String, i64);
+
+/// The producer registry as the Redis server holding it saw it at one moment:
+/// every instance's last heartbeat and the server's time then, all on the
+/// server's clock (`lua/producer_registry.lua` stamps each heartbeat with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerRegistry {
+    /// The server's time at the read, ms since the epoch.
+    pub now_ms: i64,
+    /// Every registered instance and its last heartbeat (server time, ms since
+    /// the epoch; 0: it shut down leaving clients to adopt).
+    pub beats: Vec<Beat>,
+}
+
+impl ProducerRegistry {
+    /// Reads the registry and the server's time, writing nothing (for tools).
+    pub async fn read(conn: &mut ClusterConnection, keys: &Keys) -> Result<Self, RedisOpError> {
+        Self::call(conn, keys, "").await
+    }
+
+    /// Records `instance`'s heartbeat at the server's time ("" records nothing),
+    /// then reads the registry in the same script.
+    async fn call(
+        conn: &mut ClusterConnection,
+        keys: &Keys,
+        instance: &str,
+    ) -> Result<Self, RedisOpError> {
+        let mut call = ScriptCall::new();
+        call.key(keys.producers()).arg(instance);
+        // A lost heartbeat costs one interval at most: not worth a WAIT.
+        let no_wait = Replication {
+            replicas: 0,
+            timeout: Duration::ZERO,
+        };
+        let reply: Vec<redis::Value> = ReplicatedScript::new(PRODUCER_REGISTRY_LUA)
+            .invoke(conn, &call, no_wait)
+            .await?;
+        Self::decode(&reply)
+    }
+
+    /// Decodes the script's reply: the server's time, then instance/heartbeat pairs.
+    fn decode(reply: &[redis::Value]) -> Result<Self, RedisOpError> {
+        let bad = |what: String| RedisOpError::Result(format!("producer registry: {what}"));
+        let (now, pairs) = reply
+            .split_first()
+            .ok_or_else(|| bad("empty reply".into()))?;
+        let now_ms: i64 = redis::from_redis_value_ref(now).map_err(|e| bad(e.to_string()))?;
+        if pairs.len() % 2 != 0 {
+            return Err(bad(format!("{} values after the time", pairs.len())));
+        }
+        let beats = pairs
+            .chunks(2)
+            .map(|pair| {
+                let name: String =
+                    redis::from_redis_value_ref(&pair[0]).map_err(|e| bad(e.to_string()))?;
+                // Scores come back as text; Redis may spell a whole number as a float.
+                let score: f64 =
+                    redis::from_redis_value_ref(&pair[1]).map_err(|e| bad(e.to_string()))?;
+                Ok((name, score as i64))
+            })
+            .collect::<Result<_, RedisOpError>>()?;
+        Ok(Self { now_ms, beats })
+    }
+
+    /// How long ago `beat` was by the server's clock (0 for one stamped later than
+    /// this read, as after a failover to a replica whose clock is behind).
+    pub fn age_ms(&self, beat: i64) -> u64 {
+        u64::try_from(self.now_ms.saturating_sub(beat)).unwrap_or(0)
+    }
+
+    /// Whether an instance that beats every `interval_ms` and last beat at `beat`
+    /// is alive: it has missed fewer than [`MISSED_HEARTBEATS`] beats, and did not
+    /// leave (a zeroed heartbeat).
+    pub fn is_alive(&self, beat: i64, interval_ms: u64) -> bool {
+        beat > 0 && self.age_ms(beat) <= MISSED_HEARTBEATS.saturating_mul(interval_ms)
+    }
+
+    /// The other instances than `me`, split into (alive, dead).
+    pub fn others_by_liveness(&self, me: &str, interval_ms: u64) -> (Vec<Beat>, Vec<Beat>) {
+        self.beats
+            .iter()
+            .filter(|(name, _)| name != me)
+            .cloned()
+            .partition(|(_, beat)| self.is_alive(*beat, interval_ms))
+    }
+}
+
+/// The registry script: heartbeat at the server's time, and the read.
+const PRODUCER_REGISTRY_LUA: &str = include_str!("lua/producer_registry.lua");
 
 /// Typed access to the producer's keys. Replicated writes go through a
 /// [`WriteCombiner`], so concurrent connections share one `WAIT` per round.
@@ -332,23 +431,26 @@ impl StashStore {
         Ok(StashMeta::read(&mut self.conn.clone(), &self.keys, client).await?)
     }
 
-    /// Records `instance` as alive at `now_ms`.
-    pub async fn heartbeat(&self, instance: &str, now_ms: i64) -> Result<(), RedisOpError> {
+    /// Records `instance` as alive now by the Redis server's clock, and returns the
+    /// registry as of that moment.
+    pub async fn heartbeat(&self, instance: &str) -> Result<ProducerRegistry, RedisOpError> {
+        ProducerRegistry::call(&mut self.conn.clone(), &self.keys, instance).await
+    }
+
+    /// The registry and the server's time, writing nothing.
+    pub async fn producers(&self) -> Result<ProducerRegistry, RedisOpError> {
+        ProducerRegistry::read(&mut self.conn.clone(), &self.keys).await
+    }
+
+    /// Marks `instance` as gone but still owning clients (a heartbeat of 0), so
+    /// survivors adopt them at once instead of after [`MISSED_HEARTBEATS`].
+    pub async fn leave_for_adoption(&self, instance: &str) -> Result<(), RedisOpError> {
         let _: i64 = self
             .conn
             .clone()
-            .zadd(self.keys.producers(), instance, now_ms)
+            .zadd(self.keys.producers(), instance, 0)
             .await?;
         Ok(())
-    }
-
-    /// Every registered instance with its last heartbeat (ms since the epoch).
-    pub async fn producers(&self) -> Result<Vec<(String, i64)>, RedisOpError> {
-        Ok(self
-            .conn
-            .clone()
-            .zrange_withscores(self.keys.producers(), 0, -1)
-            .await?)
     }
 
     /// Removes an instance from the registry (after it shut down cleanly, or after
@@ -397,6 +499,65 @@ impl StashStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulk(text: &str) -> redis::Value {
+        redis::Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn registry_decodes_the_server_time_and_the_beats() {
+        let reply = [
+            redis::Value::Int(1_795_668_563_341),
+            bulk("p-0"),
+            bulk("0"),
+            bulk("p-1"),
+            bulk("1795668562000"),
+            bulk("p-2"),
+            bulk("1.795668563341e+12"),
+        ];
+        let registry = ProducerRegistry::decode(&reply).expect("decodes");
+        assert_eq!(registry.now_ms, 1_795_668_563_341);
+        assert_eq!(
+            registry.beats,
+            [
+                ("p-0".to_owned(), 0),
+                ("p-1".to_owned(), 1_795_668_562_000),
+                ("p-2".to_owned(), 1_795_668_563_341)
+            ]
+        );
+        assert!(ProducerRegistry::decode(&[]).is_err());
+        assert!(ProducerRegistry::decode(&[redis::Value::Int(1), bulk("p-0")]).is_err());
+        assert!(ProducerRegistry::decode(&[bulk("soon")]).is_err());
+    }
+
+    #[test]
+    fn liveness_is_judged_on_the_server_clock_alone() {
+        let interval = 1_000;
+        let registry = ProducerRegistry {
+            now_ms: 100_000,
+            beats: vec![
+                ("me".into(), 100_000),
+                ("fresh".into(), 99_500),
+                ("at-limit".into(), 97_000),
+                ("silent".into(), 96_999),
+                ("left".into(), 0),
+                // Stamped after this read (a failover to a replica whose clock is
+                // behind): age 0, alive.
+                ("ahead".into(), 100_400),
+            ],
+        };
+        assert_eq!(registry.age_ms(99_500), 500);
+        assert_eq!(registry.age_ms(100_400), 0);
+        assert_eq!(registry.age_ms(0), 100_000);
+        let (live, dead) = registry.others_by_liveness("me", interval);
+        let names = |v: &[Beat]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&live), ["fresh", "at-limit", "ahead"]);
+        assert_eq!(names(&dead), ["silent", "left"]);
+        assert!(
+            !registry.is_alive(0, u64::MAX),
+            "a zeroed heartbeat is never alive"
+        );
+    }
 
     #[test]
     fn meta_decodes_missing_fields_as_zero_and_rejects_junk() {

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 pub use isolation::{create_topics, isolated_settings, settings, unique};
 pub use lab::{Host, Lab, LinkFaults};
 pub use net::{free_port, wait_listening};
-pub use process::{bin_dir, binary, ServiceProcess};
+pub use process::{bin_dir, binary, skewed_clock_env, ServiceProcess};
 pub use stack::{stack, RestoreDisk, RestoreNode};
 
 /// Why a harness step failed (the functions that return it are the ones a
@@ -59,6 +59,9 @@ pub enum HarnessError {
     /// feature, where it could never fire.
     #[error("{} has no failpoints compiled in, yet TALLY_FAILPOINT is set: build the services with `cargo build --workspace --bins` (tally-tests turns on tally-common/failpoints) or `--features tally-common/failpoints`", .0.display())]
     NoFailpoints(PathBuf),
+    /// A service was to run with a skewed clock, but libfaketime is not installed.
+    #[error("libfaketime not found under /usr/lib/*/faketime/: install Debian's faketime package")]
+    NoFaketime,
 }
 
 impl HarnessError {

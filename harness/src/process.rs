@@ -8,7 +8,9 @@
 //! inherited from this process's environment is not passed on) unless the caller
 //! names one, because several services share this host. A service asked to arm a failpoint
 //! (`TALLY_FAILPOINT`) is refused when its binary was built without them, rather
-//! than run a test that could never fire.
+//! than run a test that could never fire. A service whose wall clock is to be off
+//! ([`skewed_clock_env`]) still runs as the child itself, not under a wrapper, so
+//! the kill-on-drop above reaches it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -80,6 +82,73 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         && haystack
             .utf8_chunks()
             .any(|chunk| chunk.valid().contains(needle))
+}
+
+/// libfaketime's multi-threaded build (the services run many threads), where
+/// Debian's `faketime` package puts it: `/usr/lib/<triplet>/faketime/`.
+const LIBFAKETIME: &str = "faketime/libfaketimeMT.so.1";
+
+/// The shim preloaded before libfaketime (its comment says why librdkafka needs it).
+const FAKETIME_SHIM_C: &str = include_str!("faketime_shim.c");
+
+/// The environment that makes a process started with it read a wall clock
+/// `offset_s` seconds off the host's (positive: ahead), through libfaketime:
+/// what Debian's `faketime -m --exclude-monotonic -f +30` sets, plus a shim
+/// (`faketime_shim.c`, compiled once per test process with the C compiler
+/// librdkafka's build needs anyway) that keeps librdkafka's internal waits on the
+/// true clock. Given as environment rather than by starting the service under
+/// `faketime`, because that wrapper forks and waits: a SIGKILL would hit the
+/// wrapper and orphan the service. Only the wall clock moves; the monotonic clock
+/// (timers, timeouts) stays true, as on a host whose clock is merely set wrong.
+pub fn skewed_clock_env(offset_s: i64) -> Result<Vec<(&'static str, String)>, HarnessError> {
+    let library = std::fs::read_dir("/usr/lib")
+        .map_err(|e| HarnessError::io("look for libfaketime in /usr/lib", e))?
+        .filter_map(Result::ok)
+        .map(|dir| dir.path().join(LIBFAKETIME))
+        .find(|path| path.is_file())
+        .ok_or(HarnessError::NoFaketime)?;
+    let shim = faketime_shim()?;
+    Ok(vec![
+        // The shim first: its two functions win over libfaketime's.
+        (
+            "LD_PRELOAD",
+            format!("{} {}", shim.display(), library.display()),
+        ),
+        ("FAKETIME", faketime_offset(offset_s)),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ])
+}
+
+/// The compiled shim: built on first use, then reused by this process.
+fn faketime_shim() -> Result<PathBuf, HarnessError> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let dir = std::env::temp_dir();
+        let source = dir.join(format!("{}.c", unique("tally-faketime-shim")));
+        let library = source.with_extension("so");
+        std::fs::write(&source, FAKETIME_SHIM_C).map_err(|e| e.to_string())?;
+        let out = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(&library)
+            .arg(&source)
+            .output()
+            .map_err(|e| format!("run cc: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(library)
+    });
+    built.clone().map_err(|e| {
+        HarnessError::io(
+            "compile harness/src/faketime_shim.c",
+            std::io::Error::other(e),
+        )
+    })
+}
+
+/// libfaketime's relative offset (`FAKETIME`): a sign, then seconds.
+fn faketime_offset(offset_s: i64) -> String {
+    format!("{offset_s:+}")
 }
 
 /// A service binary running as a child process, killed when dropped.
@@ -322,6 +391,13 @@ mod tests {
         assert!(has_failpoints(&with).expect("read"));
         assert!(!has_failpoints(&without).expect("read"));
         assert!(has_failpoints(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn clock_offsets_carry_their_sign() {
+        assert_eq!(faketime_offset(30), "+30");
+        assert_eq!(faketime_offset(-30), "-30");
+        assert_eq!(faketime_offset(0), "+0");
     }
 
     #[test]

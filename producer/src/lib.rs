@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 use crate::budget::MemoryBudget;
 use crate::ownership::Ownership;
-use crate::shared::{now_ms, Shared};
+use crate::shared::Shared;
 
 mod budget;
 mod connection;
@@ -153,7 +153,7 @@ pub async fn run_with_readiness(
             .run(flush_rx, stop_flusher.clone()),
     );
 
-    shared.store.heartbeat(&instance, now_ms()).await?;
+    shared.store.heartbeat(&instance).await?;
     let readopted = takeover::adopt_from(&shared, &instance, None).await;
     if readopted > 0 {
         info!(
@@ -232,7 +232,7 @@ pub async fn run_with_readiness(
         info!("all clients flushed and released; left the producer registry");
     } else {
         // Let survivors adopt what is left now rather than after 3 heartbeats.
-        shared.store.heartbeat(&instance, 0).await?;
+        shared.store.leave_for_adoption(&instance).await?;
         warn!(
             clients = *remaining.borrow(),
             "shutdown deadline passed; survivors adopt the remaining clients"

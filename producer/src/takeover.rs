@@ -2,7 +2,10 @@
 //! to adopt whom. How one client is adopted is [`crate::ownership::Ownership::adopt`].
 //!
 //! Every interval this instance records its heartbeat in the producer registry.
-//! An instance whose heartbeat is 3 intervals old is dead: each survivor adopts
+//! Heartbeats are stamped and aged by the Redis server's clock, not this host's
+//! (`tally_common::stash::ProducerRegistry`): a producer whose clock is off must
+//! neither look dead nor judge the others dead. An instance whose heartbeat is 3
+//! intervals old by that clock is dead: each survivor adopts
 //! the dead instance's clients that the consistent-hash ring over the live
 //! instances assigns to it, by compare-and-set on the stash's owner and epoch, and
 //! flushes them to the end. At start an instance re-adopts the clients recorded
@@ -17,11 +20,7 @@ use tally_common::ClientId;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::shared::FlushCommand;
-use crate::shared::{now_ms, Shared};
-
-/// Heartbeats missed before an instance counts as dead.
-pub const MISSED_HEARTBEATS: i64 = 3;
+use crate::shared::{FlushCommand, Shared};
 
 /// Adopts every client recorded under `from` that `shared` should take: all of them
 /// when `from` is this instance's own id, else the ring's share.
@@ -80,23 +79,17 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let now = now_ms();
-        if let Err(e) = shared.store.heartbeat(&shared.instance, now).await {
-            warn!("heartbeat failed: {e}");
-            continue;
-        }
-        let producers = match shared.store.producers().await {
-            Ok(p) => p,
+        let registry = match shared.store.heartbeat(&shared.instance).await {
+            Ok(registry) => registry,
             Err(e) => {
-                warn!("cannot read the producer registry: {e}");
+                warn!("heartbeat failed: {e}");
                 continue;
             }
         };
-        let cutoff = now - MISSED_HEARTBEATS * interval.as_millis() as i64;
-        let (live, dead): (Vec<_>, Vec<_>) = producers
-            .into_iter()
-            .filter(|(name, _)| name != &shared.instance)
-            .partition(|(_, beat)| *beat >= cutoff);
+        let (live, dead) = registry.others_by_liveness(
+            &shared.instance,
+            shared.settings.producer.heartbeat_interval_ms,
+        );
         if dead.is_empty() {
             continue;
         }
@@ -107,7 +100,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             DEFAULT_VNODES,
         );
         for (name, beat) in dead {
-            info!(dead = %name, silent_ms = now - beat, "producer instance is dead; adopting its share of clients");
+            info!(dead = %name, silent_ms = registry.age_ms(beat), "producer instance is dead; adopting its share of clients");
             adopt_from(&shared, &name, Some(&ring)).await;
             match shared.store.owned(&name).await {
                 Ok(rest) if rest.is_empty() => {

@@ -29,8 +29,9 @@ SECURE_REDIS_COMMANDS=(
 	# connection and cluster topology
 	ping hello auth client\|setname readonly readwrite asking
 	cluster\|slots cluster\|shards cluster\|nodes cluster\|myid info
-	# scripts, and the replication check after every write
-	eval evalsha script\|load script\|exists wait
+	# scripts, and the replication check after every write; time: the producer
+	# registry script stamps heartbeats with the server's clock
+	eval evalsha script\|load script\|exists wait time
 	# reads (counts, ownership, the stash, the producer registry, tally top)
 	get mget exists type ttl pttl hget hmget hgetall hlen scan
 	xrange xrevrange xlen xinfo\|stream zrange zrangebyscore zscore zcard smembers scard

@@ -79,6 +79,8 @@ pub struct Harness {
     /// Producer addresses, by index.
     pub producer_addrs: Vec<String>,
     producer_ids: Vec<String>,
+    /// Extra environment of each producer, kept across restarts (a skewed clock).
+    producer_env: Vec<Vec<(&'static str, String)>>,
     producers: Vec<Option<ServiceProcess>>,
     counters: Vec<Option<ServiceProcess>>,
     aggregators: Vec<Option<ServiceProcess>>,
@@ -110,6 +112,19 @@ impl Harness {
         topology: Topology,
         extra: &[(&'static str, String)],
     ) -> Self {
+        Self::start_skewed(name, title, topology, extra, &[]).await
+    }
+
+    /// [`Harness::start`] with producer `i`'s wall clock `clock_offsets_s[i]`
+    /// seconds off the host's (libfaketime, [`tally_harness::skewed_clock_env`]);
+    /// producers beyond the slice keep the true clock.
+    pub async fn start_skewed(
+        name: &str,
+        title: &str,
+        topology: Topology,
+        extra: &[(&'static str, String)],
+        clock_offsets_s: &[i64],
+    ) -> Self {
         let serial = SERIAL.lock().await;
         let settings = isolated(&format!("chaos-{name}"), 6).await;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
@@ -119,6 +134,7 @@ impl Harness {
             settings,
             producer_addrs: Vec::new(),
             producer_ids: Vec::new(),
+            producer_env: Vec::new(),
             producers: Vec::new(),
             counters: Vec::new(),
             aggregators: Vec::new(),
@@ -143,6 +159,11 @@ impl Harness {
                 .map_or_else(|| "127.0.0.1".to_owned(), |(_, ip)| ip);
             harness.producer_addrs.push(format!("{ip}:{}", free_port()));
             harness.producer_ids.push(unique(&format!("p{i}")));
+            harness.producer_env.push(match clock_offsets_s.get(i) {
+                Some(&offset) => tally_harness::skewed_clock_env(offset)
+                    .unwrap_or_else(|e| panic!("producer {i}'s clock: {e}")),
+                None => Vec::new(),
+            });
             harness.producers.push(None);
             harness.start_producer(i);
         }
@@ -199,9 +220,9 @@ impl Harness {
         ServiceProcess::start_in(netns, role.binary(), &env)
     }
 
-    /// Starts producer `i` (again), same address and instance id.
+    /// Starts producer `i` (again), same address, instance id and clock.
     pub fn start_producer(&mut self, i: usize) {
-        let mut env = self.env(&[]);
+        let mut env = self.env(&self.producer_env[i]);
         env.push(("TALLY__PRODUCER__LISTEN", self.producer_addrs[i].clone()));
         env.push(("TALLY__PRODUCER__INSTANCE_ID", self.producer_ids[i].clone()));
         self.producers[i] = Some(self.spawn(Role::Producer, i, env));
@@ -247,6 +268,20 @@ impl Harness {
     /// Counters, running or not.
     pub fn counter_count(&self) -> usize {
         self.counters.len()
+    }
+
+    /// Producer `i`'s instance id (the owner name in stashes).
+    pub fn producer_id(&self, i: usize) -> &str {
+        &self.producer_ids[i]
+    }
+
+    /// The log file of each producer's latest start, by index. The files outlive
+    /// the processes, so they can be read after [`Harness::finish`].
+    pub fn producer_logs(&self) -> Vec<Option<PathBuf>> {
+        self.producers
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.log.clone()))
+            .collect()
     }
 
     /// Counter `i`'s process.
@@ -643,6 +678,29 @@ fn save(report: &ScenarioReport, dir: &Path) -> Result<(), String> {
     std::fs::write(dir.join(format!("{}.json", report.name)), json).map_err(|e| e.to_string())
 }
 
+/// Writes a scenario's figure to stderr even when the test passes: libtest
+/// captures `eprintln!` and shows it only on failure, while a write to the stream
+/// itself reaches `scripts/chaos`'s test-output.log either way.
+pub fn tell(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The instance each adoption in a producer's log took a client from: the `from`
+/// field of every `adopted client` line (`tally_producer::takeover` logs one per client
+/// adopted, where it also counts `tally_producer_takeovers_total`).
+pub fn adoptions_in(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|line| line.contains("adopted client"))
+        .filter_map(|line| {
+            let from = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("from="))?;
+            Some(from.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
 /// The stack node name (`redis-<port>`) of the master that serves `key` now.
 pub async fn redis_master_of(settings: &Settings, key: &str) -> String {
     let mut admin = tally_common::redis::connect_seed(&settings.redis)
@@ -800,5 +858,21 @@ pub fn one_each() -> Topology {
         producers: 1,
         counters: 1,
         aggregators: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adoptions_in;
+
+    #[test]
+    fn adoptions_are_read_from_the_takeover_log_lines() {
+        let log = "\
+2026-11-27T04:50:00.1Z  INFO tally_producer::takeover: producer instance is dead; adopting its share of clients dead=p1-x silent_ms=31000
+2026-11-27T04:50:00.2Z  INFO tally_producer::takeover: adopted client client=mtc-r-0 from=\"p1-x\" epoch=3 sn=10 flushed=8
+2026-11-27T04:50:00.3Z  INFO tally_producer::takeover: adopted client client=mtc-r-3 from=p2-y epoch=2 sn=0 flushed=0
+2026-11-27T04:50:00.4Z  INFO tally_producer: re-adopted this instance's clients from its previous run readopted=1";
+        assert_eq!(adoptions_in(log), ["p1-x", "p2-y"]);
+        assert!(adoptions_in("").is_empty());
     }
 }

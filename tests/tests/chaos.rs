@@ -13,8 +13,8 @@ use tally_common::failpoint;
 use tally_common::kafka::group_positions;
 use tally_common::Keys;
 use tally_tests::chaos::{
-    assert_exact, at, first_client, full, make_master, one_each, redis_master_of, rounds, scenario,
-    small_batches, Harness, LoadSpec, Role, Topology, SETTLE,
+    adoptions_in, assert_exact, at, first_client, full, make_master, one_each, redis_master_of,
+    rounds, scenario, small_batches, tell, Harness, LoadSpec, Role, Topology, SETTLE,
 };
 use tally_tests::pipeline::{produce_to, RawRecord};
 use tally_tests::{stack, RestoreDisk, RestoreNode};
@@ -692,4 +692,67 @@ async fn s22_full_disk() {
     drop(redis_disk);
     stack(&["wait-healthy", "180"]);
     assert_exact(&report);
+}
+
+/// Issue #16, clock skew: three producers, one with its wall clock 30 s ahead, one
+/// 30 s behind, one true (libfaketime), under a minute of load — 20 heartbeat
+/// intervals and more. Every producer lives throughout, so any adoption is a false
+/// takeover of a live producer's clients: fencing must keep the counts exact
+/// anyway, and liveness must not depend on the producers' clocks, so there must be
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "scripts/chaos"]
+async fn s21_clock_skew() {
+    let offsets_s = [30, -30, 0];
+    let mut h = Harness::start_skewed(
+        "21-clock-skew",
+        "producers' clocks 30 s ahead and 30 s behind; nobody adopts a live producer's clients",
+        Topology {
+            producers: 3,
+            counters: 1,
+            aggregators: 1,
+        },
+        &small_batches(),
+        &offsets_s,
+    )
+    .await;
+    h.start_load(LoadSpec {
+        clients: 6,
+        lines: 1500,
+        rate: 25.0,
+    })
+    .await;
+    let ids: Vec<String> = (0..offsets_s.len())
+        .map(|i| h.producer_id(i).to_owned())
+        .collect();
+    let logs = h.producer_logs();
+    let report = h.finish().await;
+    // Every producer ran to the end, so every adoption took a live one's client.
+    let mut takeovers = 0;
+    for (i, log) in logs.iter().enumerate() {
+        let text = log
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default();
+        let from = adoptions_in(&text);
+        for (j, id) in ids.iter().enumerate() {
+            let n = from.iter().filter(|f| *f == id).count();
+            if n > 0 {
+                tell(&format!(
+                    "[21-clock-skew] producer-{i} ({:+} s) adopted {n} client(s) of live producer-{j} ({:+} s)",
+                    offsets_s[i], offsets_s[j]
+                ));
+            }
+        }
+        takeovers += from.len();
+    }
+    tell(&format!(
+        "[21-clock-skew] takeovers: {takeovers}; counts exact: {}; duplicates absorbed: {}",
+        report.exact, report.duplicates_absorbed
+    ));
+    assert_exact(&report);
+    assert_eq!(
+        takeovers, 0,
+        "live producers' clients were adopted (a clock read as a death)"
+    );
 }

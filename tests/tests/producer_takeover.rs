@@ -133,7 +133,7 @@ async fn a_killed_producers_clients_and_stashes_are_taken_over() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let producers = store.producers().await.expect("registry");
-        if producers.iter().all(|(name, _)| name != &instance_a) {
+        if producers.beats.iter().all(|(name, _)| name != &instance_a) {
             break;
         }
         assert!(
