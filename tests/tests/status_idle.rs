@@ -41,9 +41,6 @@ async fn an_idle_pipeline_shows_no_lag_and_released_clients_are_not_owned() {
             }
         }
     }
-    let (s, c, a) = (settings.clone(), &counter, &aggregator);
-    tokio::task::block_in_place(|| wait_done(&s, Duration::from_secs(90), &[c, a]));
-
     // The producer lets go of each drained, disconnected client.
     let store = stash_store(&settings).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -66,6 +63,13 @@ async fn an_idle_pipeline_shows_no_lag_and_released_clients_are_not_owned() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // Only now is every record in Kafka (a client is released once its stash is
+    // flushed), so the counter's and aggregator's targets below are the final
+    // ones; waiting before the release raced the flusher and read the counts of
+    // records that were not yet counted.
+    let (s, c, a) = (settings.clone(), &counter, &aggregator);
+    tokio::task::block_in_place(|| wait_done(&s, Duration::from_secs(90), &[c, a]));
 
     let status = Inspector::connect(&settings)
         .await
