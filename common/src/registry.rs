@@ -27,7 +27,7 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// How long an entry outlives its last refresh.
 pub const TTL: Duration = Duration::from_secs(15);
 /// Longest a clean shutdown waits to delete its entry.
-const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(2);
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What one instance publishes about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +110,12 @@ impl Registration {
                         .await;
                     match written {
                         Ok(()) => failing = false,
-                        Err(e) => report(&mut failing, &e.to_string()),
+                        Err(e) => {
+                            report(&mut failing, &e.to_string());
+                            // Possibly a stale connection (a node restarted):
+                            // the next round starts on a fresh one.
+                            conn = None;
+                        }
                     }
                 }
                 tokio::select! {
@@ -118,12 +123,21 @@ impl Registration {
                     _ = &mut stop_rx => break,
                 }
             }
-            if let Some(c) = conn.as_mut() {
-                let deleted: Result<i64, redis::RedisError> =
-                    redis::cmd("DEL").arg(&key).query_async(c).await;
-                if let Err(e) = deleted {
-                    debug!(key, "instance registry: cannot delete the entry: {e}");
+            // On the refresh connection, and once more on a fresh one if that
+            // fails: a connection that went stale while idle must not leave the
+            // entry listed for a whole TTL after a clean stop.
+            if let Some(mut c) = conn.take() {
+                if delete(&mut c, &key).await.is_ok() {
+                    return;
                 }
+            }
+            match crate::redis::connect(&redis).await {
+                Ok(mut c) => {
+                    if let Err(e) = delete(&mut c, &key).await {
+                        debug!(key, "instance registry: cannot delete the entry: {e}");
+                    }
+                }
+                Err(e) => debug!(key, "instance registry: cannot delete the entry: {e}"),
             }
         });
         Self {
@@ -151,6 +165,17 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+async fn delete(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    key: &str,
+) -> Result<(), redis::RedisError> {
+    redis::cmd("DEL")
+        .arg(key)
+        .query_async::<i64>(conn)
+        .await
+        .map(drop)
 }
 
 /// Logs the first failure of a run of failures as a warning, the rest at debug.
