@@ -13,10 +13,10 @@ use std::time::Duration;
 use tally_common::Keys;
 use tally_harness::{Lab, LinkFaults};
 use tally_tests::chaos::{
-    assert_exact, at, cluster_nodes, first_client, full, node_info, node_info_text,
+    assert_exact, at, cluster_nodes, first_client, full, make_master, node_info, node_info_text,
     redis_master_of, scenario, small_batches, Harness, LoadSpec, Role, Topology, SETTLE,
 };
-use tally_tests::stack;
+use tally_tests::{stack, RestoreDisk, RestoreNode};
 
 /// The lab's link faults; panics (with how to run it) off the lab.
 fn link_faults(h: &Harness) -> LinkFaults {
@@ -113,14 +113,7 @@ async fn s17_broker_isolated_from_brokers() {
     .await;
     let faults = link_faults(&h);
     h.wait_counted(0.25, SETTLE).await;
-    let topic = h.settings.kafka.client_message_topic.clone();
-    let leader = stack(&["leader", &topic, "0"]).trim().to_owned();
-    let others: Vec<&str> = ["kafka-1", "kafka-2", "kafka-3"]
-        .into_iter()
-        .filter(|b| *b != leader)
-        .collect();
-    h.inject(format!("partition {leader} | {}", others.join(",")));
-    faults.partition(&leader, &others.join(","));
+    let leader = isolate_leader(&mut h, &faults);
     // Past the brokers' session timeout (9 s) and replica.lag.time.max.ms (30 s):
     // the quorum fences the isolated broker and the ISRs shrink without it.
     tokio::time::sleep(span(40, 20)).await;
@@ -176,6 +169,20 @@ async fn s18_counter_partitions() {
     h.heal(format!("heal {c1} | redis"));
     let report = h.finish().await;
     assert_exact(&report);
+}
+
+/// Cuts the leader of `client_message` partition 0 off from the other brokers
+/// (not from clients); returns its name.
+fn isolate_leader(h: &mut Harness, faults: &LinkFaults) -> String {
+    let topic = h.settings.kafka.client_message_topic.clone();
+    let leader = stack(&["leader", &topic, "0"]).trim().to_owned();
+    let others: Vec<&str> = ["kafka-1", "kafka-2", "kafka-3"]
+        .into_iter()
+        .filter(|b| *b != leader)
+        .collect();
+    h.inject(format!("partition {leader} | {}", others.join(",")));
+    faults.partition(&leader, &others.join(","));
+    leader
 }
 
 /// Down for 1–3 s, up for 1–3 s, until `length` is over; then healed.
@@ -488,9 +495,93 @@ async fn s20_slow_producer_redis() {
     assert_exact(&report);
 }
 
-/// Scenario 9: a soak drawing from the network faults above and the process
-/// faults of `chaos.rs`, with quiet stretches, `TALLY_CHAOS_MINUTES` long
-/// (`scripts/chaos --minutes`; the seed is printed and noted).
+/// One kind of fault the soak draws: the network faults of scenarios 15–20, the
+/// full disks of scenario 22 and the process faults of `chaos.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SoakFault {
+    ProducerMasterPartition,
+    CounterKafkaPartition,
+    CounterRedisPartition,
+    AggregatorRedisPartition,
+    ProducerKafkaFlap,
+    AggregatorRedisFlap,
+    LeaderBrokerIsolated,
+    RedisSplitBrain,
+    SlowLossyProducerRedis,
+    CounterKill,
+    AggregatorKill,
+    ProducerKill,
+    BrokerKill,
+    RedisMasterKill,
+    RedisDiskFull,
+    BrokerDiskFull,
+    ConnectionsDropped,
+}
+
+impl SoakFault {
+    const ALL: [SoakFault; 17] = [
+        Self::ProducerMasterPartition,
+        Self::CounterKafkaPartition,
+        Self::CounterRedisPartition,
+        Self::AggregatorRedisPartition,
+        Self::ProducerKafkaFlap,
+        Self::AggregatorRedisFlap,
+        Self::LeaderBrokerIsolated,
+        Self::RedisSplitBrain,
+        Self::SlowLossyProducerRedis,
+        Self::CounterKill,
+        Self::AggregatorKill,
+        Self::ProducerKill,
+        Self::BrokerKill,
+        Self::RedisMasterKill,
+        Self::RedisDiskFull,
+        Self::BrokerDiskFull,
+        Self::ConnectionsDropped,
+    ];
+
+    fn name(self) -> String {
+        // `ProducerMasterPartition` → `producer-master-partition`.
+        let mut name = String::new();
+        for c in format!("{self:?}").chars() {
+            if c.is_ascii_uppercase() && !name.is_empty() {
+                name.push('-');
+            }
+            name.push(c.to_ascii_lowercase());
+        }
+        name
+    }
+
+    /// The kinds named in `TALLY_CHAOS_SOAK_FAULTS` (comma-separated), or all.
+    fn chosen() -> Vec<SoakFault> {
+        let Ok(list) = std::env::var("TALLY_CHAOS_SOAK_FAULTS") else {
+            return Self::ALL.to_vec();
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                Self::ALL
+                    .into_iter()
+                    .find(|f| f.name() == n)
+                    .unwrap_or_else(|| {
+                        let names: Vec<String> = Self::ALL.iter().map(|f| f.name()).collect();
+                        panic!(
+                            "TALLY_CHAOS_SOAK_FAULTS: no fault {n:?}; the kinds: {}",
+                            names.join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Scenario 9: a soak drawing from every fault kind above, the process faults of
+/// `chaos.rs` and full disks, with quiet stretches, `TALLY_CHAOS_MINUTES` long
+/// (`scripts/chaos --minutes`), while the two producers' clocks run 30 s ahead and
+/// 30 s behind (scenario 21's skew). Faults are dealt from a shuffled deck of all
+/// kinds, so a soak of a few minutes already draws each once; the seed is noted
+/// (`TALLY_CHAOS_SEED` replays it) and `TALLY_CHAOS_SOAK_FAULTS` limits the deck
+/// to the named kinds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos (network lab)"]
 async fn s23_net_soak() {
@@ -500,17 +591,19 @@ async fn s23_net_soak() {
         .and_then(|m| m.parse().ok())
         .filter(|m: &f64| *m > 0.0)
         .unwrap_or(3.0);
+    let kinds = SoakFault::chosen();
     let mut extra = small_batches();
     extra.push(("TALLY__KAFKA__TRANSACTION_TIMEOUT_MS", "6000".to_owned()));
-    let mut h = Harness::start(
+    let mut h = Harness::start_skewed(
         "23-net-soak",
-        &format!("network soak: random partitions, flaps, slow links and kills, {minutes} min"),
+        &format!("soak: every fault kind, network and disk included, clocks ±30 s, {minutes} min"),
         Topology {
             producers: 2,
             counters: 2,
             aggregators: 2,
         },
         &extra,
+        &[30, -30],
     )
     .await;
     let lines = 11_000usize;
@@ -523,76 +616,164 @@ async fn s23_net_soak() {
     })
     .await;
     let faults = link_faults(&h);
-    let seed = fastrand::u64(..);
-    h.note(format!("seed {seed}"));
+    let seed = std::env::var("TALLY_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    h.note(format!("seed {seed} (TALLY_CHAOS_SEED replays the draw)"));
     let mut rng = fastrand::Rng::with_seed(seed);
-    let topic = h.settings.kafka.client_message_topic.clone();
+    let mut deck: Vec<SoakFault> = Vec::new();
+    let mut drawn: Vec<(SoakFault, usize)> = Vec::new();
     let end = tokio::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0 * 0.75);
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(rng.u64(10..25))).await;
-        let hold = Duration::from_secs(rng.u64(8..16));
-        match rng.u8(0..8) {
-            0 => {
-                let producer = Harness::host_of(Role::Producer, rng.usize(0..2));
-                let master = first_clients_master(&h).await;
-                h.inject(format!("partition {producer} | {master}"));
-                faults.partition(&producer, &master);
-                tokio::time::sleep(hold).await;
-            }
-            1 => {
-                let counter = Harness::host_of(Role::Counter, rng.usize(0..2));
-                h.inject(format!("partition {counter} | kafka"));
-                faults.partition(&counter, "kafka");
-                tokio::time::sleep(hold).await;
-            }
-            2 => {
-                let aggregator = Harness::host_of(Role::Aggregator, rng.usize(0..2));
-                h.inject(format!("partition {aggregator} | redis"));
-                faults.partition(&aggregator, "redis");
-                tokio::time::sleep(hold).await;
-            }
-            3 => {
-                let producer = Harness::host_of(Role::Producer, rng.usize(0..2));
-                flap(&mut h, &faults, &producer, "kafka", hold).await;
-                continue;
-            }
-            4 => {
-                let leader = stack(&["leader", &topic, "0"]).trim().to_owned();
-                let others: Vec<&str> = ["kafka-1", "kafka-2", "kafka-3"]
-                    .into_iter()
-                    .filter(|b| *b != leader)
-                    .collect();
-                h.inject(format!("partition {leader} | {}", others.join(",")));
-                faults.partition(&leader, &others.join(","));
-                tokio::time::sleep(hold + Duration::from_secs(10)).await;
-            }
-            5 => {
-                let master = first_clients_master(&h).await;
-                h.inject(format!("partition {master} | redis (split brain)"));
-                faults.partition(&master, "redis");
-                tokio::time::sleep(hold).await;
-            }
-            6 => {
-                let producer = Harness::host_of(Role::Producer, rng.usize(0..2));
-                h.inject(format!("slow {producer} -> redis, 1 % loss"));
-                faults.slow(&producer, "redis", 50, 150);
-                faults.lossy(&producer, "proxy", 1);
-                tokio::time::sleep(hold).await;
-            }
-            _ => {
-                let i = rng.usize(0..2);
-                h.inject(format!("kill -9 counter-{i}"));
-                h.counter(i).kill9();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                h.start_counter(i, &[]);
-                h.heal(format!("restart counter-{i}"));
-                continue;
-            }
+        if deck.is_empty() {
+            deck = kinds.clone();
+            rng.shuffle(&mut deck);
         }
-        faults.heal();
-        h.heal("heal");
-        stack(&["wait-healthy", "180"]);
+        let Some(kind) = deck.pop() else { break };
+        match drawn.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => drawn.push((kind, 1)),
+        }
+        soak_fault(&mut h, &faults, &mut rng, kind).await;
     }
+    let tally: Vec<String> = drawn
+        .iter()
+        .map(|(kind, n)| format!("{} ×{n}", kind.name()))
+        .collect();
+    h.note(format!("faults drawn: {}", tally.join(", ")));
     let report = h.finish().await;
     assert_exact(&report);
+}
+
+/// Injects one `kind` of fault, holds it 8–16 s (a kill: restarts after 1–5 s),
+/// heals it and waits for the stack to be healthy again.
+async fn soak_fault(
+    h: &mut Harness,
+    faults: &LinkFaults,
+    rng: &mut fastrand::Rng,
+    kind: SoakFault,
+) {
+    let hold = Duration::from_secs(rng.u64(8..16));
+    let one_of_two = rng.usize(0..2);
+    let producer = Harness::host_of(Role::Producer, one_of_two);
+    let counter = Harness::host_of(Role::Counter, one_of_two);
+    let aggregator = Harness::host_of(Role::Aggregator, one_of_two);
+    let broker = format!("kafka-{}", rng.usize(1..=3));
+    match kind {
+        SoakFault::ProducerMasterPartition => {
+            let master = first_clients_master(h).await;
+            h.inject(format!("partition {producer} | {master}"));
+            faults.partition(&producer, &master);
+            tokio::time::sleep(hold).await;
+        }
+        SoakFault::CounterKafkaPartition => {
+            h.inject(format!("partition {counter} | kafka"));
+            faults.partition(&counter, "kafka");
+            tokio::time::sleep(hold).await;
+        }
+        SoakFault::CounterRedisPartition => {
+            h.inject(format!("partition {counter} | redis"));
+            faults.partition(&counter, "redis");
+            tokio::time::sleep(hold).await;
+        }
+        SoakFault::AggregatorRedisPartition => {
+            h.inject(format!("partition {aggregator} | redis"));
+            faults.partition(&aggregator, "redis");
+            tokio::time::sleep(hold).await;
+        }
+        SoakFault::ProducerKafkaFlap | SoakFault::AggregatorRedisFlap => {
+            let (from, to) = match kind {
+                SoakFault::ProducerKafkaFlap => (&producer, "kafka"),
+                _ => (&aggregator, "redis"),
+            };
+            // Healed (and marked so) by `flap` itself.
+            flap(h, faults, from, to, hold).await;
+            stack(&["wait-healthy", "180"]);
+            return;
+        }
+        SoakFault::LeaderBrokerIsolated => {
+            isolate_leader(h, faults);
+            tokio::time::sleep(hold + Duration::from_secs(10)).await;
+        }
+        SoakFault::RedisSplitBrain => {
+            let master = first_clients_master(h).await;
+            h.inject(format!("partition {master} | redis (split brain)"));
+            faults.partition(&master, "redis");
+            tokio::time::sleep(hold).await;
+        }
+        SoakFault::SlowLossyProducerRedis => {
+            h.inject(format!("slow {producer} -> redis, 1 % loss"));
+            faults.slow(&producer, "redis", 50, 150);
+            faults.lossy(&producer, "proxy", 1);
+            tokio::time::sleep(hold).await;
+        }
+        SoakFault::CounterKill | SoakFault::AggregatorKill | SoakFault::ProducerKill => {
+            let (role, down) = match kind {
+                SoakFault::CounterKill => (Role::Counter, 1),
+                SoakFault::AggregatorKill => (Role::Aggregator, 1),
+                _ => (Role::Producer, 5),
+            };
+            let what = role.name();
+            h.inject(format!("kill -9 {what}-{one_of_two}"));
+            h.process(role, one_of_two).kill9();
+            tokio::time::sleep(Duration::from_secs(down)).await;
+            h.restart(role, one_of_two, &[]);
+            h.heal(format!("restart {what}-{one_of_two}"));
+            return;
+        }
+        SoakFault::BrokerKill | SoakFault::RedisMasterKill => {
+            let node = match kind {
+                SoakFault::BrokerKill => broker,
+                _ => first_clients_master(h).await,
+            };
+            h.inject(format!("kill -9 {node}"));
+            let killed = RestoreNode::kill(&node);
+            // Past the consumers' session timeout, and past cluster-node-timeout
+            // (3 s): a master's replica is promoted.
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            killed.restore();
+            h.heal(format!("{node} back"));
+            return;
+        }
+        SoakFault::RedisDiskFull => {
+            let master = first_clients_master(h).await;
+            // Moving its AOF directory restarts it; a coordinated failover gives it
+            // its slots back if its replica took over meanwhile.
+            let disk = RestoreDisk::limit(&master, 64);
+            stack(&["wait-healthy", "120"]);
+            make_master(h, &master).await;
+            h.inject(format!("{master}'s AOF disk full"));
+            disk.fill();
+            tokio::time::sleep(hold).await;
+            disk.free();
+            drop(disk);
+            h.heal(format!("{master}'s AOF disk has room again"));
+            stack(&["wait-healthy", "180"]);
+            return;
+        }
+        SoakFault::BrokerDiskFull => {
+            let disk = RestoreDisk::limit(&broker, 256);
+            stack(&["wait-healthy", "120"]);
+            h.inject(format!("{broker}'s log disk full"));
+            disk.fill();
+            tokio::time::sleep(hold).await;
+            disk.free();
+            // A broker whose only log directory failed has shut itself down.
+            stack(&["start", &broker]);
+            drop(disk);
+            h.heal(format!("{broker}'s log disk has room again"));
+            stack(&["wait-healthy", "180"]);
+            return;
+        }
+        SoakFault::ConnectionsDropped => {
+            h.inject("all client connections dropped");
+            h.restart_load();
+            return;
+        }
+    }
+    faults.heal();
+    h.heal("heal");
+    stack(&["wait-healthy", "180"]);
 }
