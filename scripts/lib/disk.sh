@@ -78,7 +78,7 @@ disk_start_again() {
 	local node=$1 deadline=$((SECONDS + STACK_TIMEOUT))
 	start_node "$node"
 	until port_answers "$(node_port "$node")"; do
-		if ((SECONDS >= deadline)) || ! node_pid "$node" >/dev/null; then
+		if ((SECONDS >= deadline)) || ! node_started_alive "$node"; then
 			print_log_tail "$node" 30
 			die "$node did not start again"
 		fi

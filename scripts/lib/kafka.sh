@@ -295,7 +295,7 @@ kafka_wait_ports() {
 	while :; do
 		waiting=()
 		for node in "${KAFKA_NODES[@]}"; do
-			node_pid "$node" >/dev/null || {
+			node_started_alive "$node" || {
 				log "$node is not running"
 				return 1
 			}

@@ -86,7 +86,7 @@ redis_wait_ports() {
 	while :; do
 		waiting=()
 		for node in "${REDIS_NODES[@]}"; do
-			node_pid "$node" >/dev/null || {
+			node_started_alive "$node" || {
 				log "$node is not running"
 				return 1
 			}
