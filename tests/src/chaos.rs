@@ -824,6 +824,38 @@ pub fn small_batches() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A soak's length: `TALLY_CHAOS_MINUTES` (`scripts/chaos --minutes`, and
+/// `--net-minutes` for the network soak; 3 if unset) of load with faults dealt
+/// throughout, then however long the pipeline takes to drain, which is not part of
+/// the minutes.
+#[derive(Debug, Clone, Copy)]
+pub struct SoakSpan {
+    /// Minutes of load and faults.
+    pub minutes: f64,
+}
+
+impl SoakSpan {
+    /// From `TALLY_CHAOS_MINUTES`.
+    pub fn from_env() -> Self {
+        let minutes = std::env::var("TALLY_CHAOS_MINUTES")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .filter(|m: &f64| *m > 0.0)
+            .unwrap_or(3.0);
+        Self { minutes }
+    }
+
+    /// The span as a duration.
+    pub fn duration(self) -> Duration {
+        Duration::from_secs_f64(self.minutes * 60.0)
+    }
+
+    /// The rate (lines per second per client) that spreads `lines` over the span.
+    pub fn rate(self, lines: usize) -> f64 {
+        lines as f64 / (self.minutes * 60.0)
+    }
+}
+
 /// How long a scenario waits for progress before it fails.
 pub const SETTLE: Duration = Duration::from_secs(180);
 

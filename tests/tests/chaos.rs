@@ -14,7 +14,7 @@ use tally_common::kafka::group_positions;
 use tally_common::Keys;
 use tally_tests::chaos::{
     adoptions_in, assert_exact, at, first_client, full, make_master, one_each, redis_master_of,
-    rounds, scenario, small_batches, tell, Harness, LoadSpec, Role, Topology, SETTLE,
+    rounds, scenario, small_batches, tell, Harness, LoadSpec, Role, SoakSpan, Topology, SETTLE,
 };
 use tally_tests::pipeline::{produce_to, RawRecord};
 use tally_tests::{stack, RestoreDisk, RestoreNode};
@@ -549,14 +549,13 @@ async fn s13_poison_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "scripts/chaos"]
 async fn s14_soak() {
-    let minutes: f64 = std::env::var("TALLY_CHAOS_MINUTES")
-        .ok()
-        .and_then(|m| m.parse().ok())
-        .filter(|m: &f64| *m > 0.0)
-        .unwrap_or(3.0);
+    let span = SoakSpan::from_env();
     let mut h = Harness::start(
         "14-soak",
-        &format!("soak: random faults with quiet stretches, {minutes} min"),
+        &format!(
+            "soak: random faults with quiet stretches, {} min",
+            span.minutes
+        ),
         Topology {
             producers: 2,
             counters: 2,
@@ -567,12 +566,10 @@ async fn s14_soak() {
     .await;
     let clients = 6;
     let lines = 11_000usize;
-    // Spread the novel over the soak, leaving the last fifth to drain.
-    let rate = lines as f64 / (minutes * 60.0 * 0.8);
     h.start_load(LoadSpec {
         clients,
         lines,
-        rate,
+        rate: span.rate(lines),
     })
     .await;
     let keys = Keys::new(h.settings.redis.prefix.clone());
@@ -590,7 +587,8 @@ async fn s14_soak() {
         state ^= state << 17;
         state % n
     };
-    let end = std::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0 * 0.75);
+    // Faults are dealt for the whole span; the drain comes after it.
+    let end = std::time::Instant::now() + span.duration();
     while std::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(10 + next(15))).await;
         match next(6) {

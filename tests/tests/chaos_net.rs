@@ -14,7 +14,7 @@ use tally_common::Keys;
 use tally_harness::{Lab, LinkFaults};
 use tally_tests::chaos::{
     assert_exact, at, cluster_nodes, first_client, full, make_master, node_info, node_info_text,
-    redis_master_of, scenario, small_batches, Harness, LoadSpec, Role, Topology, SETTLE,
+    redis_master_of, scenario, small_batches, Harness, LoadSpec, Role, SoakSpan, Topology, SETTLE,
 };
 use tally_tests::{stack, RestoreDisk, RestoreNode};
 
@@ -586,17 +586,16 @@ impl SoakFault {
 #[ignore = "scripts/chaos (network lab)"]
 async fn s23_net_soak() {
     require_lab("23-net-soak");
-    let minutes: f64 = std::env::var("TALLY_CHAOS_MINUTES")
-        .ok()
-        .and_then(|m| m.parse().ok())
-        .filter(|m: &f64| *m > 0.0)
-        .unwrap_or(3.0);
+    let span = SoakSpan::from_env();
     let kinds = SoakFault::chosen();
     let mut extra = small_batches();
     extra.push(("TALLY__KAFKA__TRANSACTION_TIMEOUT_MS", "6000".to_owned()));
     let mut h = Harness::start_skewed(
         "23-net-soak",
-        &format!("soak: every fault kind, network and disk included, clocks ±30 s, {minutes} min"),
+        &format!(
+            "soak: every fault kind, network and disk included, clocks ±30 s, {} min",
+            span.minutes
+        ),
         Topology {
             producers: 2,
             counters: 2,
@@ -607,12 +606,10 @@ async fn s23_net_soak() {
     )
     .await;
     let lines = 11_000usize;
-    // Spread the novel over the soak, leaving the last fifth to drain.
-    let rate = lines as f64 / (minutes * 60.0 * 0.8);
     h.start_load(LoadSpec {
         clients: 6,
         lines,
-        rate,
+        rate: span.rate(lines),
     })
     .await;
     let faults = link_faults(&h);
@@ -624,7 +621,8 @@ async fn s23_net_soak() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut deck: Vec<SoakFault> = Vec::new();
     let mut drawn: Vec<(SoakFault, usize)> = Vec::new();
-    let end = tokio::time::Instant::now() + Duration::from_secs_f64(minutes * 60.0 * 0.75);
+    // Faults are dealt for the whole span; the drain comes after it.
+    let end = tokio::time::Instant::now() + span.duration();
     while tokio::time::Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(rng.u64(10..25))).await;
         if deck.is_empty() {
