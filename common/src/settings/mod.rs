@@ -441,8 +441,8 @@ mod defaults {
     }
     /// Fewer, larger produce requests. At moderate rates each small request woke
     /// the followers' and consumers' fetches and librdkafka's broker threads: with
-    /// 5 ms, at 4,000 msg/s the stack spent ~400 µs of CPU per message and the
-    /// sustained rate was ~7k msg/s; with 50 ms, ~240 µs and ~21k (docs/benchmarks.md).
+    /// 5 ms, at 4,000 msg/s the stack spent ~400 µs of CPU per message and ACK p99
+    /// was ~110 ms; with 50 ms, ~240 µs and ~13 ms (docs/benchmarks.md).
     pub fn linger_ms() -> u64 {
         50
     }
