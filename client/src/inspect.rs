@@ -711,7 +711,8 @@ impl CounterProgress {
                 tpl.add_partition(&self.topic, p.id());
             }
         }
-        let committed = self.consumer.committed_offsets(tpl, timeout)?;
+        let committed =
+            tally_common::kafka::committed_offsets_settled(&self.consumer, &tpl, timeout)?;
         Ok(committed
             .elements()
             .iter()
@@ -792,10 +793,30 @@ pub(crate) fn probe_remainders(
                     }
                 }
             }
+            // A broker restarting or a connection dropping: librdkafka reconnects
+            // on its own and the read goes on; a partition not read to its end in
+            // time stays `None` (its lag counts as offsets).
+            Some(Err(e)) if transport_hiccup(&e) => {
+                tracing::debug!(error = %e, "kafka: marker probe read interrupted, going on");
+            }
             Some(Err(e)) => return Err(e),
         }
     }
     Ok(found)
+}
+
+/// A consumer error that only says a connection to a broker failed for now.
+fn transport_hiccup(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NetworkException
+                | C::RequestTimedOut
+        )
+    )
 }
 
 /// The probe's consumer context: librdkafka reports every end of partition as an
@@ -882,6 +903,21 @@ mod tests {
             low: 0,
             high,
         }
+    }
+
+    #[test]
+    fn only_connection_failures_let_the_marker_probe_go_on() {
+        use rdkafka::error::KafkaError;
+        use rdkafka::types::RDKafkaErrorCode as C;
+        assert!(super::transport_hiccup(&KafkaError::MessageConsumption(
+            C::BrokerTransportFailure
+        )));
+        assert!(super::transport_hiccup(&KafkaError::MessageConsumption(
+            C::AllBrokersDown
+        )));
+        assert!(!super::transport_hiccup(&KafkaError::MessageConsumption(
+            C::TopicAuthorizationFailed
+        )));
     }
 
     #[test]

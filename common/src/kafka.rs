@@ -460,6 +460,26 @@ async fn describe_layouts(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn only_the_coordinators_transient_answers_are_asked_again() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+        for code in [
+            C::NotCoordinator,
+            C::CoordinatorNotAvailable,
+            C::CoordinatorLoadInProgress,
+        ] {
+            assert!(super::coordinator_settling(&KafkaError::MetadataFetch(
+                code
+            )));
+        }
+        for code in [C::GroupAuthorizationFailed, C::UnknownTopicOrPartition] {
+            assert!(!super::coordinator_settling(&KafkaError::MetadataFetch(
+                code
+            )));
+        }
+        assert!(!super::coordinator_settling(&KafkaError::NoMessageReceived));
+    }
+
+    #[test]
     fn security_keys_become_librdkafka_properties_and_extra_wins() {
         let dir = tempfile::tempdir().expect("temp dir");
         let password = dir.path().join("pw");
@@ -575,6 +595,44 @@ impl PartitionPosition {
     }
 }
 
+/// True for the group coordinator's answers that mean "ask again shortly": the
+/// coordinator is moving to another broker or still loading the offsets topic,
+/// as it does for a while after brokers start or a leader changes.
+fn coordinator_settling(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+        )
+    )
+}
+
+/// The group's committed offsets, asked again while the coordinator settles, until
+/// `timeout` is spent; any other error, or a settling one past the deadline, is
+/// returned as it is.
+pub fn committed_offsets_settled(
+    consumer: &BaseConsumer,
+    tpl: &rdkafka::TopicPartitionList,
+    timeout: Duration,
+) -> Result<rdkafka::TopicPartitionList, KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match consumer.committed_offsets(tpl.clone(), left) {
+            Err(e) if coordinator_settling(&e) && !left.is_zero() => {
+                tracing::debug!(error = %e, "kafka: group coordinator settling, asking again");
+                std::thread::sleep(COORDINATOR_RETRY.min(left));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Pause between asks while the group coordinator settles.
+const COORDINATOR_RETRY: Duration = Duration::from_millis(200);
+
 /// Committed offsets of `group` (if given) and the watermarks of every partition
 /// of `topic`. Blocking: call it from `spawn_blocking` in async code.
 pub fn group_positions(
@@ -597,7 +655,7 @@ pub fn group_positions(
         }
     }
     let committed = match group {
-        Some(_) => Some(consumer.committed_offsets(tpl.clone(), timeout)?),
+        Some(_) => Some(committed_offsets_settled(&consumer, &tpl, timeout)?),
         None => None,
     };
     let mut positions = Vec::new();
