@@ -175,7 +175,8 @@ impl Keys {
         format!("{}:c:{{{}}}:{what}", self.prefix, id.as_str())
     }
 
-    /// Stream of a client's stored messages not yet confirmed in Kafka; entry id `<sn>-0`.
+    /// Stream of a client's stored messages not yet confirmed in Kafka; one entry
+    /// per stashed batch, id `<last sn>-0` (`crate::schema::stash_entry`).
     pub fn client_stash(&self, id: &ClientId) -> String {
         self.client(id, "stash")
     }

@@ -22,10 +22,14 @@ pub mod meta {
     pub const ALL: [&str; 4] = [OWNER, EPOCH, SN, FLUSHED];
 }
 
-/// Fields of an entry of the stream `tally:c:{id}:stash` (entry id `<sn>-0`).
+/// Fields of an entry of the stream `tally:c:{id}:stash`: one entry per stashed
+/// batch, its id `<last sn>-0` (see [`crate::stash::StashStore::read`]).
 pub mod stash_entry {
-    /// The message text.
+    /// The batch's message texts in sn order, joined by [`SEPARATOR`].
     pub const MESSAGE: &str = "m";
+    /// Between two messages of [`MESSAGE`]; a message never holds one (the
+    /// protocol ends a line there).
+    pub const SEPARATOR: char = '\n';
     /// When it was stored, ms since the Unix epoch.
     pub const TIMESTAMP: &str = "t";
 }
@@ -256,7 +260,7 @@ mod tests {
             (
                 "stash_append",
                 STASH_APPEND,
-                expect(&[refusal::FENCED, refusal::SN_MISMATCH]),
+                expect(&[refusal::FENCED, refusal::SN_MISMATCH, refusal::BAD_ARGUMENT]),
             ),
             ("stash_claim", STASH_CLAIM, expect(&[refusal::BAD_ARGUMENT])),
             (

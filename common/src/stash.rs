@@ -325,8 +325,10 @@ impl StashStore {
         Ok(Adoption::OwnedElsewhere { owner })
     }
 
-    /// Appends a batch, numbering it from `last_sn + 1`; returns the first sn.
-    /// Fails with [`RedisOpError::Fenced`] when another claim came since.
+    /// Appends a batch as one stash entry, numbering it from `last_sn + 1`;
+    /// returns the first sn. Fails with [`RedisOpError::Fenced`] when another
+    /// claim came since, and refuses (writing nothing) a message that holds the
+    /// entry's separator, which the protocol never delivers.
     pub async fn append(
         &self,
         client: &ClientId,
@@ -336,16 +338,16 @@ impl StashStore {
         ts: i64,
         messages: &[impl AsRef<str>],
     ) -> Result<u64, RedisOpError> {
+        let joined = join_entry(messages)?;
         let mut call = ScriptCall::new();
         call.key(self.keys.client_meta(client))
             .key(self.keys.client_stash(client))
             .arg(instance)
             .arg(epoch)
             .arg(last_sn)
-            .arg(ts);
-        for m in messages {
-            call.arg(m.as_ref());
-        }
+            .arg(ts)
+            .arg(messages.len())
+            .arg(joined);
         self.writes.invoke(&self.append, call).await
     }
 
@@ -389,6 +391,12 @@ impl StashStore {
     }
 
     /// Reads up to `count` stored messages after `after_sn`, in sn order.
+    ///
+    /// An entry holds one batch and its id is the batch's last sn, so the entries
+    /// after `after_sn` are those with a larger id; the first may begin at or
+    /// before `after_sn` (a batch flushed in part), and its earlier messages are
+    /// skipped. At most `count` entries are read: the unflushed rest of a stash,
+    /// which the producer's backlog limits bound.
     pub async fn read(
         &self,
         client: &ClientId,
@@ -405,25 +413,27 @@ impl StashStore {
                 count,
             )
             .await?;
-        reply
-            .ids
-            .into_iter()
-            .map(|entry| {
-                let sn = entry
-                    .id
-                    .split_once('-')
-                    .and_then(|(sn, _)| sn.parse().ok())
-                    .ok_or_else(|| RedisOpError::Result(format!("stash entry id {}", entry.id)))?;
-                let msg: String = entry.get(stash_entry::MESSAGE).ok_or_else(|| {
-                    RedisOpError::Result(format!(
-                        "stash entry {sn} has no {}",
-                        stash_entry::MESSAGE
-                    ))
-                })?;
-                let ts: i64 = entry.get(stash_entry::TIMESTAMP).unwrap_or_default();
-                Ok(StashedMessage { sn, msg, ts })
-            })
-            .collect()
+        let mut messages = Vec::new();
+        for entry in reply.ids {
+            let last = entry
+                .id
+                .split_once('-')
+                .and_then(|(sn, _)| sn.parse().ok())
+                .ok_or_else(|| RedisOpError::Result(format!("stash entry id {}", entry.id)))?;
+            let joined: String = entry.get(stash_entry::MESSAGE).ok_or_else(|| {
+                RedisOpError::Result(format!(
+                    "stash entry {last} has no {}",
+                    stash_entry::MESSAGE
+                ))
+            })?;
+            let ts: i64 = entry.get(stash_entry::TIMESTAMP).unwrap_or_default();
+            messages.extend(split_entry(last, &joined, ts)?.filter(|m| m.sn > after_sn));
+            if messages.len() >= count {
+                messages.truncate(count);
+                break;
+            }
+        }
+        Ok(messages)
     }
 
     /// The stash's meta fields (all zero / empty for an unknown client).
@@ -496,9 +506,88 @@ impl StashStore {
     }
 }
 
+/// A batch's messages as one stash entry's text; refuses a message that holds
+/// the separator (it would split into two on the way back).
+fn join_entry(messages: &[impl AsRef<str>]) -> Result<String, RedisOpError> {
+    let bytes: usize = messages.iter().map(|m| m.as_ref().len() + 1).sum();
+    let mut joined = String::with_capacity(bytes);
+    for (i, m) in messages.iter().enumerate() {
+        let m = m.as_ref();
+        if m.contains(stash_entry::SEPARATOR) {
+            return Err(RedisOpError::Refused {
+                code: crate::schema::refusal::BAD_ARGUMENT.to_owned(),
+                detail: format!("message {} of the batch holds a line break", i + 1),
+            });
+        }
+        if i > 0 {
+            joined.push(stash_entry::SEPARATOR);
+        }
+        joined.push_str(m);
+    }
+    Ok(joined)
+}
+
+/// The messages of the stash entry whose id is `last` (its last sn), numbered
+/// back from it. An entry of one message is also what stashes held before
+/// entries held batches (`<sn>-0`, one text), so those read the same.
+fn split_entry(
+    last: u64,
+    joined: &str,
+    ts: i64,
+) -> Result<impl Iterator<Item = StashedMessage> + '_, RedisOpError> {
+    let count = joined.split(stash_entry::SEPARATOR).count() as u64;
+    if count > last {
+        return Err(RedisOpError::Result(format!(
+            "stash entry {last} holds {count} messages, more than sns up to it"
+        )));
+    }
+    let first = last + 1 - count;
+    Ok((first..)
+        .zip(joined.split(stash_entry::SEPARATOR))
+        .map(move |(sn, msg)| StashedMessage {
+            sn,
+            msg: msg.to_owned(),
+            ts,
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_entry_splits_back_into_its_messages_numbered_up_to_its_id() {
+        let joined = join_entry(&["a", "", "c d"]).expect("join");
+        assert_eq!(joined, "a\n\nc d");
+        let back: Vec<_> = split_entry(7, &joined, 9).expect("split").collect();
+        let sns: Vec<u64> = back.iter().map(|m| m.sn).collect();
+        let texts: Vec<&str> = back.iter().map(|m| m.msg.as_str()).collect();
+        assert_eq!(sns, [5, 6, 7]);
+        assert_eq!(texts, ["a", "", "c d"]);
+        assert!(back.iter().all(|m| m.ts == 9));
+    }
+
+    #[test]
+    fn an_entry_of_one_message_reads_as_before_batches() {
+        let back: Vec<_> = split_entry(42, "hello", 1).expect("split").collect();
+        assert_eq!(
+            back,
+            [StashedMessage {
+                sn: 42,
+                msg: "hello".into(),
+                ts: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn a_message_with_a_line_break_is_refused_and_an_impossible_entry_is_an_error() {
+        assert!(matches!(
+            join_entry(&["ok", "two\nlines"]),
+            Err(RedisOpError::Refused { code, .. }) if code == crate::schema::refusal::BAD_ARGUMENT
+        ));
+        assert!(split_entry(1, "a\nb", 0).is_err());
+    }
 
     fn bulk(text: &str) -> redis::Value {
         redis::Value::BulkString(text.as_bytes().to_vec())
