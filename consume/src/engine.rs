@@ -1,5 +1,6 @@
-//! The batch loop: collect → process → commit, or rewind / rejoin; one batch at a
-//! time. The invariants it keeps are stated in the crate doc (`lib.rs`).
+//! The batch loop: collect, then commit the batch applied last time while the new
+//! one is applied; or rewind / rejoin. The invariants it keeps are stated in the
+//! crate doc (`lib.rs`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -68,7 +69,9 @@ pub struct Processed<S> {
     /// Records to write with the commit, in order.
     pub out: Vec<OutRecord>,
     /// Per partition, the offset to commit (the next record to read). Every
-    /// partition of the batch must be present and advance by at least one record.
+    /// partition of the batch must be present. One may stay where it was (all its
+    /// records carried) for a batch, not for ever: the engine repeats what it is
+    /// handed.
     pub offsets: BTreeMap<i32, i64>,
     /// Records at or after a partition's committed offset, to process again at the
     /// start of the next batch (in offset order). Dropped on a rewind or rejoin.
@@ -125,6 +128,55 @@ enum Failed {
     Unsure(Unsure),
     /// The commit failed; the sink was recovered.
     Commit(CommitError),
+}
+
+/// A batch whose effects are applied and replicated, waiting for its commit.
+struct Applied<S> {
+    out: Vec<OutRecord>,
+    offsets: BTreeMap<i32, i64>,
+    summary: S,
+    /// Records the batch held.
+    records: usize,
+    /// Records it carried over into the next batch.
+    carried: usize,
+    process_ms: u64,
+}
+
+/// Applies `batch` through `processor`; returns it ready to commit, and the
+/// records it carries over into the next batch.
+async fn apply<P: Processor>(
+    processor: &mut P,
+    batch: Vec<Polled>,
+    guard: Membership,
+    after_apply: &str,
+    stop: &CancellationToken,
+) -> Result<(Applied<P::Summary>, Vec<Polled>), Failed> {
+    guard.check().map_err(Failed::Unsure)?;
+    let records = batch.len();
+    let started = Instant::now();
+    let span = info_span!("batch", records);
+    let processed = tokio::select! {
+        processed = processor.process(batch, guard).instrument(span) => {
+            processed.map_err(Failed::Unsure)?
+        }
+        () = stop.cancelled() => return Err(Failed::Shutdown),
+    };
+    failpoint::hit(after_apply);
+    let Processed {
+        out,
+        offsets,
+        carry,
+        summary,
+    } = processed;
+    let applied = Applied {
+        out,
+        offsets,
+        summary,
+        records,
+        carried: carry.len(),
+        process_ms: started.elapsed().as_millis() as u64,
+    };
+    Ok((applied, carry))
 }
 
 /// Names of the failpoints the engine passes, per service.
@@ -253,43 +305,65 @@ impl Engine {
         processor: &mut P,
         stop: &CancellationToken,
     ) -> Result<(), ConsumeError> {
-        let (max_records, max_wait) = (self.config.max_records, self.config.max_wait);
+        // The batch applied in the last cycle, committed in the next one.
+        let mut pending: Option<Applied<P::Summary>> = None;
         loop {
             let mut batch = std::mem::take(&mut self.carry);
             let mut revoked = Vec::new();
+            // With a batch waiting for its commit, take only what is already
+            // fetched: the commit must not wait for the next batch to fill.
+            let (max_wait, idle_wait) = if pending.is_some() {
+                (Duration::ZERO, Duration::ZERO)
+            } else {
+                (self.config.max_wait, IDLE_WAIT)
+            };
             let collected = group::collect(
                 &self.consumer,
                 &mut batch,
                 &mut revoked,
-                max_records,
+                self.config.max_records,
                 max_wait,
-                IDLE_WAIT,
+                idle_wait,
                 stop,
             )
             .await?;
             if !revoked.is_empty() {
                 processor.revoked(&revoked);
+                if let Some(dropped) = pending.take() {
+                    // Its offsets may name a revoked partition, whose next owner
+                    // must start at the committed offset: drop it (its effects are
+                    // safe to apply again) and read everything after the commit.
+                    info!(
+                        records = dropped.records,
+                        ?revoked,
+                        "partitions revoked while a batch was applied but not committed: \
+                         dropping it and rewinding"
+                    );
+                    self.rewind(stop).await;
+                    continue;
+                }
             }
             processor.tick();
-            match collected {
+            let batch = match collected {
                 Collected::Shutdown => {
                     info!(
                         dropped = batch.len(),
                         "shutdown: the batch in hand was not applied yet; dropping it"
                     );
+                    self.finish(processor, pending).await;
                     return Ok(());
                 }
-                Collected::Idle => continue,
-                Collected::Ready if batch.is_empty() => continue,
-                Collected::Ready => {}
+                Collected::Idle | Collected::Ready => batch,
+            };
+            if batch.is_empty() && pending.is_none() {
+                continue;
             }
-            let span = info_span!("batch", records = batch.len());
             let started = Instant::now();
-            let outcome = self.batch(processor, batch, stop).instrument(span).await;
+            let cycle = self.cycle(processor, pending.take(), batch, stop).await;
             metrics::histogram!(self.config.metrics.batch_seconds)
                 .record(started.elapsed().as_secs_f64());
-            match outcome {
-                Ok(()) => {}
+            match cycle {
+                Ok(applied) => pending = applied,
                 Err(Failed::Shutdown) => {
                     info!("shutdown while applying: the batch stays uncommitted and is replayed");
                     return Ok(());
@@ -312,41 +386,73 @@ impl Engine {
                 }
             }
             if stop.is_cancelled() {
+                self.finish(processor, pending).await;
                 info!("shutdown: last batch finished");
                 return Ok(());
             }
         }
     }
 
-    /// Processes and commits one batch.
-    async fn batch<P: Processor>(
+    /// One cycle of the pipeline: commits `pending` (the batch applied in the
+    /// last cycle) while `batch` is applied; returns the newly applied batch, to be
+    /// committed in the next cycle. A failed commit drops the new batch too (the
+    /// caller rewinds past both); a failed guard fails the cycle once the pending
+    /// commit is settled.
+    async fn cycle<P: Processor>(
         &mut self,
         processor: &mut P,
-        records: Vec<Polled>,
+        pending: Option<Applied<P::Summary>>,
+        batch: Vec<Polled>,
         stop: &CancellationToken,
-    ) -> Result<(), Failed> {
+    ) -> Result<Option<Applied<P::Summary>>, Failed> {
         let guard = Membership::new(
             self.stall.clone(),
             self.valid_since,
             Instant::now(),
             self.poll_deadline,
         );
-        guard.check().map_err(Failed::Unsure)?;
-        let records_in = records.len();
-        let process_started = Instant::now();
-        let processed = tokio::select! {
-            processed = processor.process(records, guard) => processed.map_err(Failed::Unsure)?,
-            () = stop.cancelled() => return Err(Failed::Shutdown),
+        let after_apply = self.failpoints.after_apply.clone();
+        let commit = async {
+            match pending {
+                Some(applied) => Some(self.commit(applied, stop).await),
+                None => None,
+            }
         };
-        failpoint::hit(&self.failpoints.after_apply);
-        let process_ms = process_started.elapsed().as_millis() as u64;
+        let process = async {
+            if batch.is_empty() {
+                return None;
+            }
+            Some(apply(&mut *processor, batch, guard, &after_apply, stop).await)
+        };
+        let (committed, applied) = tokio::join!(commit, process);
+        if let Some(committed) = committed {
+            let (summary, report) = committed?;
+            processor.committed(summary, &report);
+        }
+        match applied {
+            None => Ok(None),
+            Some(applied) => {
+                let (applied, carry) = applied?;
+                self.carry = carry;
+                Ok(Some(applied))
+            }
+        }
+    }
 
-        let Processed {
+    /// Commits the batch `applied`; after a failure the sink is recovered.
+    async fn commit<S>(
+        &mut self,
+        applied: Applied<S>,
+        stop: &CancellationToken,
+    ) -> Result<(S, BatchReport), Failed> {
+        let Applied {
             out,
             offsets,
-            carry,
             summary,
-        } = processed;
+            records,
+            carried,
+            process_ms,
+        } = applied;
         let commit_started = Instant::now();
         let result = match self.offsets(&offsets) {
             Ok(tpl) => {
@@ -362,24 +468,42 @@ impl Engine {
         };
         match result {
             Ok(()) => {
-                self.carry = carry;
                 self.valid_since = Instant::now();
                 failpoint::hit(&self.failpoints.after_commit);
                 metrics::counter!(self.config.metrics.commits).increment(1);
                 let report = BatchReport {
-                    records: records_in,
-                    carried: self.carry.len(),
+                    records,
+                    carried,
                     process_ms,
                     commit_ms: commit_started.elapsed().as_millis() as u64,
                 };
-                processor.committed(summary, &report);
-                Ok(())
+                Ok((summary, report))
             }
             Err(CommitError::Shutdown) => Err(Failed::Shutdown),
             Err(e) => {
                 self.sink.recover(&e, stop).await;
                 Err(Failed::Commit(e))
             }
+        }
+    }
+
+    /// At shutdown: commits the batch applied in the last cycle, if any (its
+    /// effects are replicated; committing it spares its replay).
+    async fn finish<P: Processor>(
+        &mut self,
+        processor: &mut P,
+        pending: Option<Applied<P::Summary>>,
+    ) {
+        let Some(applied) = pending else {
+            return;
+        };
+        // The shutdown token is cancelled; a fresh one lets the commit run.
+        match self.commit(applied, &CancellationToken::new()).await {
+            Ok((summary, report)) => processor.committed(summary, &report),
+            Err(Failed::Commit(e)) => {
+                warn!("shutdown: the last applied batch did not commit ({e}); it is replayed")
+            }
+            Err(_) => {}
         }
     }
 

@@ -222,7 +222,11 @@ pub async fn collect(
             Some(d) => d,
             None => idle_deadline,
         };
+        // Biased: a record already fetched is taken before a deadline that has
+        // passed, so a zero wait still takes everything fetched so far.
         let received = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(Collected::Shutdown),
             received = consumer.recv() => received.map(|m| Polled {
                 partition: m.partition(),
                 offset: m.offset(),
@@ -237,7 +241,6 @@ pub async fn collect(
                     None => Collected::Ready,
                 });
             }
-            () = stop.cancelled() => return Ok(Collected::Shutdown),
         };
         // The poll that returned just now may have run a revocation *and* a
         // re-assignment of the same partitions (a lost session rejoining): the

@@ -6,18 +6,28 @@
 //!
 //! Invariants (numbers as in `docs/architecture.md`):
 //!
-//! - **One batch in flight; nothing open while polling.** A batch is collected
-//!   ([`group::collect`]), processed, then committed or abandoned before the
-//!   consumer is polled again. Rebalance callbacks only run inside a poll, so a
-//!   revocation always finds the previous batch committed (or aborted) and only
-//!   drops records collected for the revoked partitions, which were neither
-//!   applied nor committed: "commit on a clean revoke, abort on a lost one" holds
-//!   trivially. On assignment, consumption starts at the committed offsets.
+//! - **Overlapped cycles; no transaction open while polling.** Each cycle commits
+//!   the batch applied in the previous cycle while it applies the next one
+//!   (Kafka's round trips overlap Redis's), then polls for the next batch. Polls
+//!   only run between cycles, so no transaction is ever open during a rebalance
+//!   callback; the one batch in hand then is applied but not committed. A
+//!   revocation in that poll drops it and rewinds every assigned partition to its
+//!   committed offset: its offsets may name a revoked partition, whose next owner
+//!   starts at the committed offset, and its effects are safe to apply again.
+//!   While a batch waits for its commit, a collection takes only the records
+//!   already fetched, so a commit never waits for the next batch to fill. On
+//!   assignment, consumption starts at the committed offsets.
+//! - **Effects one batch ahead of commits.** When a batch is applied, the previous
+//!   one may still fail to commit and be replayed. A processor whose replay
+//!   depends on what was applied before it must not let a batch's effects change
+//!   how the previous batch's records would be classified on replay: the counter
+//!   holds back, for one batch, a client the previous batch left in a gap.
 //! - **Offsets after effects (5).** A processor returns only once its batch's
 //!   Redis effects are replicated; the engine then commits the batch's offsets
 //!   together with (transactional sink) or after (plain sink) its output records.
-//!   A crash anywhere before the commit replays the batch, so every effect must be
-//!   safe to apply twice (the Lua scripts are sn-guarded).
+//!   Commits run one at a time, in batch order. A crash anywhere before the commit
+//!   replays the batch, so every effect must be safe to apply twice (the Lua
+//!   scripts are sn-guarded).
 //! - **Partial commits and carry.** A processor may commit a partition only up to
 //!   some record and hand the rest back ([`Processed::carry`]); they are processed
 //!   again first in the next batch, and forgotten on a rewind or rejoin (the
@@ -26,21 +36,16 @@
 //! - **Failure → known state.** A failed commit recovers the sink (abort, or a new
 //!   transactional producer that fences the old one: invariant 7) and rewinds every
 //!   assigned partition to its committed offset; the records after it are read
-//!   again. Nothing of an uncommitted batch is ever assumed to have happened.
+//!   again, those of the batch applied alongside included (it is dropped). Nothing
+//!   of an uncommitted batch is ever assumed to have happened.
 //! - **Zombie guard.** Before a batch and before every Redis write (the processor
 //!   calls [`Membership::check`]) the member confirms it did not stand still since
 //!   its view of the group was last confirmed and polled recently; otherwise the
 //!   batch is dropped and the member rejoins ([`zombie`]).
-//! - **Shutdown.** A batch not yet committed when shutdown is requested is
-//!   dropped uncommitted (replayed by the next owner); one whose commit had begun
-//!   finishes. Then the member leaves its group.
-//!
-//! Where overlapping the transaction cycle (the performance issue) goes: it is the
-//! engine's to build, behind the same [`Processor`] contract. A pipelined engine
-//! must keep, per partition, commits in offset order, and must not let a batch's
-//! Redis effects run ahead of a commit that could still abort across a filled gap
-//! (the counter's canonical-replay rule), which is why today's engine keeps one
-//! batch in flight.
+//! - **Shutdown.** A batch not yet applied when shutdown is requested is dropped
+//!   uncommitted (replayed by the next owner); one whose commit had begun
+//!   finishes, and one applied but not committed yet is committed before the
+//!   member leaves its group.
 
 use std::time::Duration;
 

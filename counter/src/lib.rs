@@ -26,6 +26,16 @@
 //! was aborted, and each client's sns reach the aggregator in sn order, which its
 //! high-water mark relies on.
 //!
+//! **Overlapped batches.** The engine applies a batch while the previous one
+//! commits, so that commit may still abort after this batch's effects are in
+//! Redis, and the replay then starts before both. A client with a gap record in
+//! the previous batch is therefore not applied in this one: its records stay
+//! unprocessed, its partition commits only up to the first of them and carries
+//! the rest, and the batch after (by when the gap's batch committed, or its abort
+//! rewound both) applies them. Without it, a fill applied while the gap's batch
+//! commits turns that gap record into an applied one on the replay, forwarded
+//! before the fill: the same out-of-order forward the rule above prevents.
+//!
 //! **Kafka.** Batching, rebalances, the transaction (`Sink::Transactional`:
 //! exactly-once output and offsets, EOS v2), rewinds and the zombie guard are the
 //! consume engine's (`tally_consume`); this crate is the [`Processor`] that says
@@ -33,7 +43,7 @@
 //! partitions must not apply a count, so [`Membership::check`] runs before every
 //! count script.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -156,6 +166,7 @@ pub async fn run_with_readiness(
     let mut counter = Counter {
         gaps: gaps::GapTracker::new(Duration::from_millis(settings.counter.stall_after_ms)),
         apply_concurrency: settings.counter.apply_concurrency,
+        gapped: HashSet::new(),
         store,
         topics,
     };
@@ -169,6 +180,9 @@ struct Counter {
     topics: Topics,
     gaps: gaps::GapTracker,
     apply_concurrency: usize,
+    /// Clients with a gap record in the last applied batch; their records in the
+    /// next batch are not applied (see [`Processor::process`] below).
+    gapped: HashSet<ClientId>,
 }
 
 /// A client's record indexes in the batch and the outcomes of those processed.
@@ -230,10 +244,20 @@ impl Processor for Counter {
             }
         }
 
+        // A client left in a gap by the previous batch waits one batch: that batch
+        // may still be committing (the engine overlaps the two), and a record here
+        // could fill its gap (see "Canonical replays"). Its records stay
+        // Unprocessed, so its partition commits only up to the first of them.
+        let deferred = std::mem::take(&mut self.gapped);
+        by_client.retain(|id, _| !deferred.contains(id));
+
         // Apply per client, concurrently; all or nothing for this batch.
         let clients = by_client.len();
         for (id, partition, indexes, outcomes) in self.apply(by_client, &guard).await? {
             self.gaps.observe(&id, partition, &outcomes);
+            if outcomes.contains(&Outcome::Gap) {
+                self.gapped.insert(id.clone());
+            }
             for (i, outcome) in indexes.into_iter().zip(outcomes) {
                 if let Some(message) = messages[i].take() {
                     statuses[i] = Status::Counted(message, outcome);

@@ -10,8 +10,10 @@
 //!   `message_aggregation`) or dead-lettered (invalid ones, to the DLQ), in offset
 //!   order; a gap record is committed without a trace.
 //! - Every partition of a non-empty batch advances by at least one record (a
-//!   script always processes a client's first record), so the counter never
-//!   livelocks on a partition.
+//!   script always processes a client's first record), unless its first record
+//!   belongs to a client held back for this batch (see the crate doc); the next
+//!   batch does not hold that client back, so the counter never livelocks on a
+//!   partition.
 
 use std::collections::BTreeMap;
 

@@ -5,13 +5,15 @@
 //! Also the replay that a naive counter gets wrong: a client's gap and its fill are
 //! applied, the process dies before the commit, and the restarted counter replays
 //! with different batch boundaries. A message the client sent at both the gap sn
-//! and the sn before it must still count twice.
+//! and the sn before it must still count twice. And its pipelined form: the fill
+//! arrives in the batch applied while the gap's batch commits, and that commit
+//! dies.
 
 use std::time::Duration;
 
 use tally_tests::pipeline::{
-    assert_counts, isolated, messy_stream, produce, start_aggregator, start_counter, wait_done,
-    Expected, RawRecord,
+    actual, assert_counts, isolated, messy_stream, produce, start_aggregator, start_counter,
+    wait_done, Expected, RawRecord,
 };
 use tally_tests::ServiceProcess;
 
@@ -137,6 +139,48 @@ async fn replay_across_a_filled_gap_keeps_repeated_texts() {
     // The replay cuts the stream differently: [1 2 3 5] then [4 5].
     let small = [("TALLY__COUNTER__BATCH_MAX_RECORDS", "4".to_owned())];
     let counter = start_counter(&settings, "gap-replay", &small);
+    let aggregator = start_aggregator(&settings, &[]);
+    wait_done(&settings, Duration::from_secs(60), &[&counter, &aggregator]);
+    assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_in_the_batch_applied_during_the_gaps_commit_waits_for_that_commit() {
+    let settings = isolated("it-fp-gap-overlap", 1).await;
+    let client = format!("{}-o", settings.redis.prefix);
+    let same = format!("{} same line", settings.redis.prefix);
+    let text = |sn: u64| match sn {
+        4 | 5 => same.clone(),
+        _ => format!("{client} line {sn}"),
+    };
+    let stream: Vec<RawRecord> = [1, 2, 3, 5, 4, 5]
+        .into_iter()
+        .map(|sn| RawRecord::message(&client, sn, &text(sn)))
+        .collect();
+    let expected = Expected::of(&stream);
+    assert_eq!(expected.messages[&same], 2);
+    produce(&settings, &stream).await;
+
+    // Batches [1 2 3 5] and [4 5]: the second is applied while the first commits,
+    // and the process dies just before that first commit. Had [4 5] been applied
+    // then, the replay would see 5 as applied before 4 and 5 were forwarded again,
+    // and the aggregator's high-water mark would drop the second "same line".
+    let batches = [("TALLY__COUNTER__BATCH_MAX_RECORDS", "4".to_owned())];
+    let mut armed = batches.to_vec();
+    armed.push(("TALLY_FAILPOINT", "counter.before_commit".to_owned()));
+    let mut first = start_counter(&settings, "gap-overlap", &armed);
+    expect_abort(&mut first, "counter.before_commit");
+    // The first batch's 1 2 3 are applied; the fill 4 is not, though its batch
+    // was fetched and processed while the first one committed.
+    let after_crash = actual(&settings, &expected).await;
+    assert_eq!(
+        after_crash.clients[&client],
+        (3, 3),
+        "(count, last_sn) after the crash\n{}",
+        first.log_tail()
+    );
+
+    let counter = start_counter(&settings, "gap-overlap", &batches);
     let aggregator = start_aggregator(&settings, &[]);
     wait_done(&settings, Duration::from_secs(60), &[&counter, &aggregator]);
     assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
