@@ -7,7 +7,7 @@
 //! client `mtc-<run>-<i>`'s message k is sn k, salted with
 //! [`tally_client::manifest::salted_line`] in an all-distinct run), encoded by
 //! [`ClientMessage`]'s own encoder; so the manifest is the whole expectation and
-//! `tally verify`'s check ([`crate::e2e::wait_exact`]) judges the point. The
+//! `tally verify`'s check ([`crate::e2e::verdict`]) judges the point. The
 //! counter needs nothing in Redis for a fresh client (its last_sn reads as 0),
 //! so the records are all that is written. The pre-load is off the clock.
 
@@ -23,7 +23,7 @@ use tally_common::records::ClientMessage;
 use tally_common::Settings;
 use tally_harness::create_topics;
 
-use crate::e2e::{isolated_settings, spawn_services, wait_exact, watched, Shape};
+use crate::e2e::{isolated_settings, spawn_services, verdict, wait_counted, watched, Shape};
 use crate::procstat::{Sampler, Watched};
 use crate::raw_kafka::produce_records;
 use crate::results::ConsumeOnly;
@@ -146,8 +146,9 @@ pub async fn consume_only(
     let mut services = spawn_services(&settings, load.name, config, &work_dir, load.shape, None)?;
     watch.extend(watched(&services));
     let sampler = Sampler::start(watch);
-    let (exact, mismatches, counted_s) = wait_exact(&inspector, &manifest, started).await?;
+    let counted_s = wait_counted(&inspector, &manifest, started).await?;
     let cost = sampler.finish(total).await;
+    let (exact, mismatches) = verdict(&inspector, &manifest).await?;
     for s in &mut services {
         s.running()?;
     }

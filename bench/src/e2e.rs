@@ -2,14 +2,15 @@
 //! to `tally-bench`), fed by `tally mtc`'s own sessions at full speed (or at a set
 //! rate), replaying the lines as they are or, for the all-distinct workload,
 //! salted as `tally mtc --distinct` salts them, each point waited for until
-//! `tally verify`'s check is exact ([`wait_exact`], also the consume-only and
-//! many-clients points' judge).
+//! `tally verify`'s check is exact ([`wait_counted`], then [`verdict`]; also the
+//! consume-only and many-clients points' judge).
 //!
 //! Per point it measures ingest (first line sent → last ACK), end to end (first
 //! line sent → every client and message count exact), ACK latency of every
 //! message, and ACK → counted latency of probe messages sent alongside the load
 //! (one every [`PROBE_EVERY`], each polled until the aggregator counted it), plus
-//! every process's CPU and peak RSS ([`crate::procstat`]), and the `ERR
+//! every process's CPU and peak RSS ([`crate::procstat`], read once the counts
+//! are reached, before the verdict reads every count again), and the `ERR
 //! unavailable` answers and reconnects the clients met. A point whose counts do
 //! not come out exact fails the benchmark. A window of the sustained-rate search
 //! ([`Pipeline::window`]) also reads the counting lag early and at its end.
@@ -49,6 +50,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 const SETTLE: Duration = Duration::from_secs(60);
 /// How often the counts are read while waiting for them.
 const POLL: Duration = Duration::from_millis(20);
+/// About how many of the messages short of their count are read per poll while
+/// there are many more (the rest once all of these are reached).
+const MESSAGE_SAMPLE: usize = 2048;
 /// Un-ACKed lines per client: `tally mtc`'s default.
 const WINDOW: usize = 1000;
 
@@ -408,9 +412,9 @@ impl Pipeline {
             )));
         }
         let reconnects = outcome.manifest.result.as_ref().map_or(0, |r| r.reconnects);
-        let (exact, mismatches, counted_s) =
-            wait_exact(&self.inspector, &outcome.manifest, started).await?;
+        let counted_s = wait_counted(&self.inspector, &outcome.manifest, started).await?;
         let cost = sampler.finish(expected).await;
+        let (exact, mismatches) = verdict(&self.inspector, &outcome.manifest).await?;
         let (e2e, probe_unavailable) = probe.finish(PROBE_COUNT_GRACE).await;
         for s in &mut self.services {
             s.running()?;
@@ -444,6 +448,25 @@ impl Pipeline {
     }
 }
 
+/// Whether each `step`-th of `pending` (from the first) reached its expected count.
+async fn messages_done(
+    inspector: &Inspector,
+    pending: &[(MessageHash, u64)],
+    step: usize,
+) -> Result<Vec<bool>, BenchError> {
+    let picked: Vec<&(MessageHash, u64)> = pending.iter().step_by(step).collect();
+    let hashes: Vec<MessageHash> = picked.iter().map(|(h, _)| *h).collect();
+    let found = inspector
+        .message_counts(&hashes)
+        .await
+        .map_err(|e| BenchError::Check(format!("read counts: {e}")))?;
+    Ok(picked
+        .iter()
+        .zip(found)
+        .map(|((_, want), found)| found >= *want)
+        .collect())
+}
+
 /// The Redis keys of the manifest's clients' counts.
 fn client_count_keys(inspector: &Inspector, manifest: &Manifest) -> Vec<String> {
     manifest
@@ -454,19 +477,19 @@ fn client_count_keys(inspector: &Inspector, manifest: &Manifest) -> Vec<String> 
         .collect()
 }
 
-/// Waits until the manifest's counts are exact, and judges them with `tally
-/// verify`'s check. Cheap readings first: the clients' counts until they add up,
+/// Waits until the manifest's counts are reached (they are judged by
+/// [`verdict`]). Cheap readings first: the clients' counts until they add up,
 /// then only the messages not yet at their expected count (counts only grow, so
 /// one that reached it is not read again; an all-distinct run has as many
-/// messages as records); then one full [`verify::check`], which is the verdict.
-/// Returns (exact, first mismatches, seconds from `started` until the counts
-/// were all reached). Gives up after [`DRAIN_TIMEOUT`], or when nothing moved
-/// for [`SETTLE`].
-pub async fn wait_exact(
+/// messages as records), a sample of about [`MESSAGE_SAMPLE`] of them per poll
+/// until the sample is complete, then all those left. Returns the seconds from
+/// `started` until the counts were all reached. Gives up after
+/// [`DRAIN_TIMEOUT`], or when nothing moved for [`SETTLE`].
+pub async fn wait_counted(
     inspector: &Inspector,
     manifest: &Manifest,
     started: Instant,
-) -> Result<(bool, Vec<String>, f64), BenchError> {
+) -> Result<f64, BenchError> {
     let read = |keys: Vec<String>| async move {
         inspector
             .numbers(&keys)
@@ -497,13 +520,22 @@ pub async fn wait_exact(
         .collect();
     let mut last = (pending.len(), Instant::now());
     while !pending.is_empty() && Instant::now() < deadline && last.1.elapsed() < SETTLE {
-        let hashes: Vec<MessageHash> = pending.iter().map(|(h, _)| *h).collect();
-        let found = inspector
-            .message_counts(&hashes)
-            .await
-            .map_err(|e| BenchError::Check(format!("read counts: {e}")))?;
-        let mut found = found.into_iter();
-        pending.retain(|(_, want)| found.next().is_some_and(|f| f < *want));
+        // A sample while it still finds messages short of their count, then all
+        // those left: reading every message each poll made the check itself a
+        // load on Redis as large as the aggregator's (an all-distinct run has as
+        // many messages as records).
+        let mut step = (pending.len() / MESSAGE_SAMPLE).max(1);
+        let mut done = messages_done(inspector, &pending, step).await?;
+        if step > 1 && done.iter().all(|d| *d) {
+            step = 1;
+            done = messages_done(inspector, &pending, step).await?;
+        }
+        let mut index = 0;
+        pending.retain(|_| {
+            let keep = index % step != 0 || !done[index / step];
+            index += 1;
+            keep
+        });
         if pending.len() != last.0 {
             last = (pending.len(), Instant::now());
         }
@@ -511,7 +543,28 @@ pub async fn wait_exact(
             tokio::time::sleep(POLL).await;
         }
     }
-    let counted_s = started.elapsed().as_secs_f64();
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// [`wait_counted`], then [`verdict`]: (exact, first mismatches, seconds until
+/// counted).
+pub async fn wait_exact(
+    inspector: &Inspector,
+    manifest: &Manifest,
+    started: Instant,
+) -> Result<(bool, Vec<String>, f64), BenchError> {
+    let counted_s = wait_counted(inspector, manifest, started).await?;
+    let (exact, mismatches) = verdict(inspector, manifest).await?;
+    Ok((exact, mismatches, counted_s))
+}
+
+/// `tally verify`'s check of the manifest's counts: (exact, first mismatches).
+/// It reads every count once (as many messages as records in an all-distinct
+/// run), so callers take their CPU readings before it.
+pub async fn verdict(
+    inspector: &Inspector,
+    manifest: &Manifest,
+) -> Result<(bool, Vec<String>), BenchError> {
     let verdict = verify::check(inspector, manifest)
         .await
         .map_err(|e| BenchError::Check(format!("verify: {e}")))?;
@@ -526,7 +579,7 @@ pub async fn wait_exact(
             )
         })
         .collect();
-    Ok((verdict.exact(), mismatches, counted_s))
+    Ok((verdict.exact(), mismatches))
 }
 
 /// Probe messages for the ACK → counted latency: one sent every [`PROBE_EVERY`]
