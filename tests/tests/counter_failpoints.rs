@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use tally_common::Settings;
 use tally_tests::pipeline::{
     actual, assert_counts, isolated, messy_stream, produce, start_aggregator, start_counter,
     wait_done, Expected, RawRecord,
@@ -105,16 +106,18 @@ async fn aggregator_crash_before_commit() {
     crash_and_recover("aggregator", "aggregator.before_commit", 3).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_across_a_filled_gap_keeps_repeated_texts() {
-    let settings = isolated("it-fp-gap-replay", 1).await;
-    let client = format!("{}-r", settings.redis.prefix);
+/// One client's stream with a gap and its fill, produced to fresh topics: sn 4
+/// was lost on the first send, 5 arrived, go-back-N resent 4 and 5; 4 and 5 carry
+/// the same text, which must count twice. Returns the settings, the client and
+/// what Redis must hold in the end.
+async fn gap_and_fill(what: &str) -> (Settings, String, Expected) {
+    let settings = isolated(what, 1).await;
+    let client = format!("{}-c", settings.redis.prefix);
     let same = format!("{} same line", settings.redis.prefix);
     let text = |sn: u64| match sn {
         4 | 5 => same.clone(),
         _ => format!("{client} line {sn}"),
     };
-    // sn 4 was lost on the first send; 5 arrived; go-back-N resent 4 and 5.
     let stream: Vec<RawRecord> = [1, 2, 3, 5, 4, 5]
         .into_iter()
         .map(|sn| RawRecord::message(&client, sn, &text(sn)))
@@ -122,6 +125,12 @@ async fn replay_across_a_filled_gap_keeps_repeated_texts() {
     let expected = Expected::of(&stream);
     assert_eq!(expected.messages[&same], 2);
     produce(&settings, &stream).await;
+    (settings, client, expected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_across_a_filled_gap_keeps_repeated_texts() {
+    let (settings, _, expected) = gap_and_fill("it-fp-gap-replay").await;
 
     // First run: one batch holds the whole stream; the process dies right after
     // its Redis apply, before anything is committed.
@@ -146,20 +155,7 @@ async fn replay_across_a_filled_gap_keeps_repeated_texts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_in_the_batch_applied_during_the_gaps_commit_waits_for_that_commit() {
-    let settings = isolated("it-fp-gap-overlap", 1).await;
-    let client = format!("{}-o", settings.redis.prefix);
-    let same = format!("{} same line", settings.redis.prefix);
-    let text = |sn: u64| match sn {
-        4 | 5 => same.clone(),
-        _ => format!("{client} line {sn}"),
-    };
-    let stream: Vec<RawRecord> = [1, 2, 3, 5, 4, 5]
-        .into_iter()
-        .map(|sn| RawRecord::message(&client, sn, &text(sn)))
-        .collect();
-    let expected = Expected::of(&stream);
-    assert_eq!(expected.messages[&same], 2);
-    produce(&settings, &stream).await;
+    let (settings, client, expected) = gap_and_fill("it-fp-gap-overlap").await;
 
     // Batches [1 2 3 5] and [4 5]: the second is applied while the first commits,
     // and the process dies just before that first commit. Had [4 5] been applied
