@@ -350,7 +350,7 @@ impl Engine {
                         dropped = batch.len(),
                         "shutdown: the batch in hand was not applied yet; dropping it"
                     );
-                    self.finish(processor, pending).await;
+                    self.finish(processor, pending, stop).await;
                     return Ok(());
                 }
                 Collected::Idle | Collected::Ready => batch,
@@ -386,7 +386,7 @@ impl Engine {
                 }
             }
             if stop.is_cancelled() {
-                self.finish(processor, pending).await;
+                self.finish(processor, pending, stop).await;
                 info!("shutdown: last batch finished");
                 return Ok(());
             }
@@ -488,17 +488,20 @@ impl Engine {
     }
 
     /// At shutdown: commits the batch applied in the last cycle, if any (its
-    /// effects are replicated; committing it spares its replay).
+    /// effects are replicated; committing it spares its replay). `stop` is
+    /// cancelled already, which keeps the attempt bounded: a transaction's calls
+    /// have their watchdog and a failed one is not retried, and the plain sink
+    /// may give up on its dead letters (the batch is then replayed).
     async fn finish<P: Processor>(
         &mut self,
         processor: &mut P,
         pending: Option<Applied<P::Summary>>,
+        stop: &CancellationToken,
     ) {
         let Some(applied) = pending else {
             return;
         };
-        // The shutdown token is cancelled; a fresh one lets the commit run.
-        match self.commit(applied, &CancellationToken::new()).await {
+        match self.commit(applied, stop).await {
             Ok((summary, report)) => processor.committed(summary, &report),
             Err(Failed::Commit(e)) => {
                 warn!("shutdown: the last applied batch did not commit ({e}); it is replayed")
