@@ -331,7 +331,7 @@ mod tests {
             partition,
             offset,
             key: Some(m.key().as_bytes().to_vec()),
-            payload: Some(m.to_json()),
+            payload: Some(m.encode()),
         }
     }
 

@@ -129,7 +129,7 @@ pub async fn consume_only(
     let manifest = Arc::new(manifest);
     let m = manifest.clone();
     let written = tokio::task::spawn_blocking(move || {
-        let encoded = records(&m, &lines, ts).map(|r| (r.key().to_owned(), r.to_json()));
+        let encoded = records(&m, &lines, ts).map(|r| (r.key().to_owned(), r.encode()));
         produce_records(&kafka_settings, &topic, encoded)
     })
     .await

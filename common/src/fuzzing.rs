@@ -79,7 +79,7 @@ fn key_value(data: &[u8]) -> (Option<&[u8]>, &[u8]) {
 pub fn client_message(data: &[u8]) {
     let (key, value) = key_value(data);
     if let Ok(record) = ClientMessage::parse(key, Some(value)) {
-        let again = ClientMessage::parse(Some(record.key().as_bytes()), Some(&record.to_json()));
+        let again = ClientMessage::parse(Some(record.key().as_bytes()), Some(&record.encode()));
         assert_eq!(
             again.ok(),
             Some(record),
@@ -93,7 +93,7 @@ pub fn message_aggregation(data: &[u8]) {
     let (key, value) = key_value(data);
     if let Ok(record) = MessageAggregation::parse(key, Some(value)) {
         let again =
-            MessageAggregation::parse(Some(record.key().as_bytes()), Some(&record.to_json()));
+            MessageAggregation::parse(Some(record.key().as_bytes()), Some(&record.encode()));
         assert_eq!(
             again.ok(),
             Some(record),
@@ -166,7 +166,7 @@ mod tests {
         };
         let mut data = record.key().as_bytes().to_vec();
         data.push(0xff);
-        data.extend(record.to_json());
+        data.extend(record.encode());
         client_message(&data);
         line_protocol(b"\x03HELLO x\nline one\r\nline two");
     }

@@ -3,9 +3,20 @@
 //!
 //! Invariant: a record that fails [`ClientMessage::parse`] or
 //! [`MessageAggregation::parse`] is never applied to a count; it goes to the
-//! dead-letter topic with [`RecordError::reason`] as its reason header. Unknown JSON
-//! fields are accepted, so a newer producer can add a field without older counters
-//! dead-lettering everything.
+//! dead-letter topic with [`RecordError::reason`] as its reason header.
+//!
+//! Two encodings are read, one is written:
+//! - **Compact, version 1** (written): a version byte [`COMPACT_V1`], then
+//!   LEB128 integers and the text. A value carries only what its key does not:
+//!   `client_message` = `01 · sn · ts (zigzag) · msg` under key = client id;
+//!   `message_aggregation` = `01 · sn · client length · client · msg` under key =
+//!   message hash. The text runs to the end of the value.
+//! - **JSON** (read, for records written before the compact encoding):
+//!   `{client, sn, msg, ts}` and `{client, sn, hash, msg}`. Unknown fields are
+//!   accepted. A JSON value starts with `{`, never with a version byte.
+//!
+//! A version byte this build does not know is dead-lettered as
+//! `unsupported_version`, not guessed at.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,12 +48,21 @@ pub struct MessageAggregation {
     pub msg: String,
 }
 
+/// First byte of a compact, version 1 value.
+pub const COMPACT_V1: u8 = 0x01;
+
 /// Why a record cannot be applied. Each has a stable reason code for the DLQ header.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The value is not JSON of the expected shape.
     #[error("malformed record: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// The value is a compact record cut short or with bytes that do not decode.
+    #[error("malformed compact record: {0}")]
+    MalformedCompact(&'static str),
+    /// The value starts with a version byte this build does not know.
+    #[error("unsupported record version {0:#04x}")]
+    UnsupportedVersion(u8),
     /// The record has no value at all (a tombstone).
     #[error("record has no value")]
     Empty,
@@ -85,7 +105,8 @@ impl RecordError {
     /// Stable reason code, written to the DLQ's [`DLQ_REASON_HEADER`].
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Malformed(_) => "malformed",
+            Self::Malformed(_) | Self::MalformedCompact(_) => "malformed",
+            Self::UnsupportedVersion(_) => "unsupported_version",
             Self::Empty => "empty_value",
             Self::BadClientId { .. } => "bad_client_id",
             Self::KeyMismatch { .. } => "key_mismatch",
@@ -132,6 +153,70 @@ fn check_common(client: &str, sn: u64, msg: &str) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// Appends `v` as LEB128.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 integer from the front of `bytes`, advancing it.
+fn take_varint(bytes: &mut &[u8]) -> Result<u64, RecordError> {
+    let mut v: u64 = 0;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        let part = u64::from(b & 0x7F);
+        if i == 9 && part > 1 {
+            return Err(RecordError::MalformedCompact("integer overflows 64 bits"));
+        }
+        v |= part << (7 * i);
+        if b & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return Ok(v);
+        }
+    }
+    Err(RecordError::MalformedCompact("integer cut short"))
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn text(bytes: &[u8]) -> Result<String, RecordError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| RecordError::MalformedCompact("text is not UTF-8"))
+}
+
+fn key_text(key: Option<&[u8]>) -> Result<&str, RecordError> {
+    let key = key.unwrap_or_default();
+    std::str::from_utf8(key).map_err(|_| RecordError::KeyMismatch {
+        key: String::from_utf8_lossy(key).into_owned(),
+        expected: "a UTF-8 key".into(),
+    })
+}
+
+/// The encoding of a value: compact (past its version byte) or JSON.
+enum Encoded<'a> {
+    Compact(&'a [u8]),
+    Json(&'a [u8]),
+}
+
+fn encoding(value: Option<&[u8]>) -> Result<Encoded<'_>, RecordError> {
+    let value = value.ok_or(RecordError::Empty)?;
+    match value.first() {
+        Some(&COMPACT_V1) => Ok(Encoded::Compact(&value[1..])),
+        // JSON starts with `{` or whitespace; anything else below 0x20 is a
+        // version byte from a newer writer.
+        Some(&b) if b < 0x20 && !b.is_ascii_whitespace() => Err(RecordError::UnsupportedVersion(b)),
+        _ => Ok(Encoded::Json(value)),
+    }
+}
+
 impl ClientMessage {
     /// The Kafka record key: the client id, so one client's records share a
     /// partition and keep their order.
@@ -139,7 +224,18 @@ impl ClientMessage {
         &self.client
     }
 
-    /// Serializes the value.
+    /// The value as written: compact, version 1 (the client is the key).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 10 + 10 + self.msg.len());
+        out.push(COMPACT_V1);
+        put_varint(&mut out, self.sn);
+        put_varint(&mut out, zigzag(self.ts));
+        out.extend_from_slice(self.msg.as_bytes());
+        out
+    }
+
+    /// The value in the JSON encoding older builds wrote (tests of the reader, and
+    /// tools that show a record).
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing a struct of strings and integers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
@@ -150,12 +246,30 @@ impl ClientMessage {
         check_common(&self.client, self.sn, &self.msg)
     }
 
-    /// Parses and validates a record as read from Kafka, key included.
+    /// Parses and validates a record as read from Kafka, key included, in either
+    /// encoding.
     pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, RecordError> {
-        let record: Self = serde_json::from_slice(value.ok_or(RecordError::Empty)?)?;
-        record.validate()?;
-        check_key(key, &record.client)?;
-        Ok(record)
+        match encoding(value)? {
+            Encoded::Compact(mut rest) => {
+                let client = key_text(key)?.to_owned();
+                let sn = take_varint(&mut rest)?;
+                let ts = unzigzag(take_varint(&mut rest)?);
+                let record = Self {
+                    client,
+                    sn,
+                    msg: text(rest)?,
+                    ts,
+                };
+                record.validate()?;
+                Ok(record)
+            }
+            Encoded::Json(json) => {
+                let record: Self = serde_json::from_slice(json)?;
+                record.validate()?;
+                check_key(key, &record.client)?;
+                Ok(record)
+            }
+        }
     }
 }
 
@@ -176,7 +290,18 @@ impl MessageAggregation {
         &self.hash
     }
 
-    /// Serializes the value.
+    /// The value as written: compact, version 1 (the hash is the key).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 10 + 10 + self.client.len() + self.msg.len());
+        out.push(COMPACT_V1);
+        put_varint(&mut out, self.sn);
+        put_varint(&mut out, self.client.len() as u64);
+        out.extend_from_slice(self.client.as_bytes());
+        out.extend_from_slice(self.msg.as_bytes());
+        out
+    }
+
+    /// The value in the JSON encoding older builds wrote.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
@@ -198,10 +323,33 @@ impl MessageAggregation {
 
     /// Parses and validates a record as read from Kafka, key included.
     pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, RecordError> {
-        let record: Self = serde_json::from_slice(value.ok_or(RecordError::Empty)?)?;
-        record.validate()?;
-        check_key(key, &record.hash)?;
-        Ok(record)
+        match encoding(value)? {
+            Encoded::Compact(mut rest) => {
+                let hash = key_text(key)?.to_owned();
+                let sn = take_varint(&mut rest)?;
+                let len = usize::try_from(take_varint(&mut rest)?)
+                    .ok()
+                    .filter(|&len| len <= rest.len())
+                    .ok_or(RecordError::MalformedCompact(
+                        "client id runs past the value",
+                    ))?;
+                let (client, msg) = rest.split_at(len);
+                let record = Self {
+                    client: text(client)?,
+                    sn,
+                    hash,
+                    msg: text(msg)?,
+                };
+                record.validate()?;
+                Ok(record)
+            }
+            Encoded::Json(json) => {
+                let record: Self = serde_json::from_slice(json)?;
+                record.validate()?;
+                check_key(key, &record.hash)?;
+                Ok(record)
+            }
+        }
     }
 }
 
@@ -243,6 +391,125 @@ mod tests {
         let json = a.to_json();
         let back = MessageAggregation::parse(Some(a.hash.as_bytes()), Some(&json)).expect("parses");
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn compact_values_round_trip_and_carry_only_what_the_key_does_not() {
+        let m = ClientMessage {
+            ts: -5,
+            ..message()
+        };
+        let value = m.encode();
+        assert_eq!(value[0], COMPACT_V1);
+        assert!(
+            !value.windows(8).any(|w| w == b"client-7"),
+            "the key is not repeated"
+        );
+        assert_eq!(
+            ClientMessage::parse(Some(b"client-7"), Some(&value)).expect("parses"),
+            m
+        );
+        let a = MessageAggregation::from_client_message(&message());
+        let value = a.encode();
+        assert!(value.len() < a.to_json().len());
+        assert_eq!(
+            MessageAggregation::parse(Some(a.hash.as_bytes()), Some(&value)).expect("parses"),
+            a
+        );
+        // The largest sn survives the varint.
+        let big = ClientMessage {
+            sn: u64::MAX,
+            ts: i64::MIN,
+            ..message()
+        };
+        assert_eq!(
+            ClientMessage::parse(Some(b"client-7"), Some(&big.encode())).expect("parses"),
+            big
+        );
+    }
+
+    #[test]
+    fn json_values_of_older_builds_are_still_read() {
+        let m = message();
+        assert_eq!(
+            ClientMessage::parse(Some(b"client-7"), Some(&m.to_json())).expect("parses"),
+            m
+        );
+        let padded = [b" \n".as_slice(), &m.to_json()].concat();
+        assert_eq!(
+            ClientMessage::parse(Some(b"client-7"), Some(&padded)).expect("parses"),
+            m
+        );
+    }
+
+    #[test]
+    fn broken_compact_values_name_their_reason() {
+        let value = message().encode();
+        let key = Some(b"client-7".as_slice());
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&value[..1]))),
+            "malformed"
+        );
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&[COMPACT_V1, 0x80]))),
+            "malformed"
+        );
+        let overflow = [&[COMPACT_V1][..], &[0xFF; 10], &[0x01, b'm']].concat();
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&overflow))),
+            "malformed"
+        );
+        let mut not_utf8 = message().encode();
+        not_utf8.push(0xFF);
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&not_utf8))),
+            "malformed"
+        );
+        let mut newer = value.clone();
+        newer[0] = 0x02;
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&newer))),
+            "unsupported_version"
+        );
+        assert_eq!(
+            reason_of(ClientMessage::parse(None, Some(&value))),
+            "bad_client_id"
+        );
+        assert_eq!(
+            reason_of(ClientMessage::parse(Some(b"a b"), Some(&value))),
+            "bad_client_id"
+        );
+        let no_text = [COMPACT_V1, 0x01, 0x00];
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&no_text))),
+            "empty_message"
+        );
+        let zero_sn = [COMPACT_V1, 0x00, 0x00, b'm'];
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&zero_sn))),
+            "bad_sn"
+        );
+
+        let a = MessageAggregation::from_client_message(&message());
+        let hash = Some(a.hash.as_bytes());
+        let value = a.encode();
+        let long_client = [COMPACT_V1, 0x01, 0x7F, b'c', b'm'];
+        assert_eq!(
+            reason_of(MessageAggregation::parse(hash, Some(&long_client))),
+            "malformed"
+        );
+        assert_eq!(
+            reason_of(MessageAggregation::parse(Some(b"xyz"), Some(&value))),
+            "bad_hash"
+        );
+        let other = MessageHash::of(b"another text").to_string();
+        assert_eq!(
+            reason_of(MessageAggregation::parse(
+                Some(other.as_bytes()),
+                Some(&value)
+            )),
+            "hash_mismatch"
+        );
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub fn plan(topics: &Topics, records: Vec<Polled>, statuses: Vec<Status>) -> Pla
                     plan.out.push(OutRecord {
                         topic: topics.aggregation.clone(),
                         key: forward.key().as_bytes().to_vec(),
-                        payload: forward.to_json(),
+                        payload: forward.encode(),
                         headers: Vec::new(),
                     });
                 }

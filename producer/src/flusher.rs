@@ -213,7 +213,7 @@ impl Flusher {
                 msg: entry.msg.to_string(),
                 ts,
             }
-            .to_json();
+            .encode();
             let record = FutureRecord::to(&self.topic)
                 .key(id.as_str())
                 .payload(&value)

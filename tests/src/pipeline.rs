@@ -43,7 +43,7 @@ impl RawRecord {
                     msg: msg.to_owned(),
                     ts: 0,
                 }
-                .to_json(),
+                .encode(),
             ),
         }
     }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tally_common::records::{
-    ClientMessage, MessageAggregation, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
+    ClientMessage, MessageAggregation, COMPACT_V1, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
     DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
 };
 use tally_tests::pipeline::{
@@ -53,7 +53,21 @@ async fn a_messy_stream_counts_exactly_and_dead_letters_exactly_the_malformed() 
             RawRecord::raw("someone-else", &valid(&format!("{prefix}-c0"), 1, "m")),
             "key_mismatch",
         ),
+        // Compact values: a version byte from a newer writer, and one cut short.
+        (
+            RawRecord::raw("newer", &[0x09, 0x01, 0x00, b'm']),
+            "unsupported_version",
+        ),
+        (RawRecord::raw("cut", &[COMPACT_V1, 0x80]), "malformed"),
     ];
+    // Every fifth valid record in the JSON encoding of older builds: a topic
+    // written before and after an upgrade counts the same.
+    for record in stream.iter_mut().step_by(5) {
+        let key = record.key.as_deref().map(str::as_bytes);
+        if let Ok(message) = ClientMessage::parse(key, record.value.as_deref()) {
+            record.value = Some(message.to_json());
+        }
+    }
     // Spread them through the stream.
     let step = stream.len() / (malformed.len() + 1);
     for (i, (record, _)) in malformed.iter().enumerate().rev() {
@@ -178,15 +192,22 @@ async fn the_aggregator_dead_letters_invalid_aggregation_records() {
         msg: text.clone(),
         ts: 0,
     });
-    // Written straight to message_aggregation: one good record, one whose hash is
-    // not the hash of its text, one that is not JSON.
+    // Written straight to message_aggregation: one good record (in the JSON
+    // encoding of older builds), two whose hash is not the hash of their text
+    // (compact and JSON), one that is not JSON and one of a newer encoding.
     let mut forged = good.clone();
     forged.sn = 2;
     forged.msg = format!("{prefix} forged");
     let records = [
         (good.hash.clone(), good.to_json(), None),
+        (forged.hash.clone(), forged.encode(), Some("hash_mismatch")),
         (forged.hash.clone(), forged.to_json(), Some("hash_mismatch")),
         ("junk".to_owned(), b"{".to_vec(), Some("malformed")),
+        (
+            good.hash.clone(),
+            vec![0x07, 0x01],
+            Some("unsupported_version"),
+        ),
     ];
     let producer: rdkafka::producer::FutureProducer =
         tally_common::kafka::idempotent_producer_config(&settings.kafka)

@@ -76,7 +76,7 @@ fn aborted_is_invisible_and_committed_is_visible_to_read_committed() {
             msg: msg.to_owned(),
             ts: 0,
         }
-        .to_json();
+        .encode();
         producer
             .send(
                 BaseRecord::to(&topic)
