@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod mtc;
 pub mod printable;
+pub mod records;
 pub mod send;
 pub mod serve;
 pub mod session;

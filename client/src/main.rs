@@ -51,6 +51,10 @@ enum Command {
     Audit(AuditArgs),
     /// Look up one client's or one message's counts.
     Count(CountArgs),
+    /// The last records of a tally topic, every field decoded (values are written
+    /// compact; a console consumer shows them as bytes), with the reason a record
+    /// that does not parse would be dead-lettered.
+    Records(RecordsArgs),
     /// The most counted messages.
     Top {
         /// How many.
@@ -76,6 +80,23 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Args)]
+struct RecordsArgs {
+    /// The topic: client-message, aggregation or dlq (their names come from the
+    /// configuration).
+    #[arg(value_enum)]
+    topic: tally_client::records::Which,
+    /// Only this partition.
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Records shown per partition, the last ones (at most 10,000).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    last: u64,
+    /// One JSON object per record instead of one line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -365,6 +386,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Verify(args) => verify_run(&settings, args).await,
         Command::Audit(args) => audit(&settings, args).await,
         Command::Count(args) => count(&settings, args).await,
+        Command::Records(args) => records(&settings, args).await,
         Command::Top { n } => top(&settings, n).await,
         Command::Status { json } => status(&settings, json).await,
         Command::Serve(args) => serve(&settings, args).await,
@@ -1064,6 +1086,30 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         settings.kafka.dlq_topic,
         view.dlq_records
     );
+    Ok(())
+}
+
+async fn records(settings: &Settings, args: RecordsArgs) -> Result<(), Failure> {
+    let settings = settings.clone();
+    let shown = tokio::task::spawn_blocking(move || {
+        tally_client::records::read_last(
+            &settings,
+            args.topic,
+            args.partition,
+            args.last,
+            Duration::from_secs(10),
+        )
+    })
+    .await
+    .map_err(failed)?
+    .map_err(failed)?;
+    for record in &shown {
+        if args.json {
+            outln!("{}", serde_json::to_string(record).map_err(failed)?);
+        } else {
+            outln!("{}", record.line());
+        }
+    }
     Ok(())
 }
 

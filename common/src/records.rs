@@ -217,6 +217,17 @@ fn encoding(value: Option<&[u8]>) -> Result<Encoded<'_>, RecordError> {
     }
 }
 
+/// The encoding of a value as a person would name it: `compact v1`, `json`,
+/// `version 0x..` for a version byte this build does not know, or `none`.
+pub fn encoding_name(value: Option<&[u8]>) -> String {
+    match encoding(value) {
+        Ok(Encoded::Compact(_)) => "compact v1".into(),
+        Ok(Encoded::Json(_)) => "json".into(),
+        Err(RecordError::UnsupportedVersion(v)) => format!("version {v:#04x}"),
+        Err(_) => "none".into(),
+    }
+}
+
 impl ClientMessage {
     /// The Kafka record key: the client id, so one client's records share a
     /// partition and keep their order.
