@@ -482,6 +482,13 @@ mod tests {
             reason_of(ClientMessage::parse(key, Some(&newer))),
             "unsupported_version"
         );
+        // A tab, like any whitespace, may start JSON: it is read as JSON, not as
+        // a version byte.
+        newer[0] = b'\t';
+        assert_eq!(
+            reason_of(ClientMessage::parse(key, Some(&newer))),
+            "malformed"
+        );
         assert_eq!(
             reason_of(ClientMessage::parse(None, Some(&value))),
             "bad_client_id"

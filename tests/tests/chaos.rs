@@ -518,7 +518,7 @@ async fn s13_poison_records() {
         RawRecord::raw("x", br#"{"client":"x","sn":0,"msg":"m","ts":0}"#),
         RawRecord::raw("y", br#"{"client":"bad id","sn":1,"msg":"m","ts":0}"#),
         // Compact values: a version this build does not know, and one cut short.
-        RawRecord::raw("z", &[0x09, 0x01, 0x00, b'm']),
+        RawRecord::raw("z", &[0x05, 0x01, 0x00, b'm']),
         RawRecord::raw("w", &[0x01, 0x80]),
     ];
     let poison_count = poison.len() as i64;

@@ -55,7 +55,7 @@ async fn a_messy_stream_counts_exactly_and_dead_letters_exactly_the_malformed() 
         ),
         // Compact values: a version byte from a newer writer, and one cut short.
         (
-            RawRecord::raw("newer", &[0x09, 0x01, 0x00, b'm']),
+            RawRecord::raw("newer", &[0x05, 0x01, 0x00, b'm']),
             "unsupported_version",
         ),
         (RawRecord::raw("cut", &[COMPACT_V1, 0x80]), "malformed"),
