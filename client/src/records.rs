@@ -24,6 +24,7 @@ use tally_common::records::{
 };
 use tally_common::Settings;
 
+use crate::inspect::ProbeContext;
 use crate::printable::printable;
 
 /// Most records shown per partition.
@@ -213,7 +214,8 @@ pub fn read_last(
     }
     let mut config = read_committed_consumer_config(kafka, GROUP);
     config.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = config.create()?;
+    // The probe's context: ends of partitions are asked for, not logged as errors.
+    let consumer: BaseConsumer<ProbeContext> = config.create_with_context(ProbeContext)?;
     consumer.assign(&tpl)?;
     let mut last_record = Instant::now();
     while !ends.is_empty() {
