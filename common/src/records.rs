@@ -13,7 +13,8 @@
 //!   message hash. The text runs to the end of the value.
 //! - **JSON** (read, for records written before the compact encoding):
 //!   `{client, sn, msg, ts}` and `{client, sn, hash, msg}`. Unknown fields are
-//!   accepted. A JSON value starts with `{`, never with a version byte.
+//!   accepted. A JSON value starts with `{` or whitespace, never with a version
+//!   byte.
 //!
 //! A version byte this build does not know is dead-lettered as
 //! `unsupported_version`, not guessed at.
@@ -245,8 +246,7 @@ impl ClientMessage {
         out
     }
 
-    /// The value in the JSON encoding older builds wrote (tests of the reader, and
-    /// tools that show a record).
+    /// The value in the JSON encoding older builds wrote (for tests of the reader).
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing a struct of strings and integers cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
@@ -312,7 +312,7 @@ impl MessageAggregation {
         out
     }
 
-    /// The value in the JSON encoding older builds wrote.
+    /// The value in the JSON encoding older builds wrote (for tests of the reader).
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
