@@ -5,7 +5,9 @@
 //! 1. Collect up to `aggregator.batch_max_records` records or
 //!    `aggregator.batch_max_ms` (read_committed: aborted counter transactions are
 //!    never seen).
-//! 2. Parse each; invalid records are written to the DLQ by an idempotent producer,
+//! 2. Parse each into its sightings (a packed record of the counter holds many, all
+//!    of this partition's messages); invalid records are written to the DLQ by an
+//!    idempotent producer,
 //!    and their delivery is confirmed before the offsets are committed, so a poison
 //!    record is skipped exactly when it is safely dead-lettered.
 //! 3. One Lua call per bucket of message hashes (the batch's messages whose hashes
@@ -127,6 +129,7 @@ struct Sightings {
 
 /// What a committed batch reports.
 struct Summary {
+    /// Sightings plus dead-lettered records.
     total: u64,
     counted: u64,
     dead_lettered: u64,
@@ -145,13 +148,14 @@ impl Processor for Aggregator {
     ) -> Result<Processed<Summary>, Unsure> {
         // No guard check before the writes: they are idempotent and order-guarded
         // per (message, client), so a zombie's late write counts nothing twice.
-        let total = records.len() as u64;
         let Plan {
             offsets,
             by_hash,
             out,
+            sightings,
         } = plan(&self.topic, &self.dlq, records);
         let dead_lettered = out.len() as u64;
+        let total = sightings + dead_lettered;
         let messages = by_hash.len();
         let counted = self.apply(by_hash).await;
         Ok(Processed {
@@ -201,6 +205,8 @@ struct Plan {
     by_hash: HashMap<MessageHash, Sightings>,
     /// The invalid records' dead letters, in batch order.
     out: Vec<OutRecord>,
+    /// Sightings in the valid records (a packed record holds many).
+    sightings: u64,
 }
 
 /// Parses `records` (of `topic`) and groups the valid ones by message hash; an
@@ -210,22 +216,24 @@ fn plan(topic: &str, dlq: &str, records: Vec<Polled>) -> Plan {
         offsets: BTreeMap::new(),
         by_hash: HashMap::new(),
         out: Vec::new(),
+        sightings: 0,
     };
     for r in records {
         let next = plan.offsets.entry(r.partition).or_insert(r.offset + 1);
         *next = (*next).max(r.offset + 1);
-        let parsed = MessageAggregation::parse(r.key.as_deref(), r.payload.as_deref())
-            .and_then(|m| Ok((m.hash.parse::<MessageHash>()?, m)));
-        match parsed {
-            Ok((hash, m)) => {
-                plan.by_hash
-                    .entry(hash)
-                    .or_insert_with(|| Sightings {
-                        text: m.msg,
-                        pairs: Vec::new(),
-                    })
-                    .pairs
-                    .push((m.client, m.sn));
+        match MessageAggregation::sightings(r.key.as_deref(), r.payload.as_deref()) {
+            Ok(sightings) => {
+                plan.sightings += sightings.len() as u64;
+                for s in sightings {
+                    plan.by_hash
+                        .entry(s.hash)
+                        .or_insert_with(|| Sightings {
+                            text: s.msg,
+                            pairs: Vec::new(),
+                        })
+                        .pairs
+                        .push((s.client, s.sn));
+                }
             }
             Err(e) => {
                 debug!(
@@ -364,6 +372,50 @@ mod tests {
             ]
         );
         assert_eq!(p.by_hash.len(), 2);
+    }
+
+    #[test]
+    fn a_packed_record_counts_as_its_entries_and_mixes_with_single_ones() {
+        use tally_common::records::PackedWriter;
+        let mut pack = PackedWriter::default();
+        pack.push("a", 1, "hi");
+        pack.push("b", 1, "yo");
+        pack.push("a", 2, "hi");
+        let packed = Polled {
+            partition: 0,
+            offset: 11,
+            key: Some(Vec::new()),
+            payload: Some(pack.finish()),
+        };
+        let mut broken = PackedWriter::default();
+        broken.push("a", 0, "bad sn");
+        let broken = Polled {
+            partition: 0,
+            offset: 12,
+            key: None,
+            payload: Some(broken.finish()),
+        };
+        let p = plan(
+            "agg",
+            "dlq",
+            vec![record(0, 10, &forward("b", 2, "hi")), packed, broken],
+        );
+        assert_eq!(p.offsets, BTreeMap::from([(0, 13)]));
+        assert_eq!(p.sightings, 4);
+        assert_eq!(p.out.len(), 1, "the packed record with a bad entry, whole");
+        let hi = MessageHash::of(b"hi");
+        assert_eq!(
+            p.by_hash[&hi].pairs,
+            vec![
+                ("b".to_owned(), 2),
+                ("a".to_owned(), 1),
+                ("a".to_owned(), 2)
+            ]
+        );
+        assert_eq!(
+            p.by_hash[&MessageHash::of(b"yo")].pairs,
+            vec![("b".to_owned(), 1)]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tally_common::kafka::{group_positions, read_committed_consumer_config};
 use tally_common::records::{
-    encoding_name, ClientMessage, MessageAggregation, DLQ_SOURCE_TOPIC_HEADER,
+    encoding_name, ClientMessage, MessageAggregation, DLQ_SOURCE_TOPIC_HEADER, PACKED_V2,
 };
 use tally_common::Settings;
 
@@ -54,10 +54,14 @@ pub struct Shown {
     pub offset: i64,
     /// The key, as text (lossy).
     pub key: Option<String>,
-    /// `compact v1`, `json`, `version 0x..` or `none`.
+    /// `compact v1`, `packed v2`, `json`, `version 0x..` or `none`.
     pub encoding: String,
-    /// The decoded fields, or `None` if the value does not parse.
+    /// The decoded fields, or `None` if the value does not parse or is packed.
     pub fields: Option<BTreeMap<&'static str, String>>,
+    /// A packed `message_aggregation` record's entries, each decoded (`hash` is
+    /// computed from the text: a packed record does not carry it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entries: Vec<BTreeMap<&'static str, String>>,
     /// Why it does not parse (the DLQ reason code and detail).
     pub invalid: Option<String>,
     /// The `tally.*` headers (dead letters).
@@ -76,6 +80,20 @@ impl Shown {
                 for (k, v) in fields {
                     out.push_str(&format!(" {k}={v}"));
                 }
+            }
+            (None, None) if !self.entries.is_empty() => {
+                out.push_str(&format!(
+                    " entries={} ({})",
+                    self.entries.len(),
+                    self.encoding
+                ));
+                for entry in &self.entries {
+                    out.push_str("\n   ");
+                    for (k, v) in entry {
+                        out.push_str(&format!(" {k}={v}"));
+                    }
+                }
+                return out;
             }
             (None, why) => {
                 let key = self.key.as_deref().map_or("(none)".into(), printable);
@@ -134,7 +152,27 @@ pub fn decode(
             _ => Which::ClientMessage,
         },
     };
+    let mut entries = Vec::new();
     let (fields, invalid) = match as_topic {
+        Which::Aggregation if value.is_some_and(|v| v.first() == Some(&PACKED_V2)) => {
+            match MessageAggregation::sightings(key, value) {
+                Ok(sightings) => {
+                    entries = sightings
+                        .into_iter()
+                        .map(|s| {
+                            BTreeMap::from([
+                                ("client", s.client),
+                                ("sn", s.sn.to_string()),
+                                ("hash", s.hash.to_string()),
+                                ("msg", printable(&s.msg)),
+                            ])
+                        })
+                        .collect();
+                    (None, None)
+                }
+                Err(e) => (None, Some(format!("{}: {e}", e.reason()))),
+            }
+        }
         Which::Aggregation => match MessageAggregation::parse(key, value) {
             Ok(m) => (
                 Some(BTreeMap::from([
@@ -166,6 +204,7 @@ pub fn decode(
         key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
         encoding: encoding_name(value),
         fields,
+        entries,
         invalid,
         headers,
     }
@@ -306,6 +345,32 @@ mod tests {
             BTreeMap::new(),
         );
         assert!(old.line().ends_with("(json)"), "{}", old.line());
+    }
+
+    #[test]
+    fn a_packed_record_shows_each_entry() {
+        let mut pack = tally_common::records::PackedWriter::default();
+        pack.push("c-1", 7, "hi");
+        pack.push("c-2", 1, "yo");
+        let shown = decode(
+            Which::Aggregation,
+            AGGREGATION,
+            1,
+            9,
+            Some(b""),
+            Some(&pack.finish()),
+            BTreeMap::new(),
+        );
+        let hi = tally_common::MessageHash::of(b"hi");
+        let yo = tally_common::MessageHash::of(b"yo");
+        assert_eq!(
+            shown.line(),
+            format!(
+                "1@9 entries=2 (packed v2)\n    client=c-1 hash={hi} msg=\"hi\" sn=7\n    client=c-2 hash={yo} msg=\"yo\" sn=1"
+            )
+        );
+        let json = serde_json::to_value(&shown).expect("serializes");
+        assert_eq!(json["entries"][1]["sn"], "1");
     }
 
     #[test]

@@ -11,8 +11,9 @@
 use std::path::Path;
 
 use crate::protocol::{self, Line, LineReader, Request};
-use crate::records::{ClientMessage, MessageAggregation};
+use crate::records::{ClientMessage, MessageAggregation, PackedWriter};
 use crate::settings::Settings;
+use crate::MessageHash;
 
 /// Longest line the line-protocol check allows (small, so the fuzzer reaches it).
 const MAX_LINE: usize = 64;
@@ -88,7 +89,7 @@ pub fn client_message(data: &[u8]) {
     }
 }
 
-/// A `message_aggregation` record as the aggregator reads it.
+/// A `message_aggregation` record as the aggregator reads it: single or packed.
 pub fn message_aggregation(data: &[u8]) {
     let (key, value) = key_value(data);
     if let Ok(record) = MessageAggregation::parse(key, Some(value)) {
@@ -98,6 +99,24 @@ pub fn message_aggregation(data: &[u8]) {
             again.ok(),
             Some(record),
             "an accepted record does not round-trip"
+        );
+    }
+    if let Ok(sightings) = MessageAggregation::sightings(key, Some(value)) {
+        assert!(!sightings.is_empty(), "an accepted record holds a sighting");
+        let mut pack = PackedWriter::default();
+        for s in &sightings {
+            assert_eq!(
+                s.hash,
+                MessageHash::of(s.msg.as_bytes()),
+                "a sighting under another hash"
+            );
+            pack.push(&s.client, s.sn, &s.msg);
+        }
+        let again = MessageAggregation::sightings(None, Some(&pack.finish()));
+        assert_eq!(
+            again.ok(),
+            Some(sightings),
+            "accepted sightings do not round-trip packed"
         );
     }
 }

@@ -92,6 +92,42 @@ fn set_producer_tuning(
         .set("partitioner", "murmur2_random");
 }
 
+/// The partition of `partitions` that Kafka's Java partitioner, and librdkafka's
+/// `murmur2_random` set above, pick for a non-empty `key`: `murmur2(key) &
+/// 0x7fffffff % partitions`. The counter places its packed forwards with it, so a
+/// message's sightings land where a record keyed by its hash would. `partitions`
+/// must be ≥ 1.
+pub fn key_partition(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), as unsigned.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
 /// An idempotent `acks=all` producer: no duplicates from its own retries, no loss
 /// while `min.insync.replicas` brokers are up. Used by the producer's flusher.
 pub fn idempotent_producer_config(settings: &KafkaSettings) -> ClientConfig {
@@ -311,6 +347,32 @@ pub async fn missing_topics(
     .unwrap_or(Err(KafkaError::Canceled))
 }
 
+/// How many partitions `topic` has, from cluster metadata; an error if the cluster
+/// does not answer within `timeout` or does not list the topic.
+pub async fn topic_partitions(
+    settings: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, KafkaError> {
+    let config = admin_config(settings);
+    let topic = topic.to_owned();
+    // Metadata calls block; keep them off the async runtime.
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32)
+            .ok_or(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))
+    })
+    .await
+    .unwrap_or(Err(KafkaError::Canceled))
+}
+
 /// What a service does with its topics at start: fine when they exist; when some
 /// are missing, creates them (as `tally admin init-topics` would, through
 /// [`ensure_topics`]) if `kafka.create_topics` is set, and otherwise fails with
@@ -459,6 +521,31 @@ async fn describe_layouts(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn key_partition_is_the_java_partitioners() {
+        // Kafka's UtilsTest.testMurmur2, as signed Java ints.
+        for (key, java) in [
+            ("21", -973_932_308_i32),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            (
+                "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            ("abc", 479_470_107),
+        ] {
+            assert_eq!(super::murmur2(key.as_bytes()) as i32, java, "{key}");
+            // Utils.toPositive(h) % n.
+            for n in [1, 3, 12] {
+                assert_eq!(
+                    super::key_partition(key.as_bytes(), n),
+                    (java & 0x7fff_ffff) % n
+                );
+            }
+        }
+    }
+
     #[test]
     fn only_the_coordinators_transient_answers_are_asked_again() {
         use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};

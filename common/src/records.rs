@@ -16,6 +16,15 @@
 //!   accepted. A JSON value starts with `{` or whitespace, never with a version
 //!   byte.
 //!
+//! - **Packed, version 2** (written to `message_aggregation` since version 1):
+//!   [`PACKED_V2`], then entries `sn · client length · client · text length ·
+//!   text` to the end of the value, empty key. One record holds many forwards of
+//!   one counter transaction, every one of them bound for the record's partition
+//!   (the partition the Java partitioner picks for the entry's message hash,
+//!   [`crate::kafka::key_partition`]), so a message's sightings stay in one
+//!   partition, as under keyed version 1 records. The hash is not carried: the
+//!   reader computes it from the text.
+//!
 //! A version byte this build does not know is dead-lettered as
 //! `unsupported_version`, not guessed at.
 
@@ -51,6 +60,77 @@ pub struct MessageAggregation {
 
 /// First byte of a compact, version 1 value.
 pub const COMPACT_V1: u8 = 0x01;
+/// First byte of a packed `message_aggregation` value (many forwards).
+pub const PACKED_V2: u8 = 0x02;
+
+/// One counted message as the aggregator applies it: a (message, client, sn)
+/// sighting, read from a version 1 or JSON record or from one entry of a packed
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sighting {
+    /// Hash of `msg`.
+    pub hash: MessageHash,
+    /// The client that sent it.
+    pub client: String,
+    /// The client's sequence number of it.
+    pub sn: u64,
+    /// The message text.
+    pub msg: String,
+}
+
+/// Builds one packed `message_aggregation` value ([`PACKED_V2`]) entry by entry.
+#[derive(Debug)]
+pub struct PackedWriter {
+    value: Vec<u8>,
+    entries: usize,
+}
+
+impl Default for PackedWriter {
+    fn default() -> Self {
+        Self {
+            value: vec![PACKED_V2],
+            entries: 0,
+        }
+    }
+}
+
+impl PackedWriter {
+    /// Appends one forward.
+    pub fn push(&mut self, client: &str, sn: u64, msg: &str) {
+        put_varint(&mut self.value, sn);
+        put_varint(&mut self.value, client.len() as u64);
+        self.value.extend_from_slice(client.as_bytes());
+        put_varint(&mut self.value, msg.len() as u64);
+        self.value.extend_from_slice(msg.as_bytes());
+        self.entries += 1;
+    }
+
+    /// Bytes an entry adds: the writer's caller keeps records under a size.
+    pub fn entry_size(client: &str, msg: &str) -> usize {
+        // sn, two lengths: at most 10 bytes each.
+        30 + client.len() + msg.len()
+    }
+
+    /// The value's size so far.
+    pub fn len(&self) -> usize {
+        self.value.len()
+    }
+
+    /// Entries so far.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Whether no entry was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The value.
+    pub fn finish(self) -> Vec<u8> {
+        self.value
+    }
+}
 
 /// Why a record cannot be applied. Each has a stable reason code for the DLQ header.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +273,17 @@ fn text(bytes: &[u8]) -> Result<String, RecordError> {
         .map_err(|_| RecordError::MalformedCompact("text is not UTF-8"))
 }
 
+/// Reads a length-prefixed UTF-8 text from the front of `bytes`, advancing it.
+fn take_text(bytes: &mut &[u8], overrun: &'static str) -> Result<String, RecordError> {
+    let len = usize::try_from(take_varint(bytes)?)
+        .ok()
+        .filter(|&len| len <= bytes.len())
+        .ok_or(RecordError::MalformedCompact(overrun))?;
+    let (head, tail) = bytes.split_at(len);
+    *bytes = tail;
+    text(head)
+}
+
 fn key_text(key: Option<&[u8]>) -> Result<&str, RecordError> {
     let key = key.unwrap_or_default();
     std::str::from_utf8(key).map_err(|_| RecordError::KeyMismatch {
@@ -201,9 +292,10 @@ fn key_text(key: Option<&[u8]>) -> Result<&str, RecordError> {
     })
 }
 
-/// The encoding of a value: compact (past its version byte) or JSON.
+/// The encoding of a value: compact or packed (past its version byte) or JSON.
 enum Encoded<'a> {
     Compact(&'a [u8]),
+    Packed(&'a [u8]),
     Json(&'a [u8]),
 }
 
@@ -211,6 +303,7 @@ fn encoding(value: Option<&[u8]>) -> Result<Encoded<'_>, RecordError> {
     let value = value.ok_or(RecordError::Empty)?;
     match value.first() {
         Some(&COMPACT_V1) => Ok(Encoded::Compact(&value[1..])),
+        Some(&PACKED_V2) => Ok(Encoded::Packed(&value[1..])),
         // JSON starts with `{` or whitespace; anything else below 0x20 is a
         // version byte from a newer writer.
         Some(&b) if b < 0x20 && !b.is_ascii_whitespace() => Err(RecordError::UnsupportedVersion(b)),
@@ -223,6 +316,7 @@ fn encoding(value: Option<&[u8]>) -> Result<Encoded<'_>, RecordError> {
 pub fn encoding_name(value: Option<&[u8]>) -> String {
     match encoding(value) {
         Ok(Encoded::Compact(_)) => "compact v1".into(),
+        Ok(Encoded::Packed(_)) => "packed v2".into(),
         Ok(Encoded::Json(_)) => "json".into(),
         Err(RecordError::UnsupportedVersion(v)) => format!("version {v:#04x}"),
         Err(_) => "none".into(),
@@ -261,6 +355,8 @@ impl ClientMessage {
     /// encoding.
     pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, RecordError> {
         match encoding(value)? {
+            // Packed values are `message_aggregation`'s only.
+            Encoded::Packed(_) => Err(RecordError::UnsupportedVersion(PACKED_V2)),
             Encoded::Compact(mut rest) => {
                 let client = key_text(key)?.to_owned();
                 let sn = take_varint(&mut rest)?;
@@ -332,9 +428,50 @@ impl MessageAggregation {
         Ok(found)
     }
 
+    /// The sightings of one `message_aggregation` record, validated, in order: one
+    /// for a version 1 or JSON record, every entry of a packed one. Any invalid
+    /// entry makes the whole record invalid (it is dead-lettered as it is).
+    pub fn sightings(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<Vec<Sighting>, RecordError> {
+        let Encoded::Packed(mut rest) = encoding(value)? else {
+            let record = Self::parse(key, value)?;
+            let hash = record.validate()?;
+            return Ok(vec![Sighting {
+                hash,
+                client: record.client,
+                sn: record.sn,
+                msg: record.msg,
+            }]);
+        };
+        if rest.is_empty() {
+            return Err(RecordError::MalformedCompact(
+                "packed record without entries",
+            ));
+        }
+        let mut sightings = Vec::new();
+        while !rest.is_empty() {
+            let sn = take_varint(&mut rest)?;
+            let client = take_text(&mut rest, "client id runs past the value")?;
+            let msg = take_text(&mut rest, "text runs past the value")?;
+            check_common(&client, sn, &msg)?;
+            sightings.push(Sighting {
+                hash: MessageHash::of(msg.as_bytes()),
+                client,
+                sn,
+                msg,
+            });
+        }
+        Ok(sightings)
+    }
+
     /// Parses and validates a record as read from Kafka, key included.
     pub fn parse(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Self, RecordError> {
         match encoding(value)? {
+            Encoded::Packed(_) => Err(RecordError::MalformedCompact(
+                "a packed record holds many sightings: read it with `sightings`",
+            )),
             Encoded::Compact(mut rest) => {
                 let hash = key_text(key)?.to_owned();
                 let sn = take_varint(&mut rest)?;
@@ -527,6 +664,87 @@ mod tests {
                 Some(&value)
             )),
             "hash_mismatch"
+        );
+    }
+
+    #[test]
+    fn packed_values_round_trip_as_sightings_and_name_what_is_broken() {
+        let mut pack = PackedWriter::default();
+        assert!(pack.is_empty());
+        let texts = [message().msg, "zwei".to_owned(), message().msg];
+        for (i, text) in texts.iter().enumerate() {
+            pack.push(&format!("c{i}"), u64::MAX - i as u64, text);
+        }
+        assert_eq!(pack.entries(), 3);
+        let size = pack.len();
+        let value = pack.finish();
+        assert_eq!((value[0], value.len()), (PACKED_V2, size));
+        assert_eq!(encoding_name(Some(&value)), "packed v2");
+        let sightings = MessageAggregation::sightings(Some(b""), Some(&value)).expect("parses");
+        let got: Vec<(MessageHash, &str, u64, &str)> = sightings
+            .iter()
+            .map(|s| (s.hash, s.client.as_str(), s.sn, s.msg.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    MessageHash::of(texts[0].as_bytes()),
+                    "c0",
+                    u64::MAX,
+                    texts[0].as_str()
+                ),
+                (MessageHash::of(b"zwei"), "c1", u64::MAX - 1, "zwei"),
+                (
+                    MessageHash::of(texts[2].as_bytes()),
+                    "c2",
+                    u64::MAX - 2,
+                    texts[2].as_str()
+                ),
+            ]
+        );
+        // A single record reads as one sighting.
+        let a = MessageAggregation::from_client_message(&message());
+        let one = MessageAggregation::sightings(Some(a.hash.as_bytes()), Some(&a.encode()))
+            .expect("parses");
+        assert_eq!(
+            (one.len(), one[0].sn, one[0].hash.to_string()),
+            (1, 42, a.hash)
+        );
+
+        let reason = |value: &[u8]| reason_of(MessageAggregation::sightings(None, Some(value)));
+        assert_eq!(reason(&[PACKED_V2]), "malformed", "no entries");
+        assert_eq!(reason(&value[..value.len() - 1]), "malformed", "cut short");
+        assert_eq!(
+            reason(&[PACKED_V2, 0x01, 0x05, b'c']),
+            "malformed",
+            "client overruns"
+        );
+        assert_eq!(
+            reason(&[PACKED_V2, 0x01, 0x01, b'c', 0x00]),
+            "empty_message"
+        );
+        assert_eq!(reason(&[PACKED_V2, 0x00, 0x01, b'c', 0x01, b'm']), "bad_sn");
+        assert_eq!(
+            reason(&[PACKED_V2, 0x01, 0x01, b' ', 0x01, b'm']),
+            "bad_client_id"
+        );
+        assert_eq!(
+            reason(&[PACKED_V2, 0x01, 0x01, b'c', 0x01, 0xFF]),
+            "malformed"
+        );
+        // One bad entry spoils the record, even after good ones.
+        let mut spoiled = value.clone();
+        spoiled.extend_from_slice(&[0x00, 0x01, b'c', 0x01, b'm']);
+        assert_eq!(reason(&spoiled), "bad_sn");
+        // A packed value is no single record, and no client message.
+        assert_eq!(
+            reason_of(MessageAggregation::parse(None, Some(&value))),
+            "malformed"
+        );
+        assert_eq!(
+            reason_of(ClientMessage::parse(Some(b"c0"), Some(&value))),
+            "unsupported_version"
         );
     }
 

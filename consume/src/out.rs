@@ -19,6 +19,8 @@ use crate::group::Polled;
 pub struct OutRecord {
     /// Destination topic.
     pub topic: String,
+    /// Destination partition; `None`: the producer's partitioner picks it by key.
+    pub partition: Option<i32>,
     /// Record key.
     pub key: Vec<u8>,
     /// Record value.
@@ -51,6 +53,7 @@ pub fn dead_letter(
 ) -> OutRecord {
     OutRecord {
         topic: dlq.to_owned(),
+        partition: None,
         key: record.key.unwrap_or_default(),
         payload: record.payload.unwrap_or_default(),
         headers: vec![

@@ -162,10 +162,13 @@ async fn deliver(
     for r in records {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
-            let record = FutureRecord::to(&r.topic)
+            let mut record = FutureRecord::to(&r.topic)
                 .key(&r.key)
                 .payload(&r.payload)
                 .headers(r.kafka_headers());
+            if let Some(partition) = r.partition {
+                record = record.partition(partition);
+            }
             let sent = tokio::select! {
                 sent = producer.send(record, PLAIN_SEND_TIMEOUT) => sent,
                 () = stop.cancelled() => return Err(CommitError::Shutdown),

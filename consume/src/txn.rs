@@ -188,6 +188,9 @@ impl Transactions {
                     .key(&r.key)
                     .payload(&r.payload)
                     .headers(r.kafka_headers());
+                if let Some(partition) = r.partition {
+                    record = record.partition(partition);
+                }
                 loop {
                     match p.send(record) {
                         Ok(()) => break,

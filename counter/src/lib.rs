@@ -11,7 +11,8 @@
 //!    `WAIT`s for a replica. A Redis error backs off and retries; offsets are never
 //!    committed for records whose effects are not applied and replicated.
 //! 4. One transaction: produce the applied and duplicate records to
-//!    `message_aggregation` and the invalid ones to the DLQ, send the offsets with
+//!    `message_aggregation`, packed into one record per partition (`plan`), and
+//!    the invalid ones to the DLQ, send the offsets with
 //!    the consumer's group metadata (EOS v2), commit. A gap record is neither
 //!    counted nor forwarded; the producer's resend fills the gap. Empty
 //!    transactions are never begun.
@@ -134,9 +135,12 @@ pub async fn run_with_readiness(
     )
     .await?;
     let transactional_id = txn.id().to_owned();
+    let aggregation = settings.kafka.message_aggregation_topic.clone();
+    let aggregation_partitions = aggregation_partitions(&settings, &aggregation).await;
     let topics = Topics {
         source: settings.kafka.client_message_topic.clone(),
-        aggregation: settings.kafka.message_aggregation_topic.clone(),
+        aggregation,
+        aggregation_partitions,
         dlq: settings.kafka.dlq_topic.clone(),
     };
     let c = &settings.counter;
@@ -174,6 +178,31 @@ pub async fn run_with_readiness(
     Ok(())
 }
 
+/// How many partitions `message_aggregation` has, asked until Kafka answers (the
+/// transactional producer has just reached it). Read once: the packed forwards
+/// are placed by it for the process's life, as a keyed producer would place them
+/// until its next metadata refresh (docs/operations.md: adding partitions to
+/// `message_aggregation`).
+async fn aggregation_partitions(settings: &Settings, topic: &str) -> i32 {
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    loop {
+        match tally_common::kafka::topic_partitions(&settings.kafka, topic, METADATA_TIMEOUT).await
+        {
+            Ok(partitions) => {
+                info!(topic, partitions, "forwards are packed per partition");
+                return partitions;
+            }
+            Err(e) => {
+                warn!(topic, "cannot read the partition count yet: {e}; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// How long one metadata request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The counter's part of the batch loop.
 struct Counter {
     store: CountStore,
@@ -191,6 +220,7 @@ type Applied = (ClientId, i32, Vec<usize>, Vec<Outcome>);
 /// What a committed batch reports.
 struct Summary {
     tally: Tally,
+    /// Packed records written to `message_aggregation`.
     forwarded: usize,
     clients: usize,
 }
@@ -269,7 +299,7 @@ impl Processor for Counter {
         Ok(Processed {
             summary: Summary {
                 tally: plan.tally,
-                forwarded: plan.out.len(),
+                forwarded: plan.packed_records,
                 clients,
             },
             out: plan.out,

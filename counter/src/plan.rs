@@ -7,8 +7,15 @@
 //!   uncommitted gap record). That record and every later one of the partition are
 //!   carried over and processed again in the next batch, whatever their status now.
 //! - Exactly the committed records are forwarded (applied and duplicate ones, to
-//!   `message_aggregation`) or dead-lettered (invalid ones, to the DLQ), in offset
-//!   order; a gap record is committed without a trace.
+//!   `message_aggregation`) or dead-lettered (invalid ones, to the DLQ); a gap
+//!   record is committed without a trace. Dead letters are written in offset
+//!   order. Forwards are packed ([`PackedWriter`]): one record per
+//!   `message_aggregation` partition (more when one would pass
+//!   [`PACKED_RECORD_MAX_BYTES`]), each forward in the partition a record keyed by
+//!   its message hash would go to ([`key_partition`]), and each partition's
+//!   forwards in offset order. So every sighting of a message stays in one
+//!   partition and a client's sns reach it in order, as with one keyed record per
+//!   forward.
 //! - Every partition of a non-empty batch advances by at least one record (a
 //!   script always processes a client's first record), unless its first record
 //!   belongs to a client held back for this batch (see the crate doc); the next
@@ -18,8 +25,15 @@
 use std::collections::BTreeMap;
 
 use tally_common::counting::Outcome;
-use tally_common::records::{ClientMessage, MessageAggregation, RecordError};
+use tally_common::kafka::key_partition;
+use tally_common::records::{ClientMessage, PackedWriter, RecordError};
+use tally_common::MessageHash;
 use tally_consume::{dead_letter, OutRecord, Polled};
+
+/// Largest packed `message_aggregation` value the counter writes (a forward
+/// larger than this on its own still gets a record of its own). Far below the
+/// producers' and brokers' default record limit (~1 MB).
+pub const PACKED_RECORD_MAX_BYTES: usize = 256 * 1024;
 
 /// What happened to one record of a batch.
 #[derive(Debug)]
@@ -39,6 +53,8 @@ pub struct Topics {
     pub source: String,
     /// Where counted records go (`message_aggregation`).
     pub aggregation: String,
+    /// How many partitions `aggregation` has (read at start-up).
+    pub aggregation_partitions: i32,
     /// Where invalid records go.
     pub dlq: String,
 }
@@ -67,6 +83,8 @@ pub struct Plan {
     pub carry: Vec<Polled>,
     /// What the committed records were.
     pub tally: Tally,
+    /// How many of `out` are packed forwards (the rest are dead letters).
+    pub packed_records: usize,
 }
 
 /// Builds the transaction for `records` (in offset order per partition) given one
@@ -94,6 +112,14 @@ pub fn plan(topics: &Topics, records: Vec<Polled>, statuses: Vec<Status>) -> Pla
         offsets,
         ..Plan::default()
     };
+    let mut packs: BTreeMap<i32, PackedWriter> = BTreeMap::new();
+    let packed = |partition: i32, pack: PackedWriter| OutRecord {
+        topic: topics.aggregation.clone(),
+        partition: Some(partition),
+        key: Vec::new(),
+        payload: pack.finish(),
+        headers: Vec::new(),
+    };
     for (record, status) in records.into_iter().zip(statuses) {
         let committed = plan
             .offsets
@@ -111,13 +137,16 @@ pub fn plan(topics: &Topics, records: Vec<Polled>, statuses: Vec<Status>) -> Pla
                     } else {
                         plan.tally.duplicates += 1;
                     }
-                    let forward = MessageAggregation::from_client_message(&message);
-                    plan.out.push(OutRecord {
-                        topic: topics.aggregation.clone(),
-                        key: forward.key().as_bytes().to_vec(),
-                        payload: forward.encode(),
-                        headers: Vec::new(),
-                    });
+                    let hash = MessageHash::of(message.msg.as_bytes()).to_string();
+                    let partition = key_partition(hash.as_bytes(), topics.aggregation_partitions);
+                    let pack = packs.entry(partition).or_default();
+                    let size = PackedWriter::entry_size(&message.client, &message.msg);
+                    if !pack.is_empty() && pack.len() + size > PACKED_RECORD_MAX_BYTES {
+                        let full = std::mem::take(pack);
+                        plan.out.push(packed(partition, full));
+                        plan.packed_records += 1;
+                    }
+                    pack.push(&message.client, message.sn, &message.msg);
                 }
                 Outcome::Gap => plan.tally.gaps += 1,
             },
@@ -131,6 +160,10 @@ pub fn plan(topics: &Topics, records: Vec<Polled>, statuses: Vec<Status>) -> Pla
             Status::Unprocessed => plan.carry.push(record),
         }
     }
+    for (partition, pack) in packs {
+        plan.out.push(packed(partition, pack));
+        plan.packed_records += 1;
+    }
     plan
 }
 
@@ -138,8 +171,8 @@ pub fn plan(topics: &Topics, records: Vec<Polled>, statuses: Vec<Status>) -> Pla
 mod tests {
     use super::*;
     use tally_common::records::{
-        DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER,
-        DLQ_SOURCE_TOPIC_HEADER,
+        MessageAggregation, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
+        DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
     };
     use Outcome::{Applied as A, Duplicate as D, Gap as G};
 
@@ -147,8 +180,23 @@ mod tests {
         Topics {
             source: "in".into(),
             aggregation: "agg".into(),
+            aggregation_partitions: 1,
             dlq: "dlq".into(),
         }
+    }
+
+    /// The (partition, client, sn, text) of every forward, record by record.
+    fn forwards(out: &[OutRecord]) -> Vec<(i32, String, u64, String)> {
+        out.iter()
+            .filter(|r| r.topic == "agg")
+            .flat_map(|r| {
+                let partition = r.partition.expect("packed records name their partition");
+                MessageAggregation::sightings(Some(&r.key), Some(&r.payload))
+                    .expect("a valid packed record")
+                    .into_iter()
+                    .map(move |s| (partition, s.client, s.sn, s.msg))
+            })
+            .collect()
     }
 
     fn record(partition: i32, offset: i64) -> Polled {
@@ -185,7 +233,18 @@ mod tests {
         assert_eq!(p.offsets, BTreeMap::from([(0, 13), (1, 6)]));
         assert!(p.carry.is_empty());
         let topics: Vec<&str> = p.out.iter().map(|r| r.topic.as_str()).collect();
-        assert_eq!(topics, vec!["agg", "dlq", "agg"]);
+        assert_eq!(
+            topics,
+            vec!["dlq", "agg"],
+            "dead letters, then one packed record"
+        );
+        assert_eq!(
+            forwards(&p.out),
+            vec![
+                (0, "c".into(), 1, "m1".into()),
+                (0, "c".into(), 1, "m1".into())
+            ]
+        );
         assert_eq!(
             p.tally,
             Tally {
@@ -195,7 +254,7 @@ mod tests {
                 invalid: 1
             }
         );
-        let dlq = &p.out[1];
+        let dlq = &p.out[0];
         let header = |name: &str| {
             dlq.headers
                 .iter()
@@ -241,5 +300,60 @@ mod tests {
                 ..Tally::default()
             }
         );
+    }
+
+    #[test]
+    fn forwards_are_packed_per_partition_of_their_hash_in_offset_order_and_size_capped() {
+        let topics = Topics {
+            aggregation_partitions: 3,
+            ..topics()
+        };
+        // 600 forwards of 40 texts, each ~1 KiB: more than one record's worth for
+        // some partition.
+        let n = 600;
+        let text = |i: usize| format!("{i:04} {}", "x".repeat(1_000 + i % 40));
+        let records: Vec<Polled> = (0..n).map(|i| record(0, i as i64)).collect();
+        let statuses: Vec<Status> = (0..n)
+            .map(|i| {
+                Status::Counted(
+                    ClientMessage {
+                        client: format!("c{}", i % 7),
+                        sn: (i / 7 + 1) as u64,
+                        msg: text(i % 40),
+                        ts: 0,
+                    },
+                    if i % 2 == 0 { A } else { D },
+                )
+            })
+            .collect();
+        let p = plan(&topics, records, statuses);
+        assert!(p
+            .out
+            .iter()
+            .all(|r| r.payload.len() <= PACKED_RECORD_MAX_BYTES));
+        assert!(p.out.len() > 3, "some partition needed a second record");
+        assert!(p.out.len() < 10, "{} records for {n} forwards", p.out.len());
+        let got = forwards(&p.out);
+        assert_eq!(got.len(), n);
+        // Each forward is in its hash's partition, and per partition in offset order.
+        let mut by_partition: BTreeMap<i32, Vec<(String, u64, String)>> = BTreeMap::new();
+        for (partition, client, sn, msg) in got {
+            let hash = tally_common::MessageHash::of(msg.as_bytes()).to_string();
+            assert_eq!(partition, key_partition(hash.as_bytes(), 3), "{msg:.8}");
+            by_partition
+                .entry(partition)
+                .or_default()
+                .push((client, sn, msg));
+        }
+        for (partition, forwards) in by_partition {
+            let want: Vec<(String, u64, String)> = (0..n)
+                .map(|i| (format!("c{}", i % 7), (i / 7 + 1) as u64, text(i % 40)))
+                .filter(|(_, _, msg)| {
+                    let hash = tally_common::MessageHash::of(msg.as_bytes()).to_string();
+                    key_partition(hash.as_bytes(), 3) == partition
+                })
+                .collect();
+            assert_eq!(forwards, want, "partition {partition}");
+        }
     }
 }

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tally_common::records::{
-    ClientMessage, MessageAggregation, COMPACT_V1, DLQ_REASON_HEADER, DLQ_SOURCE_OFFSET_HEADER,
-    DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
+    ClientMessage, MessageAggregation, PackedWriter, COMPACT_V1, DLQ_REASON_HEADER,
+    DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
 };
 use tally_tests::pipeline::{
     assert_counts, isolated, messy_stream, produce, read_all, start_aggregator, start_counter,
@@ -139,12 +139,33 @@ async fn a_messy_stream_counts_exactly_and_dead_letters_exactly_the_malformed() 
     // one text, hence one hash and one partition; within a partition, a client's
     // sn that appears for the first time must be above all its sns before it —
     // what the aggregator's high-water mark per (message, client) relies on.
-    let forwarded = read_all(&settings, &settings.kafka.message_aggregation_topic);
+    // The counter packs them, each in the partition that a record keyed by its
+    // hash would go to (the Java partitioner's choice).
+    let aggregation = &settings.kafka.message_aggregation_topic;
+    let partitions = tally_common::kafka::topic_partitions(
+        &settings.kafka,
+        aggregation,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("partition count");
+    let forwarded = read_all(&settings, aggregation);
     let mut distinct: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     let mut order: BTreeMap<(i32, String), (BTreeSet<u64>, u64)> = BTreeMap::new();
-    for r in &forwarded {
-        let m = MessageAggregation::parse(r.key.as_deref(), r.value.as_deref())
-            .expect("valid aggregation record");
+    let sightings = forwarded.iter().flat_map(|r| {
+        MessageAggregation::sightings(r.key.as_deref(), r.value.as_deref())
+            .expect("valid aggregation record")
+            .into_iter()
+            .map(move |s| (r, s))
+    });
+    for (r, m) in sightings {
+        assert_eq!(
+            r.partition,
+            tally_common::kafka::key_partition(m.hash.to_string().as_bytes(), partitions),
+            "{}/{}: forwarded outside its hash's partition",
+            m.client,
+            m.sn
+        );
         distinct.entry(m.client.clone()).or_default().insert(m.sn);
         let (seen, high) = order.entry((r.partition, m.client.clone())).or_default();
         if seen.insert(m.sn) {
@@ -198,8 +219,31 @@ async fn the_aggregator_dead_letters_invalid_aggregation_records() {
     let mut forged = good.clone();
     forged.sn = 2;
     forged.msg = format!("{prefix} forged");
-    let records = [
+    // Packed, as counters write them: a good one (two sightings of `text`, one
+    // of `other`) and one whose second entry has sn 0, dead-lettered whole.
+    let other = format!("{prefix} other");
+    let mut pack = PackedWriter::default();
+    pack.push(&good.client, 2, &text);
+    pack.push(&format!("{prefix}-d"), 1, &text);
+    pack.push(&good.client, 3, &other);
+    let mut spoiled = PackedWriter::default();
+    spoiled.push(&good.client, 4, &other);
+    spoiled.push(&good.client, 0, &other);
+    // Keyed ones of 16 more texts, for the partitioner check at the end.
+    let keyed: Vec<MessageAggregation> = (0..16)
+        .map(|i| {
+            MessageAggregation::from_client_message(&ClientMessage {
+                client: format!("{prefix}-k"),
+                sn: i + 1,
+                msg: format!("{prefix} keyed {i}"),
+                ts: 0,
+            })
+        })
+        .collect();
+    let mut records = vec![
         (good.hash.clone(), good.to_json(), None),
+        (String::new(), pack.finish(), None),
+        (String::new(), spoiled.finish(), Some("bad_sn")),
         (forged.hash.clone(), forged.encode(), Some("hash_mismatch")),
         (forged.hash.clone(), forged.to_json(), Some("hash_mismatch")),
         ("junk".to_owned(), b"{".to_vec(), Some("malformed")),
@@ -209,6 +253,7 @@ async fn the_aggregator_dead_letters_invalid_aggregation_records() {
             Some("unsupported_version"),
         ),
     ];
+    records.extend(keyed.iter().map(|k| (k.hash.clone(), k.encode(), None)));
     let producer: rdkafka::producer::FutureProducer =
         tally_common::kafka::idempotent_producer_config(&settings.kafka)
             .create()
@@ -270,10 +315,35 @@ async fn the_aggregator_dead_letters_invalid_aggregation_records() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let expected = Expected {
-        messages: [(text, 1), (forged.msg.clone(), 0)].into_iter().collect(),
+        messages: [(text, 3), (forged.msg.clone(), 0), (other, 1)]
+            .into_iter()
+            .chain(keyed.iter().map(|k| (k.msg.clone(), 1)))
+            .collect(),
         ..Expected::default()
     };
     assert_counts(&settings, &expected, &[&aggregator]).await;
+
+    // The keyed records went where librdkafka's partitioner put them; the
+    // counter's `key_partition` must agree, or packed and keyed sightings of one
+    // message would part ways.
+    let partitions = tally_common::kafka::topic_partitions(
+        &settings.kafka,
+        aggregation,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("partition count");
+    assert!(partitions > 1, "a one-partition topic proves nothing here");
+    for r in read_all(&settings, aggregation) {
+        if let Some(key) = r.key.as_deref().filter(|k| !k.is_empty()) {
+            assert_eq!(
+                r.partition,
+                tally_common::kafka::key_partition(key, partitions),
+                "key {}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use tally_common::records::MessageAggregation;
 use tally_tests::pipeline::{
     committed, ends, isolated, produce, start_aggregator, start_counter, RawRecord,
 };
@@ -107,10 +108,19 @@ async fn counter_and_aggregator_throughput() {
         &last,
         &aggregator,
     );
-    // Offsets include transaction markers; scale the progress to data records.
+    // Offsets include transaction markers; scale the progress to data records,
+    // and those to the sightings they hold (the counter packs its forwards).
+    let sightings: usize = forwarded
+        .iter()
+        .map(|r| {
+            MessageAggregation::sightings(r.key.as_deref(), r.value.as_deref())
+                .map_or(1, |s| s.len())
+        })
+        .sum();
     let records = forwarded.len() as f64 * progress as f64 / offsets as f64;
+    let sightings = sightings as f64 * progress as f64 / offsets as f64;
     eprintln!(
-        "aggregator: {records:.0} records in {seconds:.1} s = {:.0} records/s",
-        records / seconds
+        "aggregator: {sightings:.0} sightings ({records:.0} packed records) in {seconds:.1} s = {:.0} sightings/s",
+        sightings / seconds
     );
 }
