@@ -56,7 +56,8 @@ pub mod names {
     /// Clients left in a gap longer than `counter.stall_after_ms` (gauge).
     pub const COUNTER_STALLED_CLIENTS: &str = "tally_counter_stalled_clients";
 
-    /// Aggregator records by `outcome`: `applied`, `duplicate`, `dlq` (counter).
+    /// Aggregator sightings by `outcome`: `applied`, `duplicate`; `dlq`: dead-lettered
+    /// records (counter).
     pub const AGGREGATOR_RECORDS: &str = "tally_aggregator_records_total";
     /// Time to apply and commit one batch (histogram).
     pub const AGGREGATOR_BATCH_SECONDS: &str = "tally_aggregator_batch_seconds";
@@ -267,7 +268,7 @@ pub const METRICS: &[MetricDoc] = {
             AGGREGATOR_RECORDS,
             Counter,
             &["outcome"],
-            "committed message_aggregation records: applied, duplicate, dlq",
+            "committed message_aggregation sightings (each entry of a packed record): applied, duplicate; dlq: dead-lettered records",
         ),
         doc(
             AGGREGATOR_BATCH_SECONDS,
