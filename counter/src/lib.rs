@@ -23,9 +23,10 @@
 //! processed again in the next batch (see `plan`). So Redis is never ahead of the
 //! committed offset across a filled gap, and a replay after an aborted transaction
 //! classifies every record as the first attempt did (applied only turns into
-//! duplicate): the committed stream of `message_aggregation` is the same whatever
-//! was aborted, and each client's sns reach the aggregator in sn order, which its
-//! high-water mark relies on.
+//! duplicate): the committed sequence of forwards in each `message_aggregation`
+//! partition is the same whatever was aborted (how they are packed into records
+//! may differ; what the aggregator applies does not), and each client's sns
+//! reach the aggregator in sn order, which its high-water mark relies on.
 //!
 //! **Overlapped batches.** The engine applies a batch while the previous one
 //! commits, so that commit may still abort after this batch's effects are in
