@@ -31,9 +31,10 @@ use tally_common::MessageHash;
 use tally_consume::{dead_letter, OutRecord, Polled};
 
 /// Largest packed `message_aggregation` value the counter writes (a forward
-/// larger than this on its own still gets a record of its own). Far below the
-/// producers' and brokers' default record limit (~1 MB).
-pub const PACKED_RECORD_MAX_BYTES: usize = 256 * 1024;
+/// larger than this on its own still gets a record of its own): half the default
+/// producer batch (`kafka.batch_bytes`, 256 KiB), far below the producers' and
+/// brokers' default record limit (~1 MB).
+pub const PACKED_RECORD_MAX_BYTES: usize = 128 * 1024;
 
 /// What happened to one record of a batch.
 #[derive(Debug)]
