@@ -3,6 +3,7 @@
 //!
 //! Per batch (invariants 4 and 5 of `docs/architecture.md`):
 //! 1. Collect up to `aggregator.batch_max_records` records or
+//!    `aggregator.batch_max_bytes` (packed records hold many sightings) or
 //!    `aggregator.batch_max_ms` (read_committed: aborted counter transactions are
 //!    never seen).
 //! 2. Parse each into its sightings (a packed record of the counter holds many, all
@@ -84,6 +85,7 @@ pub async fn run_with_readiness(
         group: a.group_id.clone(),
         topic: topic.clone(),
         max_records: a.batch_max_records,
+        max_bytes: a.batch_max_bytes,
         max_wait: Duration::from_millis(a.batch_max_ms),
         rewind_timeout: Duration::from_millis(settings.kafka.session_timeout_ms),
         metrics: EngineMetrics {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::events::{BatchAbandoned, CommitFailed};
-use crate::group::{self, Collected, ConsumeError, GroupConsumer, Polled};
+use crate::group::{self, BatchLimit, Collected, ConsumeError, GroupConsumer, Polled};
 use crate::out::OutRecord;
 use crate::sink::{CommitError, CommitFailpoints, Sink};
 use crate::zombie::{Membership, StallDetector, Unsure};
@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub topic: String,
     /// A batch is handed over at this many records…
     pub max_records: usize,
+    /// …or once its values and keys take this many bytes (a packed record holds
+    /// many messages: a count of records alone does not bound a batch's memory)…
+    pub max_bytes: usize,
     /// …or this long after its first record.
     pub max_wait: Duration,
     /// librdkafka timeout of a rewind's committed-offset fetch and seek.
@@ -321,7 +324,10 @@ impl Engine {
                 &self.consumer,
                 &mut batch,
                 &mut revoked,
-                self.config.max_records,
+                BatchLimit {
+                    records: self.config.max_records,
+                    bytes: self.config.max_bytes,
+                },
                 max_wait,
                 idle_wait,
                 stop,

@@ -39,6 +39,30 @@ pub struct Polled {
     pub payload: Option<Vec<u8>>,
 }
 
+impl Polled {
+    /// The bytes its key and value take.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// When a batch is full: at `records` records or `bytes` bytes of keys and values,
+/// whichever comes first. Every batch takes at least one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimit {
+    /// Most records.
+    pub records: usize,
+    /// Most bytes of keys and values.
+    pub bytes: usize,
+}
+
+impl BatchLimit {
+    /// Whether a batch of `records` records taking `bytes` bytes is full.
+    pub fn reached(self, records: usize, bytes: usize) -> bool {
+        records >= self.records.max(1) || (records > 0 && bytes >= self.bytes)
+    }
+}
+
 /// Why consuming failed for good.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
@@ -196,7 +220,7 @@ pub enum Collected {
 }
 
 /// Polls records into `batch` (which may already hold records carried over from
-/// the previous batch) until it holds `max_records`, or `max_wait` passed since the
+/// the previous batch) until it is full (`limit`), or `max_wait` passed since the
 /// first record, or — while empty — `idle_wait` passed. After every poll the
 /// records collected *before* it that belong to partitions it revoked are dropped
 /// from `batch` (a record the poll itself returned is kept: it comes from the
@@ -206,16 +230,19 @@ pub async fn collect(
     consumer: &GroupConsumer,
     batch: &mut Vec<Polled>,
     revoked: &mut Vec<i32>,
-    max_records: usize,
+    limit: BatchLimit,
     max_wait: Duration,
     idle_wait: Duration,
     stop: &CancellationToken,
 ) -> Result<Collected, ConsumeError> {
     let idle_deadline = tokio::time::Instant::now() + idle_wait;
     let mut deadline = (!batch.is_empty()).then(|| tokio::time::Instant::now() + max_wait);
+    let mut bytes: usize = batch.iter().map(Polled::size).sum();
     loop {
-        drop_revoked(consumer, batch, revoked);
-        if batch.len() >= max_records {
+        if drop_revoked(consumer, batch, revoked) {
+            bytes = batch.iter().map(Polled::size).sum();
+        }
+        if limit.reached(batch.len(), bytes) {
             return Ok(Collected::Ready);
         }
         let until = match deadline {
@@ -248,9 +275,12 @@ pub async fn collect(
         // fetched from the new assignment (from the committed offset) and must be
         // kept — dropping it too would skip it, because the consumer's position
         // is already past it. So drop first, then add.
-        drop_revoked(consumer, batch, revoked);
+        if drop_revoked(consumer, batch, revoked) {
+            bytes = batch.iter().map(Polled::size).sum();
+        }
         match received {
             Ok(record) => {
+                bytes += record.size();
                 batch.push(record);
                 if deadline.is_none() {
                     deadline = Some(tokio::time::Instant::now() + max_wait);
@@ -269,14 +299,17 @@ pub async fn collect(
     }
 }
 
-fn drop_revoked(consumer: &GroupConsumer, batch: &mut Vec<Polled>, all: &mut Vec<i32>) {
+/// Drops the batch's records of partitions revoked since the last call; whether
+/// any record was dropped.
+fn drop_revoked(consumer: &GroupConsumer, batch: &mut Vec<Polled>, all: &mut Vec<i32>) -> bool {
     let revoked = consumer.context().take_revoked();
     if revoked.is_empty() {
-        return;
+        return false;
     }
     let before = batch.len();
     batch.retain(|r| !revoked.contains(&r.partition));
-    if batch.len() < before {
+    let dropped = batch.len() < before;
+    if dropped {
         debug!(
             dropped = before - batch.len(),
             ?revoked,
@@ -284,6 +317,7 @@ fn drop_revoked(consumer: &GroupConsumer, batch: &mut Vec<Polled>, all: &mut Vec
         );
     }
     all.extend(revoked);
+    dropped
 }
 
 /// Moves every assigned partition back to its committed offset (the beginning when
@@ -314,4 +348,37 @@ pub async fn rewind(consumer: &Arc<GroupConsumer>, timeout: Duration) -> Result<
         Ok(())
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_full_at_its_records_or_its_bytes_and_takes_at_least_one_record() {
+        let limit = BatchLimit {
+            records: 3,
+            bytes: 100,
+        };
+        assert!(!limit.reached(0, 0));
+        assert!(!limit.reached(2, 99));
+        assert!(limit.reached(3, 0), "records");
+        assert!(limit.reached(1, 100), "bytes");
+        // One record larger than the whole budget is still a batch of its own.
+        assert!(!limit.reached(0, 0));
+        assert!(limit.reached(1, 5_000));
+        let zero = BatchLimit {
+            records: 0,
+            bytes: 0,
+        };
+        assert!(!zero.reached(0, 0), "an empty batch is never full");
+        assert!(zero.reached(1, 0));
+        let record = Polled {
+            partition: 0,
+            offset: 0,
+            key: Some(vec![0; 3]),
+            payload: Some(vec![0; 40]),
+        };
+        assert_eq!(record.size(), 43);
+    }
 }

@@ -3,7 +3,8 @@
 //! batch.
 //!
 //! Per batch (invariants 4, 5 and 7 of `docs/architecture.md`):
-//! 1. Collect up to `counter.batch_max_records` records or `counter.batch_max_ms`.
+//! 1. Collect up to `counter.batch_max_records` records (or
+//!    `counter.batch_max_bytes`) or `counter.batch_max_ms`.
 //! 2. Parse each; an invalid record is dead-lettered (inside the transaction, so
 //!    skipping it is atomic with the offset commit, and a poison record can never
 //!    block its partition or crash the loop).
@@ -150,6 +151,7 @@ pub async fn run_with_readiness(
         group: c.group_id.clone(),
         topic: topics.source.clone(),
         max_records: c.batch_max_records,
+        max_bytes: c.batch_max_bytes,
         max_wait: Duration::from_millis(c.batch_max_ms),
         rewind_timeout: Duration::from_millis(settings.kafka.transaction_timeout_ms),
         metrics: EngineMetrics {

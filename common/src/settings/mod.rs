@@ -273,6 +273,10 @@ pub struct CounterSettings {
     /// Most records applied in one Kafka transaction.
     #[serde(default = "defaults::batch_max_records")]
     pub batch_max_records: usize,
+    /// Most bytes of record keys and values in one batch (whichever of this and
+    /// `batch_max_records` comes first closes it).
+    #[serde(default = "defaults::counter_batch_max_bytes")]
+    pub batch_max_bytes: usize,
     /// Longest a batch collects records before it is applied, in milliseconds.
     #[serde(default = "defaults::batch_max_ms")]
     pub batch_max_ms: u64,
@@ -300,6 +304,11 @@ pub struct AggregatorSettings {
     /// Most records applied per offset commit.
     #[serde(default = "defaults::batch_max_records")]
     pub batch_max_records: usize,
+    /// Most bytes of record keys and values in one batch. A counter's packed
+    /// record holds up to ~1,500 messages, so this, not `batch_max_records`, is
+    /// what bounds a batch's memory.
+    #[serde(default = "defaults::aggregator_batch_max_bytes")]
+    pub batch_max_bytes: usize,
     /// Longest a batch collects records before it is applied, in milliseconds.
     #[serde(default = "defaults::batch_max_ms")]
     pub batch_max_ms: u64,
@@ -525,6 +534,16 @@ mod defaults {
     }
     pub fn batch_max_ms() -> u64 {
         100
+    }
+    /// 20,000 compact records of the novel take ~1.8 MB: the record count closes
+    /// the counter's batches; this bounds them when lines are long.
+    pub fn counter_batch_max_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    /// ~24,000 sightings of ~86 bytes: about what 20,000 single records held
+    /// before the counter packed its forwards.
+    pub fn aggregator_batch_max_bytes() -> usize {
+        2 * 1024 * 1024
     }
     pub fn stall_after_ms() -> u64 {
         30_000

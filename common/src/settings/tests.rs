@@ -49,6 +49,8 @@ fn defaults_fill_everything_not_required() {
     assert_eq!(s.counter.transactional_id_prefix, "tally-counter");
     assert_eq!(s.counter.batch_max_records, 20_000);
     assert_eq!(s.counter.batch_max_ms, 100);
+    assert_eq!(s.counter.batch_max_bytes, 4 << 20);
+    assert_eq!(s.aggregator.batch_max_bytes, 2 << 20);
     assert_eq!(s.producer.max_line_bytes, 65536);
     assert_eq!(s.log.format, LogFormat::Auto);
 }
@@ -172,12 +174,13 @@ fn type_errors_and_invalid_values_come_together() {
     );
     // Value checks run only once every section parsed, so fix types first:
     let f = file(&format!(
-        "{MINIMAL}\n[producer]\nlisten = \"nowhere\"\n[log]\nfilter = \"[[\"\n"
+        "{MINIMAL}\n[producer]\nlisten = \"nowhere\"\n[log]\nfilter = \"[[\"\n[aggregator]\nbatch_max_bytes = 0\n"
     ));
     let found = issues(Settings::load_from(Some(f.path()), env(&[])).unwrap_err());
     let keys: Vec<_> = found.iter().map(|i| i.key.as_str()).collect();
     assert!(keys.contains(&"producer.listen"), "{found:?}");
     assert!(keys.contains(&"log.filter"), "{found:?}");
+    assert!(keys.contains(&"aggregator.batch_max_bytes"), "{found:?}");
 }
 
 #[test]

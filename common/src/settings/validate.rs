@@ -236,6 +236,11 @@ impl Settings {
                 "aggregator.batch_max_records",
                 self.aggregator.batch_max_records,
             ),
+            ("counter.batch_max_bytes", self.counter.batch_max_bytes),
+            (
+                "aggregator.batch_max_bytes",
+                self.aggregator.batch_max_bytes,
+            ),
         ] {
             check(records >= 1, key, "must be ≥ 1");
         }
