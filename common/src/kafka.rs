@@ -373,20 +373,40 @@ pub async fn topic_partitions(
     .unwrap_or(Err(KafkaError::Canceled))
 }
 
+/// How long [`require_topics`] keeps asking before it calls a topic missing. A
+/// broker knows a topic created a moment ago (by `tally admin init-topics`, or a
+/// test's setup) only once it has applied the controller's metadata, and one
+/// metadata request reaches one broker: a counter started in the network lab right
+/// after its topics were created was told all three were missing and stopped.
+const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(3);
+/// Pause between those lookups.
+const MISSING_TOPIC_RECHECK: Duration = Duration::from_millis(250);
+
 /// What a service does with its topics at start: fine when they exist; when some
 /// are missing, creates them (as `tally admin init-topics` would, through
 /// [`ensure_topics`]) if `kafka.create_topics` is set, and otherwise fails with
-/// [`TopicSetupError::Missing`], which names `tally admin init-topics`. `names`
-/// must be among [`tally_topics`].
+/// [`TopicSetupError::Missing`], which names `tally admin init-topics`. A topic is
+/// missing only if it stays unknown for [`MISSING_TOPIC_GRACE`]. `names` must be
+/// among [`tally_topics`].
 pub async fn require_topics(
     settings: &KafkaSettings,
     names: &[String],
     timeout: Duration,
 ) -> Result<TopicCheck, TopicSetupError> {
-    let missing = match missing_topics(settings, names, timeout).await {
+    let mut missing = match missing_topics(settings, names, timeout).await {
         Ok(missing) => missing,
         Err(e) => return Ok(TopicCheck::Unreachable(e)),
     };
+    // Ask again (each time a fresh client, so possibly another broker) before
+    // concluding: see MISSING_TOPIC_GRACE.
+    let grace_ends = tokio::time::Instant::now() + MISSING_TOPIC_GRACE;
+    while !missing.is_empty() && tokio::time::Instant::now() < grace_ends {
+        tokio::time::sleep(MISSING_TOPIC_RECHECK).await;
+        missing = match missing_topics(settings, &missing, timeout).await {
+            Ok(missing) => missing,
+            Err(e) => return Ok(TopicCheck::Unreachable(e)),
+        };
+    }
     if missing.is_empty() {
         return Ok(TopicCheck::Present);
     }
