@@ -13,7 +13,7 @@ use tally_common::records::{
     ClientMessage, MessageAggregation, PackedWriter, COMPACT_V1, DLQ_REASON_HEADER,
     DLQ_SOURCE_OFFSET_HEADER, DLQ_SOURCE_PARTITION_HEADER, DLQ_SOURCE_TOPIC_HEADER,
 };
-use tally_common::MessageHash;
+use tally_common::{MessageHash, Settings};
 use tally_tests::pipeline::{
     assert_counts, isolated, messy_stream, produce, read_all, start_aggregator, start_counter,
     wait_done, Expected, RawRecord,
@@ -144,13 +144,7 @@ async fn a_messy_stream_counts_exactly_and_dead_letters_exactly_the_malformed() 
     // The counter packs them, each in the partition that a record keyed by its
     // hash would go to (the Java partitioner's choice).
     let aggregation = &settings.kafka.message_aggregation_topic;
-    let partitions = tally_common::kafka::topic_partitions(
-        &settings.kafka,
-        aggregation,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("partition count");
+    let partitions = partitions_of(&settings, aggregation).await;
     let forwarded = read_all(&settings, aggregation);
     let mut distinct: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     let mut order: BTreeMap<(i32, String), (BTreeSet<u64>, u64)> = BTreeMap::new();
@@ -228,13 +222,7 @@ async fn the_aggregator_dead_letters_invalid_aggregation_records() {
     // (the first version of this test wrote them where an empty key goes, and
     // the high-water mark then dropped `good`'s sn 1 behind the pack's sn 2).
     let aggregation = &settings.kafka.message_aggregation_topic;
-    let partitions = tally_common::kafka::topic_partitions(
-        &settings.kafka,
-        aggregation,
-        Duration::from_secs(10),
-    )
-    .await
-    .expect("partition count");
+    let partitions = partitions_of(&settings, aggregation).await;
     let partition_of = |text: &str| {
         key_partition(
             MessageHash::of(text.as_bytes()).to_string().as_bytes(),
@@ -382,6 +370,13 @@ async fn the_aggregator_dead_letters_invalid_aggregation_records() {
             );
         }
     }
+}
+
+/// How many partitions `topic` has (the counter packs its forwards per partition).
+async fn partitions_of(settings: &Settings, topic: &str) -> i32 {
+    tally_common::kafka::topic_partitions(&settings.kafka, topic, Duration::from_secs(10))
+        .await
+        .expect("partition count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
