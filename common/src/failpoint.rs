@@ -24,6 +24,11 @@ pub const ENV: &str = "TALLY_FAILPOINT";
 /// Whether this build has failpoints (the `failpoints` feature).
 pub const ENABLED: bool = cfg!(feature = "failpoints");
 
+/// Logged when a process arms failpoints. Only a build with the feature that
+/// checks a failpoint anywhere ([`hit`] or [`is_armed`]) carries this text:
+/// tally-harness recognises such a binary by it.
+pub const BUILD_MARKER: &str = "failpoints armed in a failpoint build:";
+
 #[cfg(feature = "failpoints")]
 pub use armed::{hit, is_armed};
 
@@ -46,11 +51,18 @@ mod armed {
     use std::sync::atomic::Ordering;
     use std::sync::OnceLock;
 
-    use super::{parse, Armed, ENV};
+    use super::{parse, Armed, BUILD_MARKER, ENV};
 
     fn armed() -> &'static [Armed] {
         static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
-        ARMED.get_or_init(|| parse(&std::env::var(ENV).unwrap_or_default()))
+        ARMED.get_or_init(|| {
+            let spec = std::env::var(ENV).unwrap_or_default();
+            let armed = parse(&spec);
+            if !armed.is_empty() {
+                tracing::warn!("{BUILD_MARKER} {spec}");
+            }
+            armed
+        })
     }
 
     /// Whether `hit(name)` would count towards an armed failpoint.
@@ -64,7 +76,6 @@ mod armed {
         for point in armed().iter().filter(|a| a.name == name) {
             let n = point.hits.fetch_add(1, Ordering::SeqCst) + 1;
             if n == point.fire_at {
-                // tally-harness recognises a binary with failpoints by this message.
                 tracing::error!(failpoint = name, hit = n, "failpoint fired: aborting");
                 eprintln!("failpoint {name} fired at hit {n}: aborting");
                 std::process::abort();

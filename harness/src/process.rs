@@ -50,9 +50,9 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// Text only a binary with failpoints compiled in carries (the message an armed
-/// failpoint logs when it fires, see `tally_common::failpoint::hit`).
-const FAILPOINTS_MARKER: &str = "failpoint fired: aborting";
+/// Text only a binary with failpoints compiled in carries (logged when it arms
+/// them, see `tally_common::failpoint`).
+const FAILPOINTS_MARKER: &str = tally_common::failpoint::BUILD_MARKER;
 
 /// Whether `binary` has failpoints compiled in; remembered per path.
 fn has_failpoints(binary: &Path) -> Result<bool, HarnessError> {
@@ -370,14 +370,8 @@ mod tests {
 
     #[test]
     fn text_is_found_between_invalid_bytes() {
-        assert!(contains(
-            b"\xff\xfeab failpoint fired: aborting\x00\xc3",
-            FAILPOINTS_MARKER
-        ));
-        assert!(!contains(
-            b"failpoint fired:\xff aborting",
-            FAILPOINTS_MARKER
-        ));
+        assert!(contains(b"\xff\xfeab marker here\x00\xc3", "marker here"));
+        assert!(!contains(b"marker\xff here", "marker here"));
         assert!(!contains(b"anything", ""));
     }
 
@@ -386,7 +380,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let with = dir.path().join("with");
         let without = dir.path().join("without");
-        std::fs::write(&with, b"\x7fELF...failpoint fired: aborting...").expect("write");
+        let mut binary = b"\x7fELF...".to_vec();
+        binary.extend_from_slice(FAILPOINTS_MARKER.as_bytes());
+        binary.extend_from_slice(b"...");
+        std::fs::write(&with, binary).expect("write");
         std::fs::write(&without, b"\x7fELF...failpoint...").expect("write");
         assert!(has_failpoints(&with).expect("read"));
         assert!(!has_failpoints(&without).expect("read"));

@@ -253,8 +253,13 @@ impl FlushState {
         self.pending.get(usize::try_from(index).ok()?)
     }
 
-    /// The entry [`FlushState::next_to_send`] returned is on its way.
-    pub fn sent(&mut self) {
+    /// The entry [`FlushState::next_to_send`] returned is on its way. The first
+    /// send with nothing in flight starts the stall clock: a client idle for longer
+    /// than the delivery timeout is not stalled by its next send.
+    pub fn sent(&mut self, now: Instant) {
+        if self.next_send == self.flushed + 1 {
+            self.last_progress = now;
+        }
         self.next_send += 1;
     }
 
@@ -479,7 +484,7 @@ mod tests {
             let mut sent = Vec::new();
             while let Some(entry) = state.next_to_send() {
                 sent.push((entry.sn, state.generation()));
-                state.sent();
+                state.sent(self.now);
             }
             sent
         }
@@ -677,11 +682,30 @@ mod tests {
         let timeout = Duration::from_secs(5);
         f.now += Duration::from_secs(10);
         assert!(!s.stalled(f.now, timeout), "nothing in flight");
-        f.append(&mut s, 1, &["a"]);
+        f.append(&mut s, 1, &["a", "b"]);
         f.send_all(&mut s);
+        assert!(
+            !s.stalled(f.now, timeout),
+            "a send after idling starts the clock"
+        );
+        f.now += Duration::from_secs(4);
+        assert!(!s.stalled(f.now, timeout), "within the timeout");
+        f.now += Duration::from_secs(2);
         assert!(s.stalled(f.now, timeout));
         s.rewind(&mut f.generations, f.now);
         assert!(!s.stalled(f.now, timeout), "a rewind resets the clock");
+        f.send_all(&mut s);
+        assert_eq!(s.confirm(1, s.generation(), f.now), Some(1));
+        f.now += Duration::from_secs(6);
+        assert!(s.stalled(f.now, timeout), "sn 2 still without a result");
+        assert_eq!(s.confirm(2, s.generation(), f.now), Some(1));
+        f.now += Duration::from_secs(60);
+        f.append(&mut s, 3, &["c"]);
+        f.send_all(&mut s);
+        assert!(
+            !s.stalled(f.now, timeout),
+            "caught up, then idle: the next send starts the clock"
+        );
     }
 
     #[test]

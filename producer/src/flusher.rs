@@ -6,7 +6,12 @@
 //! release rules live there, invariant 3). What it adds: only what a client's
 //! state asked for is done, and a background result is applied only to the state
 //! that asked for it (matched by a state id unique for the flusher's life), so a
-//! result for a client that was dropped and claimed again is ignored.
+//! result for a client that was dropped and claimed again is ignored. And a Kafka
+//! producer that stops answering is replaced: librdkafka reports every message it
+//! accepted, delivered or failed, within `message.timeout.ms`; sends with no result
+//! past that (plus a margin) mean its reports stopped, and resending into it would
+//! wait forever, so a new producer takes over and every client resends from
+//! `flushed + 1` (go-back-N, as after a failure).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +36,10 @@ use crate::shared::{FlushCommand, Shared};
 
 /// Messages read from a stash per Redis call when catching up.
 const LOAD_CHUNK: usize = 1_000;
+/// Failpoint-build sabotage for the fault suite: the first Kafka producer's delivery
+/// results are never seen (as when its reports stop), so only replacing it lets
+/// the flush go on. A constant `false` check in release builds.
+pub const SILENT_KAFKA: &str = "producer.silent_kafka";
 /// Client-map capacity from which a map a quarter full is shrunk and freed memory
 /// handed back: a few clients coming and going never trigger it.
 const SHRINK_FROM: usize = 1_024;
@@ -81,6 +90,8 @@ pub struct Flusher {
     remaining: watch::Sender<usize>,
     /// Source of state ids and send generations, unique for the flusher's life.
     generations: Generations,
+    /// The [`SILENT_KAFKA`] sabotage is on for the current producer.
+    silent: bool,
 }
 
 impl Flusher {
@@ -101,6 +112,7 @@ impl Flusher {
             tasks: JoinSet::new(),
             remaining,
             generations: Generations::default(),
+            silent: tally_common::failpoint::is_armed(SILENT_KAFKA),
         }
     }
 
@@ -205,6 +217,7 @@ impl Flusher {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
+        let now = Instant::now();
         while let Some(entry) = client.state.next_to_send() {
             let (sn, ts) = (entry.sn, entry.ts);
             let value = ClientMessage {
@@ -221,7 +234,11 @@ impl Flusher {
             match self.producer.send_result(record) {
                 Ok(delivery) => {
                     let (id, generation) = (id.clone(), client.state.generation());
+                    let silent = self.silent;
                     self.deliveries.push(Box::pin(async move {
+                        if silent {
+                            futures::future::pending::<()>().await;
+                        }
                         let result = match delivery.await {
                             Ok(Ok(_)) => Ok(()),
                             Ok(Err((e, _))) => Err(e),
@@ -229,7 +246,7 @@ impl Flusher {
                         };
                         (id, sn, generation, result)
                     }));
-                    client.state.sent();
+                    client.state.sent(now);
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.blocked.insert(id.clone());
@@ -286,18 +303,22 @@ impl Flusher {
         if let Some(e) = self.producer.client().fatal_error() {
             // A fatal idempotence error: this producer can send nothing more.
             warn!("Kafka producer fatal error {e:?}; recreating it and resending");
-            match tally_common::kafka::idempotent_producer_config(&shared.settings.kafka).create() {
-                Ok(producer) => {
-                    self.producer = producer;
-                    for client in self.clients.values_mut() {
-                        client.state.rewind(&mut self.generations, now);
-                        metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS)
-                            .increment(1);
-                    }
-                    self.blocked.extend(self.clients.keys().cloned());
-                }
-                Err(e) => warn!("cannot recreate the Kafka producer: {e}"),
-            }
+            self.replace_producer(now);
+        }
+        // Loss check: sends in flight without any result past the delivery timeout.
+        let stalled = self
+            .clients
+            .values()
+            .filter(|c| c.state.stalled(now, delivery_timeout))
+            .count();
+        if stalled > 0 {
+            warn!(
+                stalled,
+                queued_in_kafka_client = self.producer.in_flight_count(),
+                awaiting_results = self.deliveries.len(),
+                "no delivery result for {delivery_timeout:?}; recreating the Kafka producer and resending"
+            );
+            self.replace_producer(now);
         }
 
         // Every client's un-flushed messages, summed: O(owned clients) per tick.
@@ -306,13 +327,6 @@ impl Flusher {
 
         for (id, client) in &mut self.clients {
             let state = &mut client.state;
-            // Loss check: in flight without progress past the delivery timeout.
-            if state.stalled(now, delivery_timeout) {
-                warn!(client = %id, "no delivery progress for {delivery_timeout:?}; resending from {}", state.flushed() + 1);
-                state.rewind(&mut self.generations, now);
-                metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
-                self.blocked.insert(id.clone());
-            }
             // Catch up from the stash.
             if let Some(after) = state.start_load(LOAD_CHUNK) {
                 let (store, id, state_id) = (shared.store.clone(), id.clone(), client.state_id);
@@ -363,6 +377,34 @@ impl Flusher {
         for id in blocked {
             self.send(&id);
         }
+    }
+
+    /// Replaces the Kafka producer and rewinds every client to `flushed + 1` in a
+    /// new generation: the old producer's results, if any still come, are ignored.
+    fn replace_producer(&mut self, now: Instant) {
+        let producer =
+            match tally_common::kafka::idempotent_producer_config(&self.shared.settings.kafka)
+                .create()
+            {
+                Ok(producer) => producer,
+                Err(e) => {
+                    warn!("cannot recreate the Kafka producer: {e}");
+                    return;
+                }
+            };
+        let old = std::mem::replace(&mut self.producer, producer);
+        // Dropping it purges its queue and joins its threads, which may block (a
+        // producer that stopped answering may be slow to stop): not on this task.
+        tokio::task::spawn_blocking(move || drop(old));
+        self.silent = false;
+        // Their results belong to older generations; waiting for them is pointless.
+        self.deliveries = FuturesUnordered::new();
+        for client in self.clients.values_mut() {
+            client.state.rewind(&mut self.generations, now);
+            metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
+        }
+        self.blocked.extend(self.clients.keys().cloned());
+        metrics::counter!(tally_common::observe::names::PRODUCER_KAFKA_RECREATIONS).increment(1);
     }
 
     /// The client whose state asked for a background result, if it still exists.

@@ -44,6 +44,7 @@ mod budget;
 mod connection;
 mod flush_state;
 mod flusher;
+pub use flusher::SILENT_KAFKA;
 pub mod limits;
 mod ownership;
 pub use tally_common::protocol;

@@ -30,6 +30,9 @@ pub mod names {
     pub const PRODUCER_DELIVERY_ERRORS: &str = "tally_producer_delivery_errors_total";
     /// Go-back-N rewinds after a failed delivery (counter).
     pub const PRODUCER_REWINDS: &str = "tally_producer_rewinds_total";
+    /// Kafka producers replaced: after a fatal error, or when sends went past the
+    /// delivery timeout without any result (counter).
+    pub const PRODUCER_KAFKA_RECREATIONS: &str = "tally_producer_kafka_recreations_total";
     /// Messages stored but not yet confirmed by Kafka, over owned clients (gauge).
     pub const PRODUCER_FLUSH_LAG: &str = "tally_producer_flush_lag_messages";
     /// Clients whose stash this instance owns (gauge).
@@ -191,6 +194,12 @@ pub const METRICS: &[MetricDoc] = {
             Counter,
             &[],
             "go-back-N rewinds after a failed delivery",
+        ),
+        doc(
+            PRODUCER_KAFKA_RECREATIONS,
+            Counter,
+            &[],
+            "Kafka producers replaced (fatal error, or no delivery result in time)",
         ),
         doc(
             PRODUCER_FLUSH_LAG,
