@@ -242,14 +242,29 @@ pub fn caught_up(committed: &BTreeMap<i32, i64>, ends: &BTreeMap<i32, i64>) -> b
 
 /// High watermark (end) of each partition of `topic`.
 pub fn ends(settings: &Settings, topic: &str) -> BTreeMap<i32, i64> {
-    let c = consumer(settings, &unique("it-ends"));
+    watermarks(settings, topic)
+        .into_iter()
+        .map(|(p, (_, high))| (p, high))
+        .collect()
+}
+
+/// Log start (low watermark) of each partition of `topic`, as its leader reports it.
+pub fn log_starts(settings: &Settings, topic: &str) -> BTreeMap<i32, i64> {
+    watermarks(settings, topic)
+        .into_iter()
+        .map(|(p, (low, _))| (p, low))
+        .collect()
+}
+
+fn watermarks(settings: &Settings, topic: &str) -> BTreeMap<i32, (i64, i64)> {
+    let c = consumer(settings, &unique("it-watermarks"));
     partitions(&c, topic)
         .into_iter()
         .map(|p| {
-            let (_, high) = c
+            let marks = c
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .expect("watermarks");
-            (p, high)
+            (p, marks)
         })
         .collect()
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tally_common::{ClientId, Keys, MessageHash, Settings};
 use tally_tests::pipeline::{
-    isolated, produce, service_env, start_aggregator, start_counter, RawRecord,
+    isolated, log_starts, produce, service_env, start_aggregator, start_counter, RawRecord,
 };
 use tally_tests::{binary, free_port, local_config, unique, wait_listening, ServiceProcess};
 
@@ -418,14 +418,28 @@ async fn a_client_whose_early_records_expired_is_reported_not_judged() {
         rdkafka::Offset::Offset(4),
     )
     .expect("offset");
+    // DeleteRecords answers once every live follower has reported the new log
+    // start; the leader, which every reader asks, moves its own at once. Once (CI,
+    // a fresh stack, this binary's two loads running) no answer came within the
+    // request's 60 s, and no broker log was kept to say which follower was late.
+    // What this test needs is that readers see the log start at 4, so a late
+    // answer is checked against the leader's log start instead of failing here.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(20)))
+        .request_timeout(Some(Duration::from_secs(25)));
     let deleted = admin
-        .delete_records(&cut, &AdminOptions::new())
+        .delete_records(&cut, &options)
         .await
         .expect("DeleteRecords");
-    assert!(
-        deleted.elements().iter().all(|e| e.error().is_ok()),
-        "{deleted:?}"
-    );
+    if !deleted.elements().iter().all(|e| e.error().is_ok()) {
+        let starts = log_starts(&settings, &settings.kafka.client_message_topic);
+        assert_eq!(
+            starts.get(&0),
+            Some(&4),
+            "DeleteRecords: {deleted:?}; the leader's log starts: {starts:?}"
+        );
+        eprintln!("DeleteRecords not answered by every replica ({deleted:?}); the leader's log starts at 4");
+    }
 
     let after = tally(&settings, &["audit", "--messages"]);
     eprintln!("{}", show(&after));
