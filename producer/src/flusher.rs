@@ -394,8 +394,14 @@ impl Flusher {
             };
         let old = std::mem::replace(&mut self.producer, producer);
         // Dropping it purges its queue and joins its threads, which may block (a
-        // producer that stopped answering may be slow to stop): not on this task.
-        tokio::task::spawn_blocking(move || drop(old));
+        // producer that stopped answering may never stop): not on this task, and
+        // not on the runtime's blocking pool, whose shutdown would wait for it.
+        let dropper = std::thread::Builder::new()
+            .name("kafka-producer-drop".to_owned())
+            .spawn(move || drop(old));
+        if let Err(e) = dropper {
+            warn!("cannot start a thread to drop the old Kafka producer (dropped here): {e}");
+        }
         self.silent = false;
         // Their results belong to older generations; waiting for them is pointless.
         self.deliveries = FuturesUnordered::new();
