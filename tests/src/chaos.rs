@@ -802,6 +802,31 @@ pub async fn make_master(h: &Harness, node: &str) {
     }
 }
 
+/// Makes the master `node` (`redis-<port>`) a replica: its replica takes its slots
+/// with `CLUSTER FAILOVER` (coordinated, no write lost), and this waits until it
+/// has. Before a Redis node on a small disk is moved back: moving restarts it,
+/// and its AOF there may be stale (the lab's small disk is a mount of its own, so
+/// every AOF rewrite fails crossing devices, and a node that full-synced there has
+/// no AOF of what it holds). Restarted as a master within cluster-node-timeout it
+/// would serve that stale copy and its replica would resync from it, losing
+/// replicated, ACKed writes (seen in the network soak); as a replica it resyncs.
+pub async fn hand_over_master(h: &Harness, node: &str) {
+    let port = node.trim_start_matches("redis-");
+    let nodes = cluster_nodes(h).await;
+    let Some(me) = nodes.iter().find(|n| n.addr.ends_with(&format!(":{port}"))) else {
+        panic!("{node} is not in the cluster");
+    };
+    if !me.master {
+        return;
+    }
+    let replica = nodes
+        .iter()
+        .find(|n| n.master_id.as_deref() == Some(me.id.as_str()))
+        .unwrap_or_else(|| panic!("{node} has no replica to hand its slots to"));
+    let replica_port = replica.addr.rsplit(':').next().unwrap_or_default();
+    make_master(h, &format!("redis-{replica_port}")).await;
+}
+
 /// The first client id of the scenario's run (its keys decide which Redis master a
 /// scenario kills).
 pub fn first_client(harness: &Harness) -> ClientId {

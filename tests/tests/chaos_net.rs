@@ -13,8 +13,9 @@ use std::time::Duration;
 use tally_common::Keys;
 use tally_harness::{Lab, LinkFaults};
 use tally_tests::chaos::{
-    assert_exact, at, cluster_nodes, first_client, full, make_master, node_info, node_info_text,
-    redis_master_of, scenario, small_batches, Harness, LoadSpec, Role, SoakSpan, Topology, SETTLE,
+    assert_exact, at, cluster_nodes, first_client, full, hand_over_master, make_master, node_info,
+    node_info_text, redis_master_of, scenario, small_batches, Harness, LoadSpec, Role, SoakSpan,
+    Topology, SETTLE,
 };
 use tally_tests::{stack, RestoreDisk, RestoreNode};
 
@@ -746,6 +747,7 @@ async fn soak_fault(
             disk.fill();
             tokio::time::sleep(hold).await;
             disk.free();
+            hand_over_master(h, &master).await;
             drop(disk);
             h.heal(format!("{master}'s AOF disk has room again"));
             stack(&["wait-healthy", "180"]);
