@@ -67,7 +67,11 @@ async fn a_producer_whose_delivery_reports_stop_is_replaced_and_the_flush_goes_o
     let metrics = producer.metrics_addr().expect("metrics address in the log");
     let (status, page) = http_get(&metrics, "/metrics").await.expect("scrape");
     assert_eq!(status, 200);
-    let replaced = metric_sample(&page, "tally_producer_kafka_recreations_total", &[]);
+    let replaced = metric_sample(
+        &page,
+        tally_common::observe::names::PRODUCER_KAFKA_RECREATIONS,
+        &[],
+    );
     assert!(
         replaced.is_some_and(|n| n >= 1.0),
         "replacements: {replaced:?}\n{}",
