@@ -41,7 +41,7 @@ use tally_common::records::MessageAggregation;
 use tally_common::{MessageHash, Settings};
 use tally_consume::{
     dead_letter, BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership,
-    OutRecord, Polled, Processed, Processor, ServiceReadiness, Sink, Unsure, BACKOFF_MAX,
+    OutRecord, Part, Polled, Processed, Processor, ServiceReadiness, Sink, Unsure, BACKOFF_MAX,
     BACKOFF_MIN,
 };
 use tracing::{debug, info, warn};
@@ -135,6 +135,7 @@ struct Summary {
     total: u64,
     counted: u64,
     dead_lettered: u64,
+    /// Count-script groups (distinct messages per part, summed over the parts).
     messages: usize,
 }
 
@@ -147,6 +148,7 @@ impl Processor for Aggregator {
         &mut self,
         records: Vec<Polled>,
         _guard: Membership,
+        _part: Part,
     ) -> Result<Processed<Summary>, Unsure> {
         // No guard check before the writes: they are idempotent and order-guarded
         // per (message, client), so a zombie's late write counts nothing twice.
@@ -171,6 +173,15 @@ impl Processor for Aggregator {
                 messages,
             },
         })
+    }
+
+    fn combine(&self, earlier: Summary, later: Summary) -> Summary {
+        Summary {
+            total: earlier.total + later.total,
+            counted: earlier.counted + later.counted,
+            dead_lettered: earlier.dead_lettered + later.dead_lettered,
+            messages: earlier.messages + later.messages,
+        }
     }
 
     fn committed(&mut self, summary: Summary, batch: &BatchReport) {

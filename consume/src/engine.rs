@@ -83,21 +83,40 @@ pub struct Processed<S> {
     pub summary: S,
 }
 
+/// Which part of a batch a [`Processor::process`] call is given. A batch is what
+/// commits as one unit; while the batch before it commits, the engine goes on
+/// collecting and applying records, each time as one more part of the same batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The batch's first part: every batch before it is committed or committing.
+    First,
+    /// A later part, applied while the previous batch still commits; it commits
+    /// (or is dropped) together with the parts before it.
+    More,
+}
+
 /// A service's part of the loop: apply a batch's effects durably (replicated, and
 /// safe to apply again), and say what to commit.
 pub trait Processor: Send {
     /// What a committed batch reports.
     type Summary: Send;
 
-    /// Applies `batch` and returns what to commit. `guard` must be checked before
-    /// every Redis write; its failure drops the batch and rejoins the group. The
-    /// engine may drop this future at any await (shutdown): nothing is committed
-    /// then, and the batch is replayed.
+    /// Applies `records`, one part of a batch (`part`), and returns what to
+    /// commit for them. `guard` must be checked before every Redis write; its
+    /// failure drops the batch and rejoins the group. The engine may drop this
+    /// future at any await (shutdown): nothing of the batch is committed then, and
+    /// it is replayed. The parts of one batch are processed one after the other,
+    /// each after the previous one's carry was put back in front of its records.
     fn process(
         &mut self,
-        batch: Vec<Polled>,
+        records: Vec<Polled>,
         guard: Membership,
+        part: Part,
     ) -> impl Future<Output = Result<Processed<Self::Summary>, Unsure>> + Send;
+
+    /// The summary of a batch made of a part summed up by `earlier` followed by
+    /// one summed up by `later`.
+    fn combine(&self, earlier: Self::Summary, later: Self::Summary) -> Self::Summary;
 
     /// The batch whose summary this is committed (`batch`: the engine's side of
     /// it); the service records its metrics and logs the batch.
@@ -131,6 +150,8 @@ enum Failed {
     Unsure(Unsure),
     /// The commit failed; the sink was recovered.
     Commit(CommitError),
+    /// Polling for a later part of the batch failed for good.
+    Consume(ConsumeError),
 }
 
 /// A batch whose effects are applied and replicated, waiting for its commit.
@@ -140,9 +161,32 @@ struct Applied<S> {
     summary: S,
     /// Records the batch held.
     records: usize,
+    /// Bytes of keys and values of those records.
+    bytes: usize,
     /// Records it carried over into the next batch.
     carried: usize,
     process_ms: u64,
+}
+
+impl<S> Applied<S> {
+    /// This batch followed by `later`, a part applied after it: the records out
+    /// in order, and per partition the later part's offset where it has one (it
+    /// read on from where this one stopped, its carry included).
+    fn extend(self, later: Applied<S>, combine: impl FnOnce(S, S) -> S) -> Applied<S> {
+        let mut out = self.out;
+        out.extend(later.out);
+        let mut offsets = self.offsets;
+        offsets.extend(later.offsets);
+        Applied {
+            out,
+            offsets,
+            summary: combine(self.summary, later.summary),
+            records: self.records + later.records,
+            bytes: self.bytes + later.bytes,
+            carried: later.carried,
+            process_ms: self.process_ms + later.process_ms,
+        }
+    }
 }
 
 /// Applies `batch` through `processor`; returns it ready to commit, and the
@@ -151,15 +195,17 @@ async fn apply<P: Processor>(
     processor: &mut P,
     batch: Vec<Polled>,
     guard: Membership,
+    part: Part,
     after_apply: &str,
     stop: &CancellationToken,
 ) -> Result<(Applied<P::Summary>, Vec<Polled>), Failed> {
     guard.check().map_err(Failed::Unsure)?;
     let records = batch.len();
+    let bytes = batch.iter().map(Polled::size).sum();
     let started = Instant::now();
-    let span = info_span!("batch", records);
+    let span = info_span!("batch", records, ?part);
     let processed = tokio::select! {
-        processed = processor.process(batch, guard).instrument(span) => {
+        processed = processor.process(batch, guard, part).instrument(span) => {
             processed.map_err(Failed::Unsure)?
         }
         () = stop.cancelled() => return Err(Failed::Shutdown),
@@ -176,10 +222,128 @@ async fn apply<P: Processor>(
         offsets,
         summary,
         records,
+        bytes,
         carried: carry.len(),
         process_ms: started.elapsed().as_millis() as u64,
     };
     Ok((applied, carry))
+}
+
+/// What a cycle leaves: the batch it applied (all its parts), and the partitions
+/// its polls revoked (not handled yet).
+struct Cycled<S> {
+    applied: Option<Applied<S>>,
+    revoked: Vec<i32>,
+}
+
+/// What [`grow`] needs of the engine, taken before the commit borrows it.
+struct Growth {
+    consumer: Arc<GroupConsumer>,
+    /// The whole batch's limits.
+    limit: BatchLimit,
+    stall: StallDetector,
+    valid_since: Instant,
+    poll_deadline: Duration,
+}
+
+/// What [`grow`] leaves: the batch applied, the records to process first in the
+/// next batch, and the partitions its polls revoked.
+struct Grown<S> {
+    applied: Option<Applied<S>>,
+    carry: Vec<Polled>,
+    revoked: Vec<i32>,
+}
+
+/// Applies `first` as the first part of a batch; then, while `commit_settled`
+/// (the previous batch's commit) is not, collects what arrives and applies it as
+/// further parts of the same batch, so a record that arrives during a commit is
+/// committed by the next one rather than the one after. Stops growing at the
+/// batch limits, when a part carries records (a partition stopped part-way: every
+/// further part would process them again), at a revocation (nothing more is
+/// applied once a poll took partitions away; the caller drops the batch), and at
+/// shutdown. Without a commit beside it the batch is `first` alone.
+async fn grow<P: Processor>(
+    processor: &mut P,
+    first: Vec<Polled>,
+    growth: &Growth,
+    commit_settled: Option<&CancellationToken>,
+    after_apply: &str,
+    stop: &CancellationToken,
+) -> Result<Grown<P::Summary>, Failed> {
+    let mut applied: Option<Applied<P::Summary>> = None;
+    let mut records = first;
+    let mut revoked = Vec::new();
+    loop {
+        if !records.is_empty() {
+            let part = if applied.is_some() {
+                Part::More
+            } else {
+                Part::First
+            };
+            let guard = Membership::new(
+                growth.stall.clone(),
+                growth.valid_since,
+                Instant::now(),
+                growth.poll_deadline,
+            );
+            let (more, carry) =
+                match apply(&mut *processor, records, guard, part, after_apply, stop).await {
+                    // Shutdown during a later part: the parts before it are
+                    // applied in full and are committed before the member leaves.
+                    Err(Failed::Shutdown) if applied.is_some() => {
+                        return Ok(Grown {
+                            applied,
+                            carry: Vec::new(),
+                            revoked,
+                        });
+                    }
+                    result => result?,
+                };
+            applied = Some(match applied.take() {
+                None => more,
+                Some(before) => before.extend(more, |a, b| processor.combine(a, b)),
+            });
+            records = carry;
+            if !records.is_empty() {
+                break;
+            }
+        }
+        let Some(settled) = commit_settled else {
+            break;
+        };
+        let (count, bytes) = applied.as_ref().map_or((0, 0), |a| (a.records, a.bytes));
+        if settled.is_cancelled() || growth.limit.reached(count, bytes) {
+            break;
+        }
+        let room = BatchLimit {
+            records: growth.limit.records - count,
+            bytes: growth.limit.bytes.saturating_sub(bytes),
+        };
+        // Takes everything already fetched once a record is there; gives way to
+        // the commit's end while waiting for the first.
+        let collected = tokio::select! {
+            biased;
+            () = settled.cancelled() => break,
+            collected = group::collect(
+                &growth.consumer,
+                &mut records,
+                &mut revoked,
+                room,
+                Duration::ZERO,
+                IDLE_WAIT,
+                stop,
+            ) => collected.map_err(Failed::Consume)?,
+        };
+        processor.tick();
+        if !revoked.is_empty() || collected == Collected::Shutdown {
+            break;
+        }
+    }
+    Ok(Grown {
+        applied,
+        carry: records,
+        revoked,
+    })
 }
 
 /// Names of the failpoints the engine passes, per service.
@@ -333,21 +497,8 @@ impl Engine {
                 stop,
             )
             .await?;
-            if !revoked.is_empty() {
-                processor.revoked(&revoked);
-                if let Some(dropped) = pending.take() {
-                    // Its offsets may name a revoked partition, whose next owner
-                    // must start at the committed offset: drop it (its effects are
-                    // safe to apply again) and read everything after the commit.
-                    info!(
-                        records = dropped.records,
-                        ?revoked,
-                        "partitions revoked while a batch was applied but not committed: \
-                         dropping it and rewinding"
-                    );
-                    self.rewind(stop).await;
-                    continue;
-                }
+            if !revoked.is_empty() && self.revoked(processor, &revoked, &mut pending, stop).await {
+                continue;
             }
             processor.tick();
             let batch = match collected {
@@ -369,7 +520,13 @@ impl Engine {
             metrics::histogram!(self.config.metrics.batch_seconds)
                 .record(started.elapsed().as_secs_f64());
             match cycle {
-                Ok(applied) => pending = applied,
+                Ok(Cycled { applied, revoked }) => {
+                    pending = applied;
+                    if !revoked.is_empty() {
+                        self.revoked(processor, &revoked, &mut pending, stop).await;
+                    }
+                }
+                Err(Failed::Consume(e)) => return Err(e),
                 Err(Failed::Shutdown) => {
                     info!("shutdown while applying: the batch stays uncommitted and is replayed");
                     return Ok(());
@@ -399,50 +556,87 @@ impl Engine {
         }
     }
 
+    /// Partitions were revoked by a poll: the processor forgets them, and a batch
+    /// applied but not committed is dropped and every assigned partition rewound
+    /// to its committed offset (its offsets may name a revoked partition, whose
+    /// next owner starts at the committed offset; its effects are safe to apply
+    /// again). Whether a batch was dropped.
+    async fn revoked<P: Processor>(
+        &mut self,
+        processor: &mut P,
+        revoked: &[i32],
+        pending: &mut Option<Applied<P::Summary>>,
+        stop: &CancellationToken,
+    ) -> bool {
+        processor.revoked(revoked);
+        let Some(dropped) = pending.take() else {
+            return false;
+        };
+        info!(
+            records = dropped.records,
+            ?revoked,
+            "partitions revoked while a batch was applied but not committed: \
+             dropping it and rewinding"
+        );
+        self.rewind(stop).await;
+        true
+    }
+
     /// One cycle of the pipeline: commits `pending` (the batch applied in the
-    /// last cycle) while `batch` is applied; returns the newly applied batch, to be
-    /// committed in the next cycle. A failed commit drops the new batch too (the
-    /// caller rewinds past both); a failed guard fails the cycle once the pending
-    /// commit is settled.
+    /// last cycle) while `batch` is applied and, as long as that commit runs, more
+    /// records are collected and applied as further parts of the same batch ([`grow`]).
+    /// Returns the newly applied batch, to be committed in the next cycle. A
+    /// failed commit drops the new batch too (the caller rewinds past both); a
+    /// failed guard fails the cycle once the pending commit is settled.
     async fn cycle<P: Processor>(
         &mut self,
         processor: &mut P,
         pending: Option<Applied<P::Summary>>,
         batch: Vec<Polled>,
         stop: &CancellationToken,
-    ) -> Result<Option<Applied<P::Summary>>, Failed> {
-        let guard = Membership::new(
-            self.stall.clone(),
-            self.valid_since,
-            Instant::now(),
-            self.poll_deadline,
-        );
+    ) -> Result<Cycled<P::Summary>, Failed> {
+        let growth = Growth {
+            consumer: self.consumer.clone(),
+            limit: BatchLimit {
+                records: self.config.max_records,
+                bytes: self.config.max_bytes,
+            },
+            stall: self.stall.clone(),
+            valid_since: self.valid_since,
+            poll_deadline: self.poll_deadline,
+        };
         let after_apply = self.failpoints.after_apply.clone();
+        // Cancelled once the pending batch's commit is settled: no more parts then.
+        let commit_settled = CancellationToken::new();
+        let committing = pending.is_some();
         let commit = async {
-            match pending {
+            let result = match pending {
                 Some(applied) => Some(self.commit(applied, stop).await),
                 None => None,
-            }
+            };
+            commit_settled.cancel();
+            result
         };
-        let process = async {
-            if batch.is_empty() {
-                return None;
-            }
-            Some(apply(&mut *processor, batch, guard, &after_apply, stop).await)
-        };
-        let (committed, applied) = tokio::join!(commit, process);
+        let process = grow(
+            &mut *processor,
+            batch,
+            &growth,
+            committing.then_some(&commit_settled),
+            &after_apply,
+            stop,
+        );
+        let (committed, grown) = tokio::join!(commit, process);
         if let Some(committed) = committed {
             let (summary, report) = committed?;
             processor.committed(summary, &report);
         }
-        match applied {
-            None => Ok(None),
-            Some(applied) => {
-                let (applied, carry) = applied?;
-                self.carry = carry;
-                Ok(Some(applied))
-            }
-        }
+        let Grown {
+            applied,
+            carry,
+            revoked,
+        } = grown?;
+        self.carry = carry;
+        Ok(Cycled { applied, revoked })
     }
 
     /// Commits the batch `applied`; after a failure the sink is recovered.
@@ -458,6 +652,7 @@ impl Engine {
             records,
             carried,
             process_ms,
+            ..
         } = applied;
         let commit_started = Instant::now();
         let result = match self.offsets(&offsets) {

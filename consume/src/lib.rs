@@ -6,22 +6,33 @@
 //!
 //! Invariants (numbers as in `docs/architecture.md`):
 //!
-//! - **Overlapped cycles; no transaction open while polling.** Each cycle commits
-//!   the batch applied in the previous cycle while it applies the next one
-//!   (Kafka's round trips overlap Redis's), then polls for the next batch. Polls
-//!   only run between cycles, so no transaction is ever open during a rebalance
-//!   callback; the one batch in hand then is applied but not committed. A
-//!   revocation in that poll drops it and rewinds every assigned partition to its
-//!   committed offset: its offsets may name a revoked partition, whose next owner
-//!   starts at the committed offset, and its effects are safe to apply again.
-//!   While a batch waits for its commit, a collection takes only the records
-//!   already fetched, so a commit never waits for the next batch to fill. On
-//!   assignment, consumption starts at the committed offsets.
+//! - **Overlapped cycles; growing batches.** Each cycle commits the batch
+//!   applied in the previous cycle while it applies the next one (Kafka's round
+//!   trips overlap Redis's). As long as that commit runs, the engine goes on
+//!   polling and applies what arrives as further parts of the same next batch
+//!   ([`Part`]), so a record that arrives during a commit is committed by the next
+//!   one, not the one after. A batch stops growing at its limits, when a part
+//!   carries records, at a revocation and at shutdown. Polls may therefore run
+//!   while a transaction is open, and a rebalance callback may revoke partitions
+//!   whose offsets that transaction commits: the next owner reads its start
+//!   offsets with `require_stable` (librdkafka does for `read_committed`), so it
+//!   waits for that transaction's outcome and starts after it (committed) or at
+//!   the offsets before it (aborted), and the transaction's offset commit is
+//!   fenced if it was sent after the group's generation moved. Either way the
+//!   next owner starts where Redis holds every effect before it, and whatever it
+//!   replays is safe to apply again. Nothing is applied after a poll that revoked
+//!   partitions: the batch growing then is dropped and every assigned partition
+//!   rewound to its committed offset (its offsets may name a revoked partition).
+//!   While a batch waits for its commit, the collection at the top of a cycle
+//!   takes only the records already fetched. On assignment, consumption starts
+//!   at the committed offsets.
 //! - **Effects one batch ahead of commits.** When a batch is applied, the previous
-//!   one may still fail to commit and be replayed. A processor whose replay
-//!   depends on what was applied before it must not let a batch's effects change
-//!   how the previous batch's records would be classified on replay: the counter
-//!   holds back, for one batch, a client the previous batch left in a gap.
+//!   one may still fail to commit and be replayed, and the parts of one batch
+//!   commit or are dropped together. A processor whose replay depends on what was
+//!   applied before it must not let a part's effects change how a record of an
+//!   uncommitted batch would be classified on replay: the counter holds back a
+//!   client left in a gap by any part of a batch for the rest of that batch and
+//!   all of the next one.
 //! - **Offsets after effects (5).** A processor returns only once its batch's
 //!   Redis effects are replicated; the engine then commits the batch's offsets
 //!   together with (transactional sink) or after (plain sink) its output records.
@@ -58,7 +69,7 @@ pub mod txn;
 pub mod zombie;
 
 pub use engine::{
-    BatchReport, Engine, EngineConfig, EngineMetrics, Processed, Processor, ServiceReadiness,
+    BatchReport, Engine, EngineConfig, EngineMetrics, Part, Processed, Processor, ServiceReadiness,
 };
 pub use group::{ConsumeError, Polled};
 pub use out::{dead_letter, OutRecord};

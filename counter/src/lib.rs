@@ -37,7 +37,10 @@
 //! the rest, and the batch after (by when the gap's batch committed, or its abort
 //! rewound both) applies them. Without it, a fill applied while the gap's batch
 //! commits turns that gap record into an applied one on the replay, forwarded
-//! before the fill: the same out-of-order forward the rule above prevents.
+//! before the fill: the same out-of-order forward the rule above prevents. A
+//! batch grows in parts while the previous one commits, and its parts commit or
+//! abort together, so a gap in one part holds its client back in the later parts
+//! too (`hold_back`).
 //!
 //! **Kafka.** Batching, rebalances, the transaction (`Sink::Transactional`:
 //! exactly-once output and offsets, EOS v2), rewinds and the zombie guard are the
@@ -46,7 +49,7 @@
 //! partitions must not apply a count, so [`Membership::check`] runs before every
 //! count script.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -59,12 +62,16 @@ use tally_common::redis::RedisOpError;
 use tally_common::service::Role;
 use tally_common::{ClientId, Settings};
 use tally_consume::{
-    BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership, Polled, Processed,
-    Processor, ServiceReadiness, Sink, Transactions, TxnError, Unsure, BACKOFF_MAX, BACKOFF_MIN,
+    BatchReport, ConsumeError, Engine, EngineConfig, EngineMetrics, Membership, Part, Polled,
+    Processed, Processor, ServiceReadiness, Sink, Transactions, TxnError, Unsure, BACKOFF_MAX,
+    BACKOFF_MIN,
 };
 use tracing::{debug, error, info, warn};
 
+use crate::hold_back::HoldBack;
+
 mod gaps;
+mod hold_back;
 pub mod plan;
 
 use plan::{Status, Tally, Topics};
@@ -173,7 +180,7 @@ pub async fn run_with_readiness(
     let mut counter = Counter {
         gaps: gaps::GapTracker::new(Duration::from_millis(settings.counter.stall_after_ms)),
         apply_concurrency: settings.counter.apply_concurrency,
-        gapped: HashSet::new(),
+        hold_back: HoldBack::default(),
         store,
         topics,
     };
@@ -212,9 +219,9 @@ struct Counter {
     topics: Topics,
     gaps: gaps::GapTracker,
     apply_concurrency: usize,
-    /// Clients with a gap record in the last applied batch; their records in the
-    /// next batch are not applied (see [`Processor::process`] below).
-    gapped: HashSet<ClientId>,
+    /// Clients left in a gap by this batch or the one before: not applied (see
+    /// [`Processor::process`] below).
+    hold_back: HoldBack,
 }
 
 /// A client's record indexes in the batch and the outcomes of those processed.
@@ -225,6 +232,7 @@ struct Summary {
     tally: Tally,
     /// Packed records written to `message_aggregation`.
     forwarded: usize,
+    /// Clients applied (per part, summed over the parts).
     clients: usize,
 }
 
@@ -237,6 +245,7 @@ impl Processor for Counter {
         &mut self,
         records: Vec<Polled>,
         guard: Membership,
+        part: Part,
     ) -> Result<Processed<Summary>, Unsure> {
         // Parse and group by client, keeping each client's records in offset order.
         // A valid record stays Unprocessed until its client's script reports on it.
@@ -279,17 +288,19 @@ impl Processor for Counter {
 
         // A client left in a gap by the previous batch waits one batch: that batch
         // may still be committing (the engine overlaps the two), and a record here
-        // could fill its gap (see "Canonical replays"). Its records stay
-        // Unprocessed, so its partition commits only up to the first of them.
-        let deferred = std::mem::take(&mut self.gapped);
-        by_client.retain(|id, _| !deferred.contains(id));
+        // could fill its gap (see "Canonical replays"). So does a client left in a
+        // gap by an earlier part of this batch: the parts commit or abort
+        // together, and a replay reads them as one. Its records stay Unprocessed,
+        // so its partition commits only up to the first of them.
+        self.hold_back.part_begins(part);
+        by_client.retain(|id, _| !self.hold_back.holds(id));
 
         // Apply per client, concurrently; all or nothing for this batch.
         let clients = by_client.len();
         for (id, partition, indexes, outcomes) in self.apply(by_client, &guard).await? {
             self.gaps.observe(&id, partition, &outcomes);
             if outcomes.contains(&Outcome::Gap) {
-                self.gapped.insert(id.clone());
+                self.hold_back.gap(id.clone());
             }
             for (i, outcome) in indexes.into_iter().zip(outcomes) {
                 if let Some(message) = messages[i].take() {
@@ -309,6 +320,14 @@ impl Processor for Counter {
             offsets: plan.offsets,
             carry: plan.carry,
         })
+    }
+
+    fn combine(&self, earlier: Summary, later: Summary) -> Summary {
+        Summary {
+            tally: earlier.tally + later.tally,
+            forwarded: earlier.forwarded + later.forwarded,
+            clients: earlier.clients + later.clients,
+        }
     }
 
     fn committed(&mut self, summary: Summary, batch: &BatchReport) {

@@ -73,6 +73,19 @@ pub struct Tally {
     pub invalid: u64,
 }
 
+impl std::ops::Add for Tally {
+    type Output = Tally;
+
+    fn add(self, other: Tally) -> Tally {
+        Tally {
+            applied: self.applied + other.applied,
+            duplicates: self.duplicates + other.duplicates,
+            gaps: self.gaps + other.gaps,
+            invalid: self.invalid + other.invalid,
+        }
+    }
+}
+
 /// One transaction's content.
 #[derive(Debug, Default)]
 pub struct Plan {
