@@ -11,12 +11,15 @@
 //! name, and an armed one ends the process with `std::process::abort()` — no
 //! destructors, no flush, no graceful shutdown — so a test sees exactly what a
 //! `kill -9` at that line leaves behind (an open Kafka transaction, Redis writes
-//! without an offset commit, ...).
+//! without an offset commit, ...). A pause point ([`pause`]) only makes its
+//! caller wait: it stretches a window that load opens by chance (a slow commit)
+//! so that a test can open it on purpose.
 //!
 //! Armed through the environment: `TALLY_FAILPOINT=<name>` fires at the first hit of
 //! `<name>`, `TALLY_FAILPOINT=<name>@<n>` at the n-th (so a test can let some
-//! batches through before the crash). Several comma-separated entries may be given.
-//! Without the feature the variable is ignored.
+//! batches through before the crash), `TALLY_FAILPOINT=<name>~<ms>` makes every
+//! [`pause`] at `<name>` last `<ms>` milliseconds. Several comma-separated entries
+//! may be given. Without the feature the variable is ignored.
 
 /// Environment variable that arms failpoints.
 pub const ENV: &str = "TALLY_FAILPOINT";
@@ -30,7 +33,7 @@ pub const ENABLED: bool = cfg!(feature = "failpoints");
 pub const BUILD_MARKER: &str = "failpoints armed in a failpoint build:";
 
 #[cfg(feature = "failpoints")]
-pub use armed::{hit, is_armed};
+pub use armed::{hit, is_armed, pause};
 
 /// Marks that execution reached failpoint `name`: nothing, in a build without the
 /// `failpoints` feature.
@@ -44,6 +47,14 @@ pub fn hit(_name: &str) {}
 #[inline(always)]
 pub fn is_armed(_name: &str) -> bool {
     false
+}
+
+/// How long the caller should wait at pause point `name`: never, in a build
+/// without the `failpoints` feature.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn pause(_name: &str) -> Option<std::time::Duration> {
+    None
 }
 
 #[cfg(feature = "failpoints")]
@@ -70,10 +81,22 @@ mod armed {
         armed().iter().any(|a| a.name == name)
     }
 
+    /// How long the caller should wait at pause point `name` (`<name>~<ms>`).
+    pub fn pause(name: &str) -> Option<std::time::Duration> {
+        armed()
+            .iter()
+            .filter(|a| a.name == name)
+            .find_map(|a| a.pause_ms)
+            .map(std::time::Duration::from_millis)
+    }
+
     /// Marks that execution reached failpoint `name`; aborts the process when it
     /// is armed and this is the hit it is armed for.
     pub fn hit(name: &str) {
         for point in armed().iter().filter(|a| a.name == name) {
+            if point.pause_ms.is_some() {
+                continue;
+            }
             let n = point.hits.fetch_add(1, Ordering::SeqCst) + 1;
             if n == point.fire_at {
                 tracing::error!(failpoint = name, hit = n, "failpoint fired: aborting");
@@ -84,13 +107,15 @@ mod armed {
     }
 }
 
-/// One entry of [`ENV`]: a failpoint name and the hit it fires at.
+/// One entry of [`ENV`]: a failpoint name and the hit it fires at, or how long
+/// its pause lasts.
 #[cfg(any(test, feature = "failpoints"))]
 #[cfg_attr(not(feature = "failpoints"), allow(dead_code))] // `hits`: only `hit` reads it
 struct Armed {
     name: String,
     fire_at: u64,
     hits: std::sync::atomic::AtomicU64,
+    pause_ms: Option<u64>,
 }
 
 #[cfg(any(test, feature = "failpoints"))]
@@ -99,9 +124,18 @@ fn parse(spec: &str) -> Vec<Armed> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|entry| {
+            if let Some((name, ms)) = entry.split_once('~') {
+                // A duration that does not parse pauses for a second: an armed
+                // failpoint must never be silently ignored (nor a count, below).
+                return Armed {
+                    name: name.trim().to_owned(),
+                    fire_at: 0,
+                    hits: std::sync::atomic::AtomicU64::new(0),
+                    pause_ms: Some(ms.trim().parse().unwrap_or(1000)),
+                };
+            }
             let (name, fire_at) = match entry.split_once('@') {
-                // A count that does not parse fires at the first hit: an armed
-                // failpoint must never be silently ignored.
+                // A count that does not parse fires at the first hit.
                 Some((name, n)) => (name, n.trim().parse().unwrap_or(1).max(1)),
                 None => (entry, 1),
             };
@@ -109,6 +143,7 @@ fn parse(spec: &str) -> Vec<Armed> {
                 name: name.to_owned(),
                 fire_at,
                 hits: std::sync::atomic::AtomicU64::new(0),
+                pause_ms: None,
             }
         })
         .collect()
@@ -134,6 +169,23 @@ mod tests {
             ]
         );
         assert!(parse("").is_empty());
+    }
+
+    #[test]
+    fn pause_specs_parse_durations() {
+        let parsed = parse("counter.slow_commit~2500, y~junk, counter.before_commit@2");
+        let view: Vec<(&str, Option<u64>)> = parsed
+            .iter()
+            .map(|a| (a.name.as_str(), a.pause_ms))
+            .collect();
+        assert_eq!(
+            view,
+            vec![
+                ("counter.slow_commit", Some(2500)),
+                ("y", Some(1000)),
+                ("counter.before_commit", None)
+            ]
+        );
     }
 
     #[test]

@@ -31,7 +31,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// The service (`counter`, `aggregator`): logs, and the failpoints
-    /// `<service>.after_apply`, `.after_produce`, `.before_commit`, `.after_commit`.
+    /// `<service>.after_apply`, `.after_produce`, `.before_commit`, `.after_commit`
+    /// and the pause point `<service>.slow_commit`.
     pub service: &'static str,
     /// The consumer group.
     pub group: String,
@@ -352,6 +353,9 @@ struct Failpoints {
     after_produce: String,
     before_commit: String,
     after_commit: String,
+    /// A pause before each commit: a test stretches the window in which the
+    /// next batch grows (`grow`).
+    slow_commit: String,
 }
 
 impl Failpoints {
@@ -361,6 +365,7 @@ impl Failpoints {
             after_produce: format!("{service}.after_produce"),
             before_commit: format!("{service}.before_commit"),
             after_commit: format!("{service}.after_commit"),
+            slow_commit: format!("{service}.slow_commit"),
         }
     }
 }
@@ -655,6 +660,9 @@ impl Engine {
             ..
         } = applied;
         let commit_started = Instant::now();
+        if let Some(pause) = failpoint::pause(&self.failpoints.slow_commit) {
+            tokio::time::sleep(pause).await;
+        }
         let result = match self.offsets(&offsets) {
             Ok(tpl) => {
                 let failpoints = CommitFailpoints {

@@ -293,10 +293,17 @@ impl Processor for Counter {
         // together, and a replay reads them as one. Its records stay Unprocessed,
         // so its partition commits only up to the first of them.
         self.hold_back.part_begins(part);
+        let seen = by_client.len();
         by_client.retain(|id, _| !self.hold_back.holds(id));
+        let clients = by_client.len();
+        debug!(
+            ?part,
+            clients,
+            held_back = seen - clients,
+            "applying a part of a batch"
+        );
 
         // Apply per client, concurrently; all or nothing for this batch.
-        let clients = by_client.len();
         for (id, partition, indexes, outcomes) in self.apply(by_client, &guard).await? {
             self.gaps.observe(&id, partition, &outcomes);
             if outcomes.contains(&Outcome::Gap) {

@@ -315,8 +315,12 @@ impl ServiceProcess {
 
     /// The last lines of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        last_lines(&text, 40)
+        last_lines(&self.log_text(), 40)
+    }
+
+    /// The whole log so far (empty if it cannot be read).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 

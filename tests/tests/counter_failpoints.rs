@@ -5,9 +5,9 @@
 //! Also the replay that a naive counter gets wrong: a client's gap and its fill are
 //! applied, the process dies before the commit, and the restarted counter replays
 //! with different batch boundaries. A message the client sent at both the gap sn
-//! and the sn before it must still count twice. And its pipelined form: the fill
-//! arrives in the batch applied while the gap's batch commits, and that commit
-//! dies.
+//! and the sn before it must still count twice. And its pipelined forms: the fill
+//! arrives in the batch applied while the gap's batch commits, or in a later part
+//! of the gap's own batch, and that batch's commit dies.
 
 use std::time::Duration;
 
@@ -106,12 +106,11 @@ async fn aggregator_crash_before_commit() {
     crash_and_recover("aggregator", "aggregator.before_commit", 3).await;
 }
 
-/// One client's stream with a gap and its fill, produced to fresh topics: sn 4
-/// was lost on the first send, 5 arrived, go-back-N resent 4 and 5; 4 and 5 carry
-/// the same text, which must count twice. Returns the settings, the client and
-/// what Redis must hold in the end.
-async fn gap_and_fill(what: &str) -> (Settings, String, Expected) {
-    let settings = isolated(what, 1).await;
+/// One client's stream with a gap and its fill: sn 4 was lost on the first send,
+/// 5 arrived, go-back-N resent 4 and 5; 4 and 5 carry the same text, which must
+/// count twice. Returns the client, the stream and what Redis must hold in the
+/// end.
+fn gap_and_fill_stream(settings: &Settings) -> (String, Vec<RawRecord>, Expected) {
     let client = format!("{}-c", settings.redis.prefix);
     let same = format!("{} same line", settings.redis.prefix);
     let text = |sn: u64| match sn {
@@ -124,6 +123,14 @@ async fn gap_and_fill(what: &str) -> (Settings, String, Expected) {
         .collect();
     let expected = Expected::of(&stream);
     assert_eq!(expected.messages[&same], 2);
+    (client, stream, expected)
+}
+
+/// [`gap_and_fill_stream`], produced to fresh topics. Returns the settings, the
+/// client and what Redis must hold in the end.
+async fn gap_and_fill(what: &str) -> (Settings, String, Expected) {
+    let settings = isolated(what, 1).await;
+    let (client, stream, expected) = gap_and_fill_stream(&settings);
     produce(&settings, &stream).await;
     (settings, client, expected)
 }
@@ -177,6 +184,65 @@ async fn a_fill_in_the_batch_applied_during_the_gaps_commit_waits_for_that_commi
     );
 
     let counter = start_counter(&settings, "gap-overlap", &batches);
+    let aggregator = start_aggregator(&settings, &[]);
+    wait_done(&settings, Duration::from_secs(60), &[&counter, &aggregator]);
+    assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_in_a_later_part_of_the_gaps_batch_waits_for_that_batch() {
+    const PAUSE: Duration = Duration::from_secs(6);
+    let settings = isolated("it-fp-gap-parts", 1).await;
+    let (client, stream, expected) = gap_and_fill_stream(&settings);
+
+    // Batch [1 2 3] is applied, and its commit pauses. Meanwhile the next batch
+    // grows by what arrives: [5] (a gap) as its first part, [4 5] (the fill) as a
+    // later one. The process dies just before that batch's commit. Had the fill
+    // been applied in the later part, Redis would hold 4 and 5 behind an
+    // uncommitted gap record, and the replay would forward 5 before 4 and drop
+    // the second "same line" (as in the test above, within one batch).
+    produce(&settings, &stream[..3]).await;
+    let mut first = start_counter(
+        &settings,
+        "gap-parts",
+        &[(
+            "TALLY_FAILPOINT",
+            format!(
+                "counter.slow_commit~{},counter.before_commit@2",
+                PAUSE.as_millis()
+            ),
+        )],
+    );
+    let applied = tokio::time::Instant::now();
+    while actual(&settings, &expected).await.clients.get(&client) != Some(&(3, 3)) {
+        assert!(
+            applied.elapsed() < Duration::from_secs(60),
+            "[1 2 3] never applied\n{}",
+            first.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    produce(&settings, &stream[3..4]).await;
+    tokio::time::sleep(PAUSE / 3).await;
+    produce(&settings, &stream[4..]).await;
+    expect_abort(&mut first, "counter.before_commit");
+
+    // The fill came as a later part of the gap's batch and was held back.
+    let log = first.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("applying a part of a batch")
+            && l.contains("part=More")
+            && l.contains("held_back=1")),
+        "the fill never arrived as a held-back later part of the gap's batch\n{log}"
+    );
+    let after_crash = actual(&settings, &expected).await;
+    assert_eq!(
+        after_crash.clients[&client],
+        (3, 3),
+        "(count, last_sn) after the crash\n{log}"
+    );
+
+    let counter = start_counter(&settings, "gap-parts", &[]);
     let aggregator = start_aggregator(&settings, &[]);
     wait_done(&settings, Duration::from_secs(60), &[&counter, &aggregator]);
     assert_counts(&settings, &expected, &[&counter, &aggregator]).await;
