@@ -332,11 +332,17 @@ impl ClientMessage {
 
     /// The value as written: compact, version 1 (the client is the key).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 10 + 10 + self.msg.len());
+        Self::encode_value(self.sn, self.ts, &self.msg)
+    }
+
+    /// [`Self::encode`] from the fields the value holds, without building the
+    /// record (the producer's flusher, per message).
+    pub fn encode_value(sn: u64, ts: i64, msg: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 10 + 10 + msg.len());
         out.push(COMPACT_V1);
-        put_varint(&mut out, self.sn);
-        put_varint(&mut out, zigzag(self.ts));
-        out.extend_from_slice(self.msg.as_bytes());
+        put_varint(&mut out, sn);
+        put_varint(&mut out, zigzag(ts));
+        out.extend_from_slice(msg.as_bytes());
         out
     }
 

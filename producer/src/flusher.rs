@@ -17,9 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use tally_common::records::ClientMessage;
 use tally_common::redis::RedisOpError;
 use tally_common::stash::{Claim, StashedMessage};
@@ -29,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::delivery::{FlushProducer, Report, ReportTo, Reports, Sent};
 use crate::flush_state::{Appended, FlushState, Generations, Loaded};
 use crate::ownership::Release;
 use crate::registry::ClientSlot;
@@ -51,9 +51,6 @@ struct ClientFlush {
     state_id: u64,
     state: FlushState,
 }
-
-/// (client, sn, send generation, outcome).
-type Delivery = (ClientId, u64, u64, Result<(), KafkaError>);
 
 enum TaskDone {
     Loaded {
@@ -79,40 +76,60 @@ enum TaskDone {
 /// The flusher task's state.
 pub struct Flusher {
     shared: Arc<Shared>,
-    producer: FutureProducer,
+    producer: Arc<FlushProducer>,
+    /// Where `producer`'s delivery reports arrive (a new producer, a new inbox:
+    /// the old one's late reports are not read).
+    reports: Arc<Reports>,
+    /// Reports taken from `reports`, being handled (kept to reuse its memory).
+    taken: Vec<Report>,
     topic: String,
     clients: HashMap<ClientId, ClientFlush>,
     /// Clients whose sends stopped on a full producer queue.
     blocked: HashSet<ClientId>,
-    deliveries: FuturesUnordered<futures::future::BoxFuture<'static, Delivery>>,
     tasks: JoinSet<TaskDone>,
     /// Clients not yet released, for the graceful shutdown to wait on.
     remaining: watch::Sender<usize>,
     /// Source of state ids and send generations, unique for the flusher's life.
     generations: Generations,
-    /// The [`SILENT_KAFKA`] sabotage is on for the current producer.
+}
+
+/// A Kafka producer for the flusher, reporting deliveries to a new inbox; `silent`
+/// arms the [`SILENT_KAFKA`] sabotage on it.
+pub fn flush_producer(
+    settings: &tally_common::settings::KafkaSettings,
     silent: bool,
+) -> Result<(Arc<FlushProducer>, Arc<Reports>), KafkaError> {
+    let reports = Arc::new(Reports::default());
+    let producer = tally_common::kafka::idempotent_producer_config(settings)
+        .create_with_context(ReportTo::new(reports.clone(), silent))?;
+    Ok((Arc::new(producer), reports))
+}
+
+/// Whether the first Kafka producer is built with the [`SILENT_KAFKA`] sabotage.
+pub fn silent_kafka_armed() -> bool {
+    tally_common::failpoint::is_armed(SILENT_KAFKA)
 }
 
 impl Flusher {
-    /// A flusher writing with `producer`.
+    /// A flusher writing with `producer`, whose reports arrive in `reports`
+    /// ([`flush_producer`]).
     pub fn new(
         shared: Arc<Shared>,
-        producer: FutureProducer,
+        (producer, reports): (Arc<FlushProducer>, Arc<Reports>),
         remaining: watch::Sender<usize>,
     ) -> Self {
         let topic = shared.settings.kafka.client_message_topic.clone();
         Self {
             shared,
             producer,
+            reports,
+            taken: Vec::new(),
             topic,
             clients: HashMap::new(),
             blocked: HashSet::new(),
-            deliveries: FuturesUnordered::new(),
             tasks: JoinSet::new(),
             remaining,
             generations: Generations::default(),
-            silent: tally_common::failpoint::is_armed(SILENT_KAFKA),
         }
     }
 
@@ -127,9 +144,10 @@ impl Flusher {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let reports = self.reports.clone();
             tokio::select! {
                 Some(command) = commands.recv() => self.on_command(command),
-                Some(delivery) = self.deliveries.next(), if !self.deliveries.is_empty() => self.on_delivery(delivery),
+                () = reports.ready() => self.on_reports(),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
                     Ok(done) => self.on_task(done),
                     Err(e) => warn!("flusher task failed: {e}"),
@@ -220,34 +238,18 @@ impl Flusher {
         let now = Instant::now();
         while let Some(entry) = client.state.next_to_send() {
             let (sn, ts) = (entry.sn, entry.ts);
-            let value = ClientMessage {
-                client: id.as_str().to_owned(),
+            let value = ClientMessage::encode_value(sn, ts, &entry.msg);
+            let sent = Box::new(Sent {
+                id: id.clone(),
                 sn,
-                msg: entry.msg.to_string(),
-                ts,
-            }
-            .encode();
-            let record = FutureRecord::to(&self.topic)
+                generation: client.state.generation(),
+            });
+            let record = BaseRecord::with_opaque_to(&self.topic, sent)
                 .key(id.as_str())
                 .payload(&value)
                 .timestamp(ts);
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    let (id, generation) = (id.clone(), client.state.generation());
-                    let silent = self.silent;
-                    self.deliveries.push(Box::pin(async move {
-                        if silent {
-                            futures::future::pending::<()>().await;
-                        }
-                        let result = match delivery.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((e, _))) => Err(e),
-                            Err(_) => Err(KafkaError::Canceled),
-                        };
-                        (id, sn, generation, result)
-                    }));
-                    client.state.sent(now);
-                }
+            match self.producer.send(record) {
+                Ok(()) => client.state.sent(now),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     self.blocked.insert(id.clone());
                     return;
@@ -264,7 +266,18 @@ impl Flusher {
         self.blocked.remove(id);
     }
 
-    fn on_delivery(&mut self, (id, sn, generation, result): Delivery) {
+    /// Handles every delivery report there is, in the order they were made.
+    fn on_reports(&mut self) {
+        let mut taken = std::mem::take(&mut self.taken);
+        self.reports.take_into(&mut taken);
+        for report in taken.drain(..) {
+            self.on_delivery(report);
+        }
+        self.taken = taken;
+    }
+
+    fn on_delivery(&mut self, (sent, result): Report) {
+        let Sent { id, sn, generation } = sent;
         let Some(client) = self.clients.get_mut(&id) else {
             return;
         };
@@ -315,7 +328,6 @@ impl Flusher {
             warn!(
                 stalled,
                 queued_in_kafka_client = self.producer.in_flight_count(),
-                awaiting_results = self.deliveries.len(),
                 "no delivery result for {delivery_timeout:?}; recreating the Kafka producer and resending"
             );
             self.replace_producer(now);
@@ -382,17 +394,16 @@ impl Flusher {
     /// Replaces the Kafka producer and rewinds every client to `flushed + 1` in a
     /// new generation: the old producer's results, if any still come, are ignored.
     fn replace_producer(&mut self, now: Instant) {
-        let producer =
-            match tally_common::kafka::idempotent_producer_config(&self.shared.settings.kafka)
-                .create()
-            {
-                Ok(producer) => producer,
-                Err(e) => {
-                    warn!("cannot recreate the Kafka producer: {e}");
-                    return;
-                }
-            };
+        let (producer, reports) = match flush_producer(&self.shared.settings.kafka, false) {
+            Ok(created) => created,
+            Err(e) => {
+                warn!("cannot recreate the Kafka producer: {e}");
+                return;
+            }
+        };
         let old = std::mem::replace(&mut self.producer, producer);
+        // Its results belong to older generations; reading them is pointless.
+        self.reports = reports;
         // Dropping it purges its queue and joins its threads, which may block (a
         // producer that stopped answering may never stop): not on this task, and
         // not on the runtime's blocking pool, whose shutdown would wait for it.
@@ -402,9 +413,6 @@ impl Flusher {
         if let Err(e) = dropper {
             warn!("cannot start a thread to drop the old Kafka producer (dropped here): {e}");
         }
-        self.silent = false;
-        // Their results belong to older generations; waiting for them is pointless.
-        self.deliveries = FuturesUnordered::new();
         for client in self.clients.values_mut() {
             client.state.rewind(&mut self.generations, now);
             metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);

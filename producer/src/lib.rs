@@ -23,8 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, Producer};
-use tally_common::kafka::idempotent_producer_config;
+use rdkafka::producer::Producer;
 use tally_common::observe::{self, Readiness};
 use tally_common::redis::{connect, RedisOpError, Replication};
 use tally_common::service::Role;
@@ -42,6 +41,7 @@ use crate::shared::Shared;
 
 mod budget;
 mod connection;
+mod delivery;
 mod flush_state;
 mod flusher;
 pub use flusher::SILENT_KAFKA;
@@ -126,9 +126,9 @@ pub async fn run_with_readiness(
         Replication::from_settings(&settings.redis),
     )
     .await?;
-    let kafka: FutureProducer = idempotent_producer_config(&settings.kafka).create()?;
+    let kafka = flusher::flush_producer(&settings.kafka, flusher::silent_kafka_armed())?;
     let _kafka_probe = observe::kafka_probe(
-        Arc::new(kafka.clone()),
+        kafka.0.clone(),
         |p| p.client(),
         settings.kafka.client_message_topic.clone(),
         kafka_ready,
