@@ -118,11 +118,22 @@ struct Args {
     /// producer's RSS is read again.
     #[arg(long, default_value_t = 5.0)]
     many_settle_seconds: f64,
+    /// Seconds of load the stack gets before the first run, at `--warmup-rate`
+    /// (novel, 100 clients, a pipeline of its own; its figures are printed, not
+    /// recorded): a stack started minutes ago runs its brokers' code interpreted
+    /// or half-compiled, and carries a fraction of what it carries warm
+    /// (docs/benchmarks.md). 0 skips it.
+    #[arg(long, default_value_t = 180.0)]
+    warmup_seconds: f64,
+    /// Offered rate of the warm-up load, msg/s.
+    #[arg(long, default_value_t = 15_000.0)]
+    warmup_rate: f64,
     /// One quick run for iterating (both workloads and the many-clients point
     /// at small sizes; `--workloads novel --many-clients 0` for less): implies
     /// `--sustained`, and unless given: --runs 1, --clients 100, --messages 20000,
     /// --raw-seconds 2, --half-rate-seconds 8, --sustained-seconds 12,
-    /// --search-steps 3, --search-tolerance 0.5, --consume-records 50000.
+    /// --search-steps 3, --search-tolerance 0.5, --consume-records 50000,
+    /// --warmup-seconds 0.
     #[arg(long)]
     quick: bool,
 }
@@ -175,6 +186,9 @@ fn parse_args() -> Args {
         if defaulted("consume_records") {
             args.consume_records = 50_000;
         }
+        if defaulted("warmup_seconds") {
+            args.warmup_seconds = 0.0;
+        }
     }
     args
 }
@@ -212,6 +226,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if !args.many_settle_seconds.is_finite() || args.many_settle_seconds < 0.0 {
         bail!("--many-settle-seconds must be a number not below 0");
+    }
+    if !(args.warmup_seconds.is_finite() && args.warmup_seconds >= 0.0) {
+        bail!("--warmup-seconds must be a number not below 0");
+    }
+    if args.warmup_seconds > 0.0 && !(args.warmup_rate.is_finite() && args.warmup_rate > 0.0) {
+        bail!("--warmup-rate must be above 0");
     }
     if args.many_clients > 0 {
         // The clients' sockets are this process's; the producer (a child) inherits
@@ -258,6 +278,14 @@ async fn main() -> anyhow::Result<()> {
         elapsed_s: 0.0,
     };
     let stamp = format!("bench-{}", unix_s());
+    if args.warmup_seconds > 0.0 {
+        let warm_name = format!("{stamp}-w");
+        let warm = warm_stack(&args, &settings, &novel, &warm_name, partitions);
+        tokio::select! {
+            result = warm => result?,
+            signal = interrupted() => bail!("{signal}: stopped during the warm-up"),
+        }
+    }
     for run in 1..=args.runs as usize {
         let name = format!("{stamp}-r{run}");
         eprintln!("== run {run}/{}: {name}", args.runs);
@@ -568,6 +596,64 @@ async fn workload_run(
         sustained,
         consume_only,
     })
+}
+
+/// Load before the first run, so that the runs measure the stack warm
+/// (`--warmup-seconds`): one window at `--warmup-rate` on a pipeline of its own,
+/// exact like every point, its figures printed and not recorded.
+async fn warm_stack(
+    args: &Args,
+    settings: &Settings,
+    novel: &[String],
+    name: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let clients = 100;
+    let port = tally_harness::free_port().context("find a free port")?;
+    let shape = Shape {
+        counters: args.counters as usize,
+        aggregators: args.aggregators as usize,
+    };
+    let mut pipeline = Pipeline::start(
+        settings,
+        name,
+        partitions,
+        &args.config,
+        &args.out,
+        port,
+        shape,
+    )
+    .await?;
+    let per_client_rate = args.warmup_rate / clients as f64;
+    let per_client = ((per_client_rate * args.warmup_seconds).ceil() as u64).max(1);
+    let (lines, repeat) = lines_for(novel, per_client);
+    let load = Load {
+        id: "warm",
+        clients,
+        lines: &lines,
+        repeat,
+        rate_per_client: Some(per_client_rate),
+        distinct: false,
+    };
+    eprintln!(
+        "== warm-up: {:.0} s at {:.0} msg/s (not a result)",
+        args.warmup_seconds, args.warmup_rate
+    );
+    let early = Duration::from_secs_f64((args.warmup_seconds / 2.0).min(10.0));
+    let (point, _) = pipeline.window(&load, early, Vec::new()).await?;
+    print_point(&point);
+    if !point.exact {
+        bail!("the warm-up was not exact: {:?}", point.mismatches);
+    }
+    let kafka = &pipeline.settings.kafka;
+    let topics = vec![
+        kafka.client_message_topic.clone(),
+        kafka.message_aggregation_topic.clone(),
+        kafka.dlq_topic.clone(),
+    ];
+    drop(pipeline);
+    clean(args, settings, topics, vec![name.to_owned()]).await;
+    Ok(())
 }
 
 /// The many-clients point on a pipeline of its own (a fresh producer: its idle
