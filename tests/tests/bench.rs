@@ -52,6 +52,10 @@ fn a_small_benchmark_run_is_exact_and_writes_its_report() {
         "100",
         "--many-settle-seconds",
         "1",
+        "--warmup-seconds",
+        "2",
+        "--warmup-rate",
+        "500",
     ]);
     let shown = format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -60,6 +64,14 @@ fn a_small_benchmark_run_is_exact_and_writes_its_report() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "{shown}");
+    // The warm-up ran first, exact (a warm-up that is not exact fails the run).
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warm = stderr.find("== warm-up: 2 s at 500 msg/s");
+    let first_run = stderr.find("== run 1/1");
+    assert!(
+        matches!((warm, first_run), (Some(w), Some(r)) if w < r),
+        "no warm-up before the first run\n{shown}"
+    );
 
     // Read as plain JSON: the file is the interface (tally-bench's types are not a
     // dependency of the tests).
