@@ -96,6 +96,11 @@ struct NodeAccess {
     username: Option<String>,
     password: Option<String>,
     certs: Option<TlsCertificates>,
+    /// `connect_timeout_ms` and `response_timeout_ms`; unset, redis-rs' own
+    /// (a 500 ms response timeout, which cut a round's `WAIT` off long before
+    /// `wait_timeout_ms`).
+    connect_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
 }
 
 impl NodeAccess {
@@ -131,6 +136,8 @@ impl NodeAccess {
             username: settings.username.clone(),
             password,
             certs,
+            connect_timeout: Some(settings.connect_timeout()),
+            response_timeout: Some(settings.response_timeout()),
         })
     }
 }
@@ -220,7 +227,16 @@ async fn open_node(
         Some(certs) => redis::Client::build_with_tls(info, certs.clone())?,
         None => redis::Client::open(info)?,
     };
-    client.get_multiplexed_async_connection().await
+    let mut config = redis::AsyncConnectionConfig::new();
+    if let Some(timeout) = access.connect_timeout {
+        config = config.set_connection_timeout(Some(timeout));
+    }
+    if let Some(timeout) = access.response_timeout {
+        config = config.set_response_timeout(Some(timeout));
+    }
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 /// Which master serves which slots: `(first, last, master)`, sorted, from
