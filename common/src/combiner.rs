@@ -6,7 +6,16 @@
 //! every call waiting for that master, sends them as one pipeline
 //! `EVALSHA … EVALSHA … WAIT n t` on one connection, and answers each call with its
 //! own result once that single `WAIT` confirmed the round. Calls that arrive while
-//! a round is in flight form the next round.
+//! a round is in flight form the next round, which starts at once on a second
+//! connection (a `WAIT` blocks its own connection only), up to
+//! [`ROUNDS_IN_FLIGHT`] rounds per master: a call waits for its own round's
+//! replication, not for the one before it too.
+//!
+//! Rounds in flight at once may run in either order on the master. No caller
+//! relies on more: calls that must run in order are made one after the other
+//! (a client's stash calls each await the last; a batch's count calls start once
+//! the previous batch's returned), and calls in flight together touch different
+//! keys (the counter's one per client, the aggregator's one per bucket).
 //!
 //! Rounds go over a direct connection to the master (not through the cluster
 //! client's routing): the combiner keeps its own slot table anyway, and after a
@@ -38,6 +47,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, RedisError, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::backoff::Backoff;
@@ -50,6 +60,10 @@ use crate::redis::{
 const QUEUE: usize = 4_096;
 /// Most calls in one round.
 const MAX_ROUND: usize = 512;
+/// Rounds one master may have in flight at once, each on its own connection.
+/// Two are enough to stop a call queueing behind another round's `WAIT`; more
+/// would only cut the rounds smaller, each with a `WAIT` of its own.
+const ROUNDS_IN_FLIGHT: usize = 2;
 /// Attempts for calls that did not run (moved slot, script cache, cluster down).
 const ATTEMPTS: usize = 20;
 /// A round's pipeline may take the `WAIT` timeout plus this before it is
@@ -239,91 +253,125 @@ fn closed() -> RedisOpError {
     RedisOpError::Result("write combiner stopped".into())
 }
 
-/// The loop of one master's queue: one pipeline and one `WAIT` per round.
+/// The loop of one master's queue: each round one pipeline ending in one `WAIT`,
+/// up to [`ROUNDS_IN_FLIGHT`] rounds at once, each on a connection of its own.
 async fn rounds(node: Node, replication: Replication, mut jobs: mpsc::Receiver<Job>) {
-    let mut direct: Option<MultiplexedConnection> = None;
-    while let Some(first) = jobs.recv().await {
-        let mut round = vec![first];
-        while round.len() < MAX_ROUND {
-            match jobs.try_recv() {
-                Ok(job) => round.push(job),
-                Err(_) => break,
-            }
-        }
-        let mut pipe = redis::pipe();
-        for job in &round {
-            pipe.cmd("EVALSHA")
-                .arg(&job.sha)
-                .arg(job.call.keys().len())
-                .arg(job.call.keys())
-                .arg(job.call.args());
-        }
-        let with_wait = replication.replicas > 0;
-        if with_wait {
-            pipe.cmd("WAIT")
-                .arg(replication.replicas)
-                .arg(replication.timeout.as_millis() as u64);
-        }
-        let count = round.len() + usize::from(with_wait);
-        metrics::histogram!(crate::observe::names::REDIS_ROUND_CALLS).record(round.len() as f64);
-        let limit = replication.timeout + ROUND_SLACK;
-        let sent = tokio::time::timeout(limit, async {
-            if direct.is_none() {
-                direct = Some(connect_node(&node).await?);
-            }
-            match direct.as_mut() {
-                Some(conn) => conn.send_packed_commands(&pipe, 0, count).await,
-                None => unreachable!("connected just above"),
-            }
-        })
-        .await;
-        let result = match sent {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("round to {}:{} took over {limit:?}", node.0, node.1),
-            ))),
+    // Connections no round is using; a round that failed drops its own.
+    let mut idle: Vec<MultiplexedConnection> = Vec::new();
+    let mut in_flight: JoinSet<Option<MultiplexedConnection>> = JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => Next::Finished(done.ok().flatten()),
+            job = jobs.recv(), if in_flight.len() < ROUNDS_IN_FLIGHT => Next::Job(job),
         };
-        if result.is_err() {
-            // A fresh connection for the next round; whatever this one was doing
-            // is answered "outcome unknown" below.
-            direct = None;
-        }
-        match result {
-            Err(e) => {
-                debug!(node = %format!("{}:{}", node.0, node.1), "round failed: {e}");
-                let message = e.to_string();
-                for job in round {
-                    let error = RedisError::from(std::io::Error::other(message.clone()));
-                    let _ = job.reply.send(Outcome::Retry(Retry::Connection(error)));
-                }
-            }
-            Ok(mut values) => {
-                let acked = if with_wait {
-                    values
-                        .pop()
-                        .and_then(|v| u32::from_redis_value(v).ok())
-                        .unwrap_or(0)
-                } else {
-                    0
-                };
-                let mut loaded = Vec::new();
-                for (job, value) in round.into_iter().zip(values) {
-                    let outcome = outcome(value, acked, replication);
-                    if matches!(outcome, Outcome::Retry(Retry::NoScript))
-                        && !loaded.contains(&job.sha)
-                    {
-                        if let Some(conn) = direct.as_mut() {
-                            let load = redis::cmd("SCRIPT").arg("LOAD").arg(job.body).clone();
-                            let _: Result<Value, _> = load.query_async(conn).await;
-                        }
-                        loaded.push(job.sha.clone());
+        match next {
+            Next::Finished(conn) => idle.extend(conn),
+            Next::Job(None) => break,
+            Next::Job(Some(first)) => {
+                let mut round = vec![first];
+                while round.len() < MAX_ROUND {
+                    match jobs.try_recv() {
+                        Ok(job) => round.push(job),
+                        Err(_) => break,
                     }
-                    let _ = job.reply.send(outcome);
                 }
+                in_flight.spawn(one_round(node.clone(), replication, idle.pop(), round));
             }
         }
     }
+    // The queue closed: the rounds in flight still answer their callers.
+    while in_flight.join_next().await.is_some() {}
+}
+
+enum Next {
+    /// A round ended; its connection, unless the round failed on it.
+    Finished(Option<MultiplexedConnection>),
+    /// A call arrived, or the queue closed (`None`).
+    Job(Option<Job>),
+}
+
+/// Sends one round on `direct` (a fresh connection when `None`) and answers every
+/// call in it; returns the connection for the next round unless it failed.
+async fn one_round(
+    node: Node,
+    replication: Replication,
+    mut direct: Option<MultiplexedConnection>,
+    round: Vec<Job>,
+) -> Option<MultiplexedConnection> {
+    let mut pipe = redis::pipe();
+    for job in &round {
+        pipe.cmd("EVALSHA")
+            .arg(&job.sha)
+            .arg(job.call.keys().len())
+            .arg(job.call.keys())
+            .arg(job.call.args());
+    }
+    let with_wait = replication.replicas > 0;
+    if with_wait {
+        pipe.cmd("WAIT")
+            .arg(replication.replicas)
+            .arg(replication.timeout.as_millis() as u64);
+    }
+    let count = round.len() + usize::from(with_wait);
+    metrics::histogram!(crate::observe::names::REDIS_ROUND_CALLS).record(round.len() as f64);
+    let limit = replication.timeout + ROUND_SLACK;
+    let sent = tokio::time::timeout(limit, async {
+        if direct.is_none() {
+            direct = Some(connect_node(&node).await?);
+        }
+        match direct.as_mut() {
+            Some(conn) => conn.send_packed_commands(&pipe, 0, count).await,
+            None => unreachable!("connected just above"),
+        }
+    })
+    .await;
+    let result = match sent {
+        Ok(result) => result,
+        Err(_) => Err(RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("round to {}:{} took over {limit:?}", node.0, node.1),
+        ))),
+    };
+    if result.is_err() {
+        // A fresh connection for the next round; whatever this one was doing
+        // is answered "outcome unknown" below.
+        direct = None;
+    }
+    match result {
+        Err(e) => {
+            debug!(node = %format!("{}:{}", node.0, node.1), "round failed: {e}");
+            let message = e.to_string();
+            for job in round {
+                let error = RedisError::from(std::io::Error::other(message.clone()));
+                let _ = job.reply.send(Outcome::Retry(Retry::Connection(error)));
+            }
+        }
+        Ok(mut values) => {
+            let acked = if with_wait {
+                values
+                    .pop()
+                    .and_then(|v| u32::from_redis_value(v).ok())
+                    .unwrap_or(0)
+            } else {
+                0
+            };
+            let mut loaded = Vec::new();
+            for (job, value) in round.into_iter().zip(values) {
+                let outcome = outcome(value, acked, replication);
+                if matches!(outcome, Outcome::Retry(Retry::NoScript)) && !loaded.contains(&job.sha)
+                {
+                    if let Some(conn) = direct.as_mut() {
+                        let load = redis::cmd("SCRIPT").arg("LOAD").arg(job.body).clone();
+                        let _: Result<Value, _> = load.query_async(conn).await;
+                    }
+                    loaded.push(job.sha.clone());
+                }
+                let _ = job.reply.send(outcome);
+            }
+        }
+    }
+    direct
 }
 
 fn outcome(value: Value, acked: u32, replication: Replication) -> Outcome {

@@ -2,14 +2,15 @@
 //! `redis-server` of this test's own, so restarting and pausing it disturbs no
 //! other test): a connection a restarted node closed long ago, and a round slower
 //! than its limit on a busy master, are retried on a fresh connection instead of
-//! reaching the caller as "unavailable"; a master that is really gone still does.
+//! reaching the caller as "unavailable"; a master that is really gone still does;
+//! and a call does not queue behind another round's `WAIT`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tally_common::combiner::WriteCombiner;
-use tally_common::redis::{ReplicatedScript, Replication, ScriptCall};
+use tally_common::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
 use tally_common::settings::RedisSettings;
 use tally_tests::free_port;
 
@@ -205,4 +206,84 @@ async fn a_round_slower_than_its_limit_on_a_busy_master_is_retried() {
         "the round cannot have finished while the master was paused: {waited:?}"
     );
     assert_eq!(redis.cli(&["GET", "stale-test"]).trim(), "2");
+}
+
+/// Connections of `redis` blocked in a `WAIT` right now.
+fn blocked_in_wait(redis: &PrivateRedis) -> usize {
+    redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|line| line.contains("cmd=wait") && line.contains("flags=b"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_does_not_queue_behind_another_rounds_wait() {
+    let redis = PrivateRedis::start().await;
+    // A master without replicas: `WAIT 1` blocks its connection for the whole
+    // timeout, then counts none, so each call ends `NotReplicated`. 2 s is below
+    // `response_timeout_ms` (3 s) and far above redis-rs' own 500 ms, which cut
+    // such a round off ("timed out") before the direct connections were given
+    // the configured timeouts.
+    let wait = Duration::from_secs(2);
+    let conn = tally_common::redis::connect(&redis.settings())
+        .await
+        .expect("connect");
+    let combiner = WriteCombiner::new(
+        conn,
+        Replication {
+            replicas: 1,
+            timeout: wait,
+        },
+    )
+    .await
+    .expect("combiner");
+    // Loaded beforehand: a `NOSCRIPT` round would wait its `WAIT` out too.
+    redis.cli(&["SCRIPT", "LOAD", SET_GET]);
+    let call = |key: &'static str| {
+        let combiner = combiner.clone();
+        tokio::spawn(async move {
+            let mut call = ScriptCall::new();
+            call.key(key).arg("1");
+            combiner
+                .invoke::<String>(&ReplicatedScript::new(SET_GET), call)
+                .await
+        })
+    };
+    let started = Instant::now();
+    let first = call("queue-a");
+    while blocked_in_wait(&redis) < 1 {
+        assert!(
+            started.elapsed() < wait / 2,
+            "the first round never reached its WAIT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While the first round waits for a replica, the second call's round starts
+    // on a connection of its own instead of queueing behind that wait.
+    let second = call("queue-b");
+    while blocked_in_wait(&redis) < 2 {
+        assert!(
+            started.elapsed() < wait,
+            "the second call queued behind the first round's WAIT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (name, task) in [("first", first), ("second", second)] {
+        let result = task.await.expect("call task");
+        assert!(
+            matches!(
+                result,
+                Err(RedisOpError::NotReplicated {
+                    acked: 0,
+                    wanted: 1,
+                    ..
+                })
+            ),
+            "{name} call: {result:?}"
+        );
+    }
+    // Both scripts ran; only the replication was missing.
+    assert_eq!(redis.cli(&["GET", "queue-a"]).trim(), "1");
+    assert_eq!(redis.cli(&["GET", "queue-b"]).trim(), "1");
 }
