@@ -3,7 +3,7 @@
 # Sourced by scripts/stack; relies on its configuration variables and helpers.
 
 KAFKA_HEAP="-Xms256m -Xmx512m"
-KAFKA_JVM_OPTS="-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -Djava.awt.headless=true"
+KAFKA_JVM_OPTS=${TALLY_KAFKA_JVM_OPTS:-"-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -Djava.awt.headless=true"}
 # CLI tools are short-lived: a small heap, serial GC and the C1 JIT only start fastest.
 KAFKA_TOOL_JVM_OPTS="-Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true"
 KAFKA_TOOL_TIMEOUT=40
