@@ -442,6 +442,42 @@ async fn one_run(
 }
 
 /// Removes a finished point's topics and Redis keys (unless `--keep-data`).
+/// A pipeline of its own named `name` (topics, key prefix, groups), its producer
+/// on a free port.
+async fn start_pipeline(
+    args: &Args,
+    settings: &Settings,
+    name: &str,
+    partitions: i32,
+    shape: Shape,
+) -> anyhow::Result<Pipeline> {
+    let port = tally_harness::free_port().context("find a free port")?;
+    let pipeline = Pipeline::start(
+        settings,
+        name,
+        partitions,
+        &args.config,
+        &args.out,
+        port,
+        shape,
+    )
+    .await?;
+    Ok(pipeline)
+}
+
+/// Stops `pipeline`'s services and removes its topics and Redis keys.
+async fn retire(args: &Args, settings: &Settings, pipeline: Pipeline) {
+    let kafka = &pipeline.settings.kafka;
+    let topics = vec![
+        kafka.client_message_topic.clone(),
+        kafka.message_aggregation_topic.clone(),
+        kafka.dlq_topic.clone(),
+    ];
+    let prefix = pipeline.settings.redis.prefix.clone();
+    drop(pipeline);
+    clean(args, settings, topics, vec![prefix]).await;
+}
+
 async fn clean(args: &Args, settings: &Settings, topics: Vec<String>, prefixes: Vec<String>) {
     if args.keep_data {
         return;
@@ -471,17 +507,7 @@ async fn workload_run(
         counters: args.counters as usize,
         aggregators: args.aggregators as usize,
     };
-    let port = tally_harness::free_port().context("find a free port")?;
-    let mut pipeline = Pipeline::start(
-        settings,
-        name,
-        partitions,
-        &args.config,
-        &args.out,
-        port,
-        shape,
-    )
-    .await?;
+    let mut pipeline = start_pipeline(args, settings, name, partitions, shape).await?;
     // A first small point brings the consumer groups up, off the clock.
     let warm_lines = &novel[..novel.len().min(200)];
     let warm = Load {
@@ -552,14 +578,7 @@ async fn workload_run(
     let point = pipeline.point(&load, watch(&[])).await?;
     print_point(&point);
     e2e.push(point);
-    let kafka = &pipeline.settings.kafka;
-    let topics = vec![
-        kafka.client_message_topic.clone(),
-        kafka.message_aggregation_topic.clone(),
-        kafka.dlq_topic.clone(),
-    ];
-    drop(pipeline);
-    clean(args, settings, topics, vec![name.to_owned()]).await;
+    retire(args, settings, pipeline).await;
 
     let consume_only = if args.consume_records > 0 {
         let clients = args.consume_clients;
@@ -609,21 +628,11 @@ async fn warm_stack(
     partitions: i32,
 ) -> anyhow::Result<()> {
     let clients = 100;
-    let port = tally_harness::free_port().context("find a free port")?;
     let shape = Shape {
         counters: args.counters as usize,
         aggregators: args.aggregators as usize,
     };
-    let mut pipeline = Pipeline::start(
-        settings,
-        name,
-        partitions,
-        &args.config,
-        &args.out,
-        port,
-        shape,
-    )
-    .await?;
+    let mut pipeline = start_pipeline(args, settings, name, partitions, shape).await?;
     let per_client_rate = args.warmup_rate / clients as f64;
     let per_client = ((per_client_rate * args.warmup_seconds).ceil() as u64).max(1);
     let (lines, repeat) = lines_for(novel, per_client);
@@ -645,14 +654,7 @@ async fn warm_stack(
     if !point.exact {
         bail!("the warm-up was not exact: {:?}", point.mismatches);
     }
-    let kafka = &pipeline.settings.kafka;
-    let topics = vec![
-        kafka.client_message_topic.clone(),
-        kafka.message_aggregation_topic.clone(),
-        kafka.dlq_topic.clone(),
-    ];
-    drop(pipeline);
-    clean(args, settings, topics, vec![name.to_owned()]).await;
+    retire(args, settings, pipeline).await;
     Ok(())
 }
 
@@ -668,21 +670,11 @@ async fn many_point(
     let mut settings = settings.clone();
     let p = &mut settings.producer;
     p.max_connections = p.max_connections.max(args.many_clients + 64);
-    let port = tally_harness::free_port().context("find a free port")?;
     let shape = Shape {
         counters: 1,
         aggregators: 1,
     };
-    let mut pipeline = Pipeline::start(
-        &settings,
-        name,
-        partitions,
-        &args.config,
-        &args.out,
-        port,
-        shape,
-    )
-    .await?;
+    let mut pipeline = start_pipeline(args, &settings, name, partitions, shape).await?;
     let line = novel.first().map_or("many clients", String::as_str);
     let point = many_clients::many_clients(
         &mut pipeline,
@@ -701,14 +693,7 @@ async fn many_point(
         point.after_rss_mib,
         if point.exact { "exact" } else { "NOT EXACT" }
     );
-    let kafka = &pipeline.settings.kafka;
-    let topics = vec![
-        kafka.client_message_topic.clone(),
-        kafka.message_aggregation_topic.clone(),
-        kafka.dlq_topic.clone(),
-    ];
-    drop(pipeline);
-    clean(args, &settings, topics, vec![name.to_owned()]).await;
+    retire(args, &settings, pipeline).await;
     Ok(point)
 }
 
