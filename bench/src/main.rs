@@ -121,9 +121,10 @@ struct Args {
     /// Seconds of load the stack gets before the first run, at `--warmup-rate`
     /// (novel, 100 clients, a pipeline of its own; its figures are printed, not
     /// recorded): a stack started minutes ago runs its brokers' code interpreted
-    /// or half-compiled, and carries a fraction of what it carries warm
-    /// (docs/benchmarks.md). 0 skips it.
-    #[arg(long, default_value_t = 180.0)]
+    /// or half-compiled, and carries a fraction of what it carries warm; their
+    /// JIT compilers need about a quarter of an hour of load to get most of
+    /// their work done (docs/benchmarks.md). 0 skips it.
+    #[arg(long, default_value_t = 900.0)]
     warmup_seconds: f64,
     /// Offered rate of the warm-up load, msg/s.
     #[arg(long, default_value_t = 15_000.0)]
