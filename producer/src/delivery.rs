@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message};
 use tally_common::ClientId;
 use tokio::sync::Notify;
 
@@ -31,8 +31,8 @@ pub struct Sent {
     pub generation: u64,
 }
 
-/// A report: the send and its outcome.
-pub type Report = (Sent, Result<(), KafkaError>);
+/// A report: the send and its outcome (the partition it was written to).
+pub type Report = (Sent, Result<i32, KafkaError>);
 
 /// The reports not yet taken by the flusher.
 #[derive(Debug, Default)]
@@ -90,7 +90,7 @@ impl ProducerContext for ReportTo {
             return;
         }
         let outcome = match result {
-            Ok(_) => Ok(()),
+            Ok(message) => Ok(message.partition()),
             Err((e, _)) => Err(e.clone()),
         };
         self.reports.push((*sent, outcome));
@@ -116,7 +116,7 @@ mod tests {
     #[tokio::test]
     async fn reports_come_out_in_order_and_one_wake_up_covers_a_batch() {
         let reports = Reports::default();
-        reports.push((sent(1), Ok(())));
+        reports.push((sent(1), Ok(0)));
         reports.push((sent(2), Err(KafkaError::Canceled)));
         // Pushed before anyone waited: the permit is kept.
         tokio::time::timeout(Duration::from_secs(1), reports.ready())
@@ -134,7 +134,7 @@ mod tests {
                 .is_err()
         );
         // The next push onto an empty inbox wakes again.
-        reports.push((sent(3), Ok(())));
+        reports.push((sent(3), Ok(2)));
         tokio::time::timeout(Duration::from_secs(1), reports.ready())
             .await
             .expect("woken again");

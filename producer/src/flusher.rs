@@ -11,9 +11,10 @@
 //! accepted, delivered or failed, within `message.timeout.ms`; sends with no result
 //! past that (plus a margin) mean its reports stopped, and resending into it would
 //! wait forever, so a new producer takes over and every client resends from
-//! `flushed + 1` (go-back-N, as after a failure).
+//! `flushed + 1` (go-back-N, as after a failure). Sends are handed to the Kafka
+//! producer in rounds of the send window ([`crate::send_window`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use crate::delivery::{FlushProducer, Report, ReportTo, Reports, Sent};
 use crate::flush_state::{Appended, FlushState, Generations, Loaded};
 use crate::ownership::Release;
 use crate::registry::ClientSlot;
+use crate::send_window::{SendWindow, BURST_LINGER_MS};
 use crate::shared::{FlushCommand, Shared};
 
 /// Messages read from a stash per Redis call when catching up.
@@ -84,8 +86,14 @@ pub struct Flusher {
     taken: Vec<Report>,
     topic: String,
     clients: HashMap<ClientId, ClientFlush>,
-    /// Clients whose sends stopped on a full producer queue.
+    /// Clients with messages not handed to the producer: held for the next round
+    /// of the send window, or stopped on a full producer queue.
     blocked: HashSet<ClientId>,
+    /// The same clients, in the order they were held: a round hands over in
+    /// this order, so none waits behind later ones twice.
+    waiting: VecDeque<ClientId>,
+    /// When messages may be handed to the producer (rounds, see `send_window`).
+    window: SendWindow,
     tasks: JoinSet<TaskDone>,
     /// Clients not yet released, for the graceful shutdown to wait on.
     remaining: watch::Sender<usize>,
@@ -100,7 +108,10 @@ pub fn flush_producer(
     silent: bool,
 ) -> Result<(Arc<FlushProducer>, Arc<Reports>), KafkaError> {
     let reports = Arc::new(Reports::default());
+    // The flusher lingers itself (`SendWindow`); the producer only gathers a
+    // round's hand-over burst.
     let producer = tally_common::kafka::idempotent_producer_config(settings)
+        .set("linger.ms", BURST_LINGER_MS.to_string())
         .create_with_context(ReportTo::new(reports.clone(), silent))?;
     Ok((Arc::new(producer), reports))
 }
@@ -118,7 +129,12 @@ impl Flusher {
         (producer, reports): (Arc<FlushProducer>, Arc<Reports>),
         remaining: watch::Sender<usize>,
     ) -> Self {
-        let topic = shared.settings.kafka.client_message_topic.clone();
+        let kafka = &shared.settings.kafka;
+        let topic = kafka.client_message_topic.clone();
+        // A round's share of each partition fits one request: `batch.size` bounds
+        // a request, and counts framing beyond the keys and values counted here.
+        let partition_bytes = usize::try_from(kafka.batch_bytes / 4 * 3).unwrap_or(usize::MAX);
+        let window = SendWindow::new(Duration::from_millis(kafka.linger_ms), partition_bytes);
         Self {
             shared,
             producer,
@@ -127,6 +143,8 @@ impl Flusher {
             topic,
             clients: HashMap::new(),
             blocked: HashSet::new(),
+            waiting: VecDeque::new(),
+            window,
             tasks: JoinSet::new(),
             remaining,
             generations: Generations::default(),
@@ -143,9 +161,24 @@ impl Flusher {
             Duration::from_millis(self.shared.settings.producer.flush_commit_interval_ms);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the send window's next round opens; re-armed only when that moves.
+        let round_due = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(round_due);
+        let mut round_armed: Option<Instant> = None;
         loop {
             let reports = self.reports.clone();
+            let round_opens = self.window.opens_at();
+            if round_opens != round_armed {
+                if let Some(at) = round_opens {
+                    round_due.as_mut().reset(tokio::time::Instant::from_std(at));
+                }
+                round_armed = round_opens;
+            }
             tokio::select! {
+                () = &mut round_due, if round_armed.is_some() => {
+                    round_armed = None;
+                    self.open_round();
+                }
                 Some(command) = commands.recv() => self.on_command(command),
                 () = reports.ready() => self.on_reports(),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
@@ -230,7 +263,8 @@ impl Flusher {
         }
     }
 
-    /// Sends the client's entries from `next_send` on, until the producer queue is full.
+    /// Sends the client's entries from `next_send` on, while the send window
+    /// admits them and the producer queue has room; holds the client otherwise.
     fn send(&mut self, id: &ClientId) {
         let Some(client) = self.clients.get_mut(id) else {
             return;
@@ -239,6 +273,11 @@ impl Flusher {
         while let Some(entry) = client.state.next_to_send() {
             let (sn, ts) = (entry.sn, entry.ts);
             let value = ClientMessage::encode_value(sn, ts, &entry.msg);
+            let bytes = id.as_str().len() + value.len();
+            if !self.window.admit(bytes, now) {
+                hold(&mut self.blocked, &mut self.waiting, id);
+                return;
+            }
             let sent = Box::new(Sent {
                 id: id.clone(),
                 sn,
@@ -251,14 +290,16 @@ impl Flusher {
             match self.producer.send(record) {
                 Ok(()) => client.state.sent(now),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.blocked.insert(id.clone());
+                    self.window.refused(bytes, now);
+                    hold(&mut self.blocked, &mut self.waiting, id);
                     return;
                 }
                 Err((e, _)) => {
                     warn!(client = %id, "cannot enqueue for Kafka: {e}");
                     metrics::counter!(tally_common::observe::names::PRODUCER_DELIVERY_ERRORS)
                         .increment(1);
-                    self.blocked.insert(id.clone());
+                    self.window.refused(bytes, now);
+                    hold(&mut self.blocked, &mut self.waiting, id);
                     return;
                 }
             }
@@ -266,14 +307,35 @@ impl Flusher {
         self.blocked.remove(id);
     }
 
+    /// Opens the send window's next round if it is due, and hands over what the
+    /// held clients have, in the order they were held, as far as the round admits.
+    fn open_round(&mut self) {
+        if !self.window.open_if_due(Instant::now()) {
+            return;
+        }
+        // Each held client once: one the round cannot take is held again, at the back.
+        for _ in 0..self.waiting.len() {
+            let Some(id) = self.waiting.pop_front() else {
+                break;
+            };
+            if self.blocked.remove(&id) {
+                self.send(&id);
+            }
+        }
+        self.window.close();
+    }
+
     /// Handles every delivery report there is, in the order they were made.
     fn on_reports(&mut self) {
         let mut taken = std::mem::take(&mut self.taken);
         self.reports.take_into(&mut taken);
+        self.window.reported(taken.len());
         for report in taken.drain(..) {
             self.on_delivery(report);
         }
         self.taken = taken;
+        // The last report of a round may let the next one open at once.
+        self.open_round();
     }
 
     fn on_delivery(&mut self, (sent, result): Report) {
@@ -283,7 +345,8 @@ impl Flusher {
         };
         let now = Instant::now();
         match result {
-            Ok(()) => {
+            Ok(partition) => {
+                self.window.saw_partition(partition);
                 let Some(advanced) = client.state.confirm(sn, generation, now) else {
                     return;
                 };
@@ -385,10 +448,8 @@ impl Flusher {
                 });
             }
         }
-        let blocked: Vec<ClientId> = self.blocked.iter().cloned().collect();
-        for id in blocked {
-            self.send(&id);
-        }
+        // Held clients (also those stopped on a full producer queue) are handed
+        // over by the send window's rounds.
     }
 
     /// Replaces the Kafka producer and rewinds every client to `flushed + 1` in a
@@ -413,11 +474,14 @@ impl Flusher {
         if let Err(e) = dropper {
             warn!("cannot start a thread to drop the old Kafka producer (dropped here): {e}");
         }
-        for client in self.clients.values_mut() {
+        // Nor will its reports: nothing handed to it is awaited any more.
+        self.window.forget_unreported();
+        for (id, client) in &mut self.clients {
             client.state.rewind(&mut self.generations, now);
             metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
+            hold(&mut self.blocked, &mut self.waiting, id);
         }
-        self.blocked.extend(self.clients.keys().cloned());
+        self.window.hold(now);
         metrics::counter!(tally_common::observe::names::PRODUCER_KAFKA_RECREATIONS).increment(1);
     }
 
@@ -516,11 +580,19 @@ impl Flusher {
         {
             self.clients.shrink_to_fit();
             self.blocked.shrink_to_fit();
+            self.waiting.shrink_to_fit();
             release_freed_memory();
         }
         self.remaining.send_replace(self.clients.len());
         metrics::gauge!(tally_common::observe::names::PRODUCER_OWNED_CLIENTS)
             .set(self.clients.len() as f64);
+    }
+}
+
+/// Holds `id` for the send window's next round, once.
+fn hold(blocked: &mut HashSet<ClientId>, waiting: &mut VecDeque<ClientId>, id: &ClientId) {
+    if blocked.insert(id.clone()) {
+        waiting.push_back(id.clone());
     }
 }
 

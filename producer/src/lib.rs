@@ -49,6 +49,7 @@ pub mod limits;
 mod ownership;
 pub use tally_common::protocol;
 mod registry;
+mod send_window;
 mod shared;
 mod takeover;
 mod tls;

@@ -131,12 +131,15 @@ pub struct KafkaSettings {
     /// (librdkafka `message.timeout.ms`), in milliseconds.
     #[serde(default = "defaults::delivery_timeout_ms")]
     pub delivery_timeout_ms: u64,
-    /// How long the producer waits to fill a batch (`linger.ms`), in milliseconds.
+    /// How long a producer waits to fill a batch, in milliseconds: the counter's
+    /// `linger.ms`, and the wait before each of the flusher's rounds of sends (its
+    /// own Kafka producer lingers only 5 ms, see the producer's `send_window`).
     /// Neither an ACK nor a count waits on it alone: the flusher's records are
     /// already stashed, and a transaction's commit sends at once.
     #[serde(default = "defaults::linger_ms")]
     pub linger_ms: u64,
-    /// Largest producer batch in bytes (`batch.size`).
+    /// Largest producer batch in bytes (`batch.size`); a round of the flusher's
+    /// sends hands over at most three quarters of it per partition.
     #[serde(default = "defaults::batch_bytes")]
     pub batch_bytes: u64,
     /// Compression of produced batches (`none`, `gzip`, `snappy`, `lz4`, `zstd`).
