@@ -527,12 +527,12 @@ async fn workload_run(
     let mut e2e: Vec<E2ePoint> = Vec::new();
     for &clients in &args.clients {
         let per_client = (args.messages / clients as u64).max(1);
-        let (lines, repeat) = lines_for(novel, per_client);
+        let lines = lines_for(novel, per_client);
         let load = Load {
             id: &format!("c{clients}"),
             clients,
             lines: &lines,
-            repeat,
+            repeat: 1,
             rate_per_client: None,
             distinct,
         };
@@ -567,12 +567,12 @@ async fn workload_run(
     let clients = args.half_rate_clients.max(1);
     let rate = (best / 2.0 / clients as f64).max(0.1);
     let per_client = ((rate * args.half_rate_seconds).ceil() as u64).max(1);
-    let (lines, repeat) = lines_for(novel, per_client);
+    let lines = lines_for(novel, per_client);
     let load = Load {
         id: "half",
         clients,
         lines: &lines,
-        repeat,
+        repeat: 1,
         rate_per_client: Some(rate),
         distinct,
     };
@@ -584,13 +584,13 @@ async fn workload_run(
     let consume_only = if args.consume_records > 0 {
         let clients = args.consume_clients;
         let per_client = args.consume_records.div_ceil(clients as u64).max(1);
-        let (lines, repeat) = lines_for(novel, per_client);
+        let lines = lines_for(novel, per_client);
         let co_name = format!("{name}-co");
         let load = ConsumeLoad {
             name: &co_name,
             clients,
             lines: &lines,
-            repeat,
+            repeat: 1,
             distinct,
             partitions,
             shape,
@@ -636,12 +636,12 @@ async fn warm_stack(
     let mut pipeline = start_pipeline(args, settings, name, partitions, shape).await?;
     let per_client_rate = args.warmup_rate / clients as f64;
     let per_client = ((per_client_rate * args.warmup_seconds).ceil() as u64).max(1);
-    let (lines, repeat) = lines_for(novel, per_client);
+    let lines = lines_for(novel, per_client);
     let load = Load {
         id: "warm",
         clients,
         lines: &lines,
-        repeat,
+        repeat: 1,
         rate_per_client: Some(per_client_rate),
         distinct: false,
     };
@@ -727,12 +727,12 @@ async fn search_sustained(
     while let Some(offered) = bisection.next_rate() {
         let per_client_rate = offered / clients as f64;
         let per_client = ((per_client_rate * args.sustained_seconds).ceil() as u64).max(1);
-        let (lines, repeat) = lines_for(novel, per_client);
+        let lines = lines_for(novel, per_client);
         let load = Load {
             id: &format!("s{}", steps.len() + 1),
             clients,
             lines: &lines,
-            repeat,
+            repeat: 1,
             rate_per_client: Some(per_client_rate),
             distinct: workload == Workload::Distinct,
         };
@@ -793,15 +793,12 @@ async fn interrupted() -> &'static str {
     }
 }
 
-/// `per_client` lines from the text: the first ones, or all of it repeated (the
-/// total is then rounded up to whole repeats).
-fn lines_for(novel: &[String], per_client: u64) -> (Vec<String>, u64) {
-    let n = novel.len() as u64;
-    if per_client <= n {
-        (novel[..per_client as usize].to_vec(), 1)
-    } else {
-        (novel.to_vec(), per_client.div_ceil(n))
-    }
+/// Exactly `per_client` lines from the text: its first ones, or the whole text
+/// over and over, cut at `per_client`. (Whole repeats overshot a window: at
+/// 450 lines per client a 60 s window sent three passes of the novel, 78 s.)
+fn lines_for(novel: &[String], per_client: u64) -> Vec<String> {
+    let wanted = usize::try_from(per_client).unwrap_or(usize::MAX);
+    novel.iter().cycle().take(wanted).cloned().collect()
 }
 
 fn print_point(p: &E2ePoint) {
@@ -889,4 +886,21 @@ async fn kafka_partitions(settings: &Settings) -> Option<usize> {
     .await
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lines_for;
+
+    #[test]
+    fn lines_for_gives_exactly_the_lines_asked_for() {
+        let novel: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(lines_for(&novel, 2), ["a", "b"]);
+        assert_eq!(lines_for(&novel, 3), ["a", "b", "c"]);
+        assert_eq!(
+            lines_for(&novel, 7),
+            ["a", "b", "c", "a", "b", "c", "a"],
+            "cut within the third pass, not rounded up to it"
+        );
+    }
 }
