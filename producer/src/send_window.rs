@@ -3,9 +3,9 @@
 //!
 //! Invariant: nothing is handed to the Kafka producer while a message of an
 //! earlier round is unreported (neither delivered nor failed), and a round opens
-//! no sooner than `linger` after its first message started waiting, so every
-//! message waits at most `linger` or the previous round's reports, whichever is
-//! later. The window only delays hand-overs; what is handed over, and in which
+//! no sooner than `linger` after its first message started waiting, so a
+//! message waits for `linger` or the previous round's reports, whichever is
+//! later (and for a further round when one fills up). The window only delays hand-overs; what is handed over, and in which
 //! order, is still each client's [`crate::flush_state::FlushState`]'s to decide.
 //!
 //! Why the flusher holds messages instead of librdkafka: librdkafka 2.12.1's
@@ -23,9 +23,9 @@
 
 use std::time::{Duration, Instant};
 
-/// `linger.ms` of the flusher's Kafka producer: long enough to gather one round's
-/// hand-over (a few thousand sends, well under a millisecond each) into one
-/// request per partition, short enough that the round leaves at once.
+/// `linger.ms` of the flusher's Kafka producer: meant to gather a round's
+/// hand-over into one request per partition (20 ms was no better in a window at
+/// 40,000 msg/s), short enough that the round leaves at once.
 pub const BURST_LINGER_MS: u64 = 5;
 
 /// Decides when the flusher may hand messages to the Kafka producer.
