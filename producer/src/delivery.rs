@@ -29,6 +29,8 @@ pub struct Sent {
     pub sn: u64,
     /// The client's send generation at the send (see `FlushState`).
     pub generation: u64,
+    /// The send window that admitted it (see `send_window`).
+    pub window: usize,
 }
 
 /// A report: the send and its outcome (the partition it was written to).
@@ -110,6 +112,7 @@ mod tests {
             id: ClientId::from_record("c").expect("valid client id"),
             sn,
             generation: 1,
+            window: 0,
         }
     }
 

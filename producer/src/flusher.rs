@@ -14,7 +14,7 @@
 //! `flushed + 1` (go-back-N, as after a failure). Sends are handed to the Kafka
 //! producer in rounds of the send window ([`crate::send_window`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use crate::delivery::{FlushProducer, Report, ReportTo, Reports, Sent};
 use crate::flush_state::{Appended, FlushState, Generations, Loaded};
 use crate::ownership::Release;
 use crate::registry::ClientSlot;
-use crate::send_window::{SendWindow, BURST_LINGER_MS};
+use crate::send_window::{SendWindows, BURST_LINGER_MS};
 use crate::shared::{FlushCommand, Shared};
 
 /// Messages read from a stash per Redis call when catching up.
@@ -45,6 +45,15 @@ pub const SILENT_KAFKA: &str = "producer.silent_kafka";
 /// Client-map capacity from which a map a quarter full is shrunk and freed memory
 /// handed back: a few clients coming and going never trigger it.
 const SHRINK_FROM: usize = 1_024;
+/// How often the flusher asks the cluster how many partitions `client_message`
+/// has (its send windows map keys with it; a report from a new partition
+/// updates it at once).
+const PARTITIONS_REFRESH: Duration = Duration::from_secs(60);
+/// How long one such question may take.
+const PARTITIONS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a record's value adds to the message text at most: a version byte and
+/// two varints. A send window counts this before the value is encoded.
+const VALUE_FRAMING: usize = 1 + 10 + 10;
 
 /// A client this instance flushes.
 struct ClientFlush {
@@ -73,6 +82,7 @@ enum TaskDone {
         epoch: u64,
         release: Release,
     },
+    Partitions(Result<i32, KafkaError>),
 }
 
 /// The flusher task's state.
@@ -86,14 +96,14 @@ pub struct Flusher {
     taken: Vec<Report>,
     topic: String,
     clients: HashMap<ClientId, ClientFlush>,
-    /// Clients with messages not handed to the producer: held for the next round
-    /// of the send window, or stopped on a full producer queue.
-    blocked: HashSet<ClientId>,
-    /// The same clients, in the order they were held: a round hands over in
-    /// this order, so none waits behind later ones twice.
-    waiting: VecDeque<ClientId>,
-    /// When messages may be handed to the producer (rounds, see `send_window`).
-    window: SendWindow,
+    /// When messages may be handed to the producer (rounds per partition, see
+    /// `send_window`), and the clients held for a round.
+    windows: SendWindows,
+    /// Clients taken from the windows for a round (kept to reuse its memory).
+    due: Vec<ClientId>,
+    /// When to ask the cluster for the partition count next; `None` while a
+    /// question is out.
+    partitions_due: Option<Instant>,
     tasks: JoinSet<TaskDone>,
     /// Clients not yet released, for the graceful shutdown to wait on.
     remaining: watch::Sender<usize>,
@@ -131,10 +141,15 @@ impl Flusher {
     ) -> Self {
         let kafka = &shared.settings.kafka;
         let topic = kafka.client_message_topic.clone();
-        // A round's share of each partition fits one request: `batch.size` bounds
-        // a request, and counts framing beyond the keys and values counted here.
-        let partition_bytes = usize::try_from(kafka.batch_bytes / 4 * 3).unwrap_or(usize::MAX);
-        let window = SendWindow::new(Duration::from_millis(kafka.linger_ms), partition_bytes);
+        // A round fits one request: `batch.size` bounds a request, and counts
+        // framing beyond the keys and values counted here.
+        let round_bytes = usize::try_from(kafka.batch_bytes / 4 * 3).unwrap_or(usize::MAX);
+        // Until the cluster says, the count `tally admin init-topics` creates.
+        let windows = SendWindows::new(
+            Duration::from_millis(kafka.linger_ms),
+            round_bytes,
+            kafka.partitions,
+        );
         Self {
             shared,
             producer,
@@ -142,9 +157,9 @@ impl Flusher {
             taken: Vec::new(),
             topic,
             clients: HashMap::new(),
-            blocked: HashSet::new(),
-            waiting: VecDeque::new(),
-            window,
+            windows,
+            due: Vec::new(),
+            partitions_due: Some(Instant::now()),
             tasks: JoinSet::new(),
             remaining,
             generations: Generations::default(),
@@ -161,13 +176,13 @@ impl Flusher {
             Duration::from_millis(self.shared.settings.producer.flush_commit_interval_ms);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // When the send window's next round opens; re-armed only when that moves.
+        // When a send window's next round opens; re-armed only when that moves.
         let round_due = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(round_due);
         let mut round_armed: Option<Instant> = None;
         loop {
             let reports = self.reports.clone();
-            let round_opens = self.window.opens_at();
+            let round_opens = self.windows.opens_at();
             if round_opens != round_armed {
                 if let Some(at) = round_opens {
                     round_due.as_mut().reset(tokio::time::Instant::from_std(at));
@@ -263,25 +278,27 @@ impl Flusher {
         }
     }
 
-    /// Sends the client's entries from `next_send` on, while the send window
+    /// Sends the client's entries from `next_send` on, while its send window
     /// admits them and the producer queue has room; holds the client otherwise.
     fn send(&mut self, id: &ClientId) {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
         let now = Instant::now();
+        let window = self.windows.of(id);
         while let Some(entry) = client.state.next_to_send() {
-            let (sn, ts) = (entry.sn, entry.ts);
-            let value = ClientMessage::encode_value(sn, ts, &entry.msg);
-            let bytes = id.as_str().len() + value.len();
-            if !self.window.admit(bytes, now) {
-                hold(&mut self.blocked, &mut self.waiting, id);
+            let bytes = id.as_str().len() + entry.msg.len() + VALUE_FRAMING;
+            if !self.windows.admit(window, bytes, now) {
+                self.windows.hold(window, id, now);
                 return;
             }
+            let (sn, ts) = (entry.sn, entry.ts);
+            let value = ClientMessage::encode_value(sn, ts, &entry.msg);
             let sent = Box::new(Sent {
                 id: id.clone(),
                 sn,
                 generation: client.state.generation(),
+                window,
             });
             let record = BaseRecord::with_opaque_to(&self.topic, sent)
                 .key(id.as_str())
@@ -290,47 +307,42 @@ impl Flusher {
             match self.producer.send(record) {
                 Ok(()) => client.state.sent(now),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.window.refused(bytes, now);
-                    hold(&mut self.blocked, &mut self.waiting, id);
+                    self.windows.refused(window, bytes, now);
+                    self.windows.hold(window, id, now);
                     return;
                 }
                 Err((e, _)) => {
                     warn!(client = %id, "cannot enqueue for Kafka: {e}");
                     metrics::counter!(tally_common::observe::names::PRODUCER_DELIVERY_ERRORS)
                         .increment(1);
-                    self.window.refused(bytes, now);
-                    hold(&mut self.blocked, &mut self.waiting, id);
+                    self.windows.refused(window, bytes, now);
+                    self.windows.hold(window, id, now);
                     return;
                 }
             }
         }
-        self.blocked.remove(id);
+        self.windows.release(id);
     }
 
-    /// Opens the send window's next round if it is due, and hands over what the
-    /// held clients have, in the order they were held, as far as the round admits.
+    /// Opens the send windows whose next round is due, and hands over what
+    /// their held clients have, in the order they were held, as far as each
+    /// round admits.
     fn open_round(&mut self) {
-        if !self.window.open_if_due(Instant::now()) {
-            return;
+        let mut due = std::mem::take(&mut self.due);
+        self.windows.open_due(Instant::now(), &mut due);
+        for id in due.drain(..) {
+            self.send(&id);
         }
-        // Each held client once: one the round cannot take is held again, at the back.
-        for _ in 0..self.waiting.len() {
-            let Some(id) = self.waiting.pop_front() else {
-                break;
-            };
-            if self.blocked.remove(&id) {
-                self.send(&id);
-            }
-        }
-        self.window.close();
+        self.windows.close();
+        self.due = due;
     }
 
     /// Handles every delivery report there is, in the order they were made.
     fn on_reports(&mut self) {
         let mut taken = std::mem::take(&mut self.taken);
         self.reports.take_into(&mut taken);
-        self.window.reported(taken.len());
         for report in taken.drain(..) {
+            self.windows.reported(report.0.window);
             self.on_delivery(report);
         }
         self.taken = taken;
@@ -339,14 +351,16 @@ impl Flusher {
     }
 
     fn on_delivery(&mut self, (sent, result): Report) {
-        let Sent { id, sn, generation } = sent;
+        let Sent {
+            id, sn, generation, ..
+        } = sent;
         let Some(client) = self.clients.get_mut(&id) else {
             return;
         };
         let now = Instant::now();
         match result {
             Ok(partition) => {
-                self.window.saw_partition(partition);
+                self.windows.saw_partition(partition);
                 let Some(advanced) = client.state.confirm(sn, generation, now) else {
                     return;
                 };
@@ -449,7 +463,18 @@ impl Flusher {
             }
         }
         // Held clients (also those stopped on a full producer queue) are handed
-        // over by the send window's rounds.
+        // over by the send windows' rounds.
+
+        if self.partitions_due.is_some_and(|at| now >= at) {
+            self.partitions_due = None;
+            let (settings, topic) = (shared.settings.kafka.clone(), self.topic.clone());
+            self.tasks.spawn(async move {
+                let partitions =
+                    tally_common::kafka::topic_partitions(&settings, &topic, PARTITIONS_TIMEOUT)
+                        .await;
+                TaskDone::Partitions(partitions)
+            });
+        }
     }
 
     /// Replaces the Kafka producer and rewinds every client to `flushed + 1` in a
@@ -475,13 +500,12 @@ impl Flusher {
             warn!("cannot start a thread to drop the old Kafka producer (dropped here): {e}");
         }
         // Nor will its reports: nothing handed to it is awaited any more.
-        self.window.forget_unreported();
+        self.windows.forget_unreported();
         for (id, client) in &mut self.clients {
             client.state.rewind(&mut self.generations, now);
             metrics::counter!(tally_common::observe::names::PRODUCER_REWINDS).increment(1);
-            hold(&mut self.blocked, &mut self.waiting, id);
+            self.windows.hold(self.windows.of(id), id, now);
         }
-        self.window.hold(now);
         metrics::counter!(tally_common::observe::names::PRODUCER_KAFKA_RECREATIONS).increment(1);
     }
 
@@ -570,6 +594,13 @@ impl Flusher {
                     self.publish_remaining();
                 }
             }
+            TaskDone::Partitions(result) => {
+                self.partitions_due = Some(Instant::now() + PARTITIONS_REFRESH);
+                match result {
+                    Ok(partitions) => self.windows.set_partitions(partitions),
+                    Err(e) => debug!(topic = %self.topic, "cannot learn its partition count: {e}"),
+                }
+            }
         }
     }
 
@@ -579,20 +610,12 @@ impl Flusher {
             && self.clients.len() < self.clients.capacity() / 4
         {
             self.clients.shrink_to_fit();
-            self.blocked.shrink_to_fit();
-            self.waiting.shrink_to_fit();
+            self.windows.shrink_to_fit();
             release_freed_memory();
         }
         self.remaining.send_replace(self.clients.len());
         metrics::gauge!(tally_common::observe::names::PRODUCER_OWNED_CLIENTS)
             .set(self.clients.len() as f64);
-    }
-}
-
-/// Holds `id` for the send window's next round, once.
-fn hold(blocked: &mut HashSet<ClientId>, waiting: &mut VecDeque<ClientId>, id: &ClientId) {
-    if blocked.insert(id.clone()) {
-        waiting.push_back(id.clone());
     }
 }
 

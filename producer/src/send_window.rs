@@ -1,12 +1,13 @@
-//! The flusher's send window: messages reach the Kafka producer in rounds, one
-//! round at a time.
+//! The flusher's send window for one partition of `client_message`: messages
+//! bound for it reach the Kafka producer in rounds, one round at a time.
 //!
-//! Invariant: nothing is handed to the Kafka producer while a message of an
-//! earlier round is unreported (neither delivered nor failed), and a round opens
+//! Invariant: nothing is handed to the Kafka producer while a message of the
+//! window's earlier round is unreported (neither delivered nor failed), and a round opens
 //! no sooner than `linger` after its first message started waiting, so a
 //! message waits for `linger` or the previous round's reports, whichever is
-//! later (and for a further round when one fills up). The window only delays hand-overs; what is handed over, and in which
-//! order, is still each client's [`crate::flush_state::FlushState`]'s to decide.
+//! later (and for a further round when one fills up). The window only delays
+//! hand-overs; what is handed over, and in which order, is still each client's
+//! [`crate::flush_state::FlushState`]'s to decide.
 //!
 //! Why the flusher holds messages instead of librdkafka: librdkafka 2.12.1's
 //! idempotent producer builds a partition's next `ProduceRequest` only once none
@@ -16,12 +17,19 @@
 //! thread spins for the rest of the `acks=all` round trip. On a busy box, whose
 //! round trips outlast the linger, that was half a core of the producer
 //! (docs/benchmarks.md). Messages held here cost nothing while they wait, and a
-//! round handed over at once fits one request per partition: the producer's own
-//! linger only gathers the hand-over burst ([`BURST_LINGER_MS`]).
+//! round handed over at once fits one request: the producer's own linger only
+//! gathers the hand-over burst ([`BURST_LINGER_MS`]). The flusher keeps one
+//! window per partition (a client's key decides its partition), because the
+//! limit is per partition: one round across all partitions waited for the
+//! slowest partition's answer.
 //!
 //! Pure logic: the flusher asks and reports, this decides.
 
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use tally_common::kafka::key_partition;
+use tally_common::ClientId;
 
 /// `linger.ms` of the flusher's Kafka producer: meant to gather a round's
 /// hand-over into one request per partition (20 ms was no better in a window at
@@ -32,13 +40,10 @@ pub const BURST_LINGER_MS: u64 = 5;
 #[derive(Debug)]
 pub struct SendWindow {
     linger: Duration,
-    /// Most bytes (keys and values) a round hands over per partition: within the
-    /// Kafka producer's `batch.size`, so a partition's share of a round is not
-    /// split into two requests (the second would wait, spinning, for the first).
-    partition_bytes: usize,
-    /// Partitions seen in delivery reports (at least 1): a round hands over at
-    /// most `partition_bytes` times this; keys spread over the partitions.
-    partitions: usize,
+    /// Most bytes (keys and values) a round hands over: within the Kafka
+    /// producer's `batch.size`, so a round is not split into two requests (the
+    /// second would wait, spinning, for the first).
+    round_bytes: usize,
     /// Messages handed over and not yet reported.
     unreported: usize,
     /// When the first message held for the next round started waiting.
@@ -57,11 +62,10 @@ struct Round {
 }
 
 impl SendWindow {
-    pub fn new(linger: Duration, partition_bytes: usize) -> Self {
+    pub fn new(linger: Duration, round_bytes: usize) -> Self {
         Self {
             linger,
-            partition_bytes: partition_bytes.max(1),
-            partitions: 1,
+            round_bytes: round_bytes.max(1),
             unreported: 0,
             held_since: None,
             open: None,
@@ -71,10 +75,9 @@ impl SendWindow {
     /// Whether a message of `bytes` may be handed over now; if not, it is held
     /// for the next round (the caller keeps it and asks again once that opens).
     pub fn admit(&mut self, bytes: usize, now: Instant) -> bool {
-        let limit = self.partition_bytes.saturating_mul(self.partitions);
         match self.open.as_mut() {
             // The first message of a round always fits, however large.
-            Some(round) if round.handed == 0 || round.handed + bytes <= limit => {
+            Some(round) if round.handed == 0 || round.handed + bytes <= self.round_bytes => {
                 round.handed += bytes;
                 self.unreported += 1;
                 true
@@ -106,12 +109,6 @@ impl SendWindow {
     /// `n` handed-over messages were reported (delivered or failed).
     pub fn reported(&mut self, n: usize) {
         self.unreported = self.unreported.saturating_sub(n);
-    }
-
-    /// A message was delivered to `partition`.
-    pub fn saw_partition(&mut self, partition: i32) {
-        let count = usize::try_from(partition).map_or(0, |p| p + 1);
-        self.partitions = self.partitions.max(count);
     }
 
     /// The Kafka producer was replaced: the old one's reports will not come.
@@ -151,6 +148,142 @@ impl SendWindow {
     }
 }
 
+/// The flusher's send windows, one per partition of `client_message`, and the
+/// clients each holds for its next round.
+///
+/// A client's window is its key's partition under the partition count last
+/// learned ([`Self::set_partitions`]). A wrong count costs only speed (rounds
+/// that do not match librdkafka's requests), never a message: every window
+/// still hands over everything it holds.
+#[derive(Debug)]
+pub struct SendWindows {
+    linger: Duration,
+    round_bytes: usize,
+    /// The partition count keys are mapped with.
+    partitions: i32,
+    /// Indexed by partition; never shrinks, so a report always finds the window
+    /// its message was admitted by.
+    windows: Vec<SendWindow>,
+    /// Each window's held clients, in the order they were held: a round hands
+    /// over in this order, so none waits behind later ones twice.
+    waiting: Vec<VecDeque<ClientId>>,
+    /// Clients with messages not handed over: held for a round, or stopped on a
+    /// full producer queue. A client is in one window's `waiting` at most once.
+    held: HashSet<ClientId>,
+}
+
+impl SendWindows {
+    pub fn new(linger: Duration, round_bytes: usize, partitions: i32) -> Self {
+        let mut windows = Self {
+            linger,
+            round_bytes,
+            partitions: 1,
+            windows: Vec::new(),
+            waiting: Vec::new(),
+            held: HashSet::new(),
+        };
+        windows.set_partitions(partitions);
+        windows
+    }
+
+    /// The topic has `partitions` partitions (from metadata, or a delivery report).
+    pub fn set_partitions(&mut self, partitions: i32) {
+        self.partitions = partitions.max(1);
+        let count = usize::try_from(self.partitions).unwrap_or(1);
+        while self.windows.len() < count {
+            self.windows
+                .push(SendWindow::new(self.linger, self.round_bytes));
+            self.waiting.push(VecDeque::new());
+        }
+    }
+
+    /// A message was delivered to `partition`: the topic has at least that many.
+    pub fn saw_partition(&mut self, partition: i32) {
+        if partition >= self.partitions {
+            self.set_partitions(partition.saturating_add(1));
+        }
+    }
+
+    /// The window of `id`'s messages: its key's partition.
+    pub fn of(&self, id: &ClientId) -> usize {
+        usize::try_from(key_partition(id.as_str().as_bytes(), self.partitions)).unwrap_or(0)
+    }
+
+    /// [`SendWindow::admit`] in window `window`.
+    pub fn admit(&mut self, window: usize, bytes: usize, now: Instant) -> bool {
+        self.windows
+            .get_mut(window)
+            .is_some_and(|w| w.admit(bytes, now))
+    }
+
+    /// [`SendWindow::refused`] in window `window`.
+    pub fn refused(&mut self, window: usize, bytes: usize, now: Instant) {
+        if let Some(w) = self.windows.get_mut(window) {
+            w.refused(bytes, now);
+        }
+    }
+
+    /// A message admitted by window `window` was reported.
+    pub fn reported(&mut self, window: usize) {
+        if let Some(w) = self.windows.get_mut(window) {
+            w.reported(1);
+        }
+    }
+
+    /// Holds `id` for window `window`'s next round (once, wherever it is held).
+    pub fn hold(&mut self, window: usize, id: &ClientId, now: Instant) {
+        let (Some(w), Some(waiting)) = (self.windows.get_mut(window), self.waiting.get_mut(window))
+        else {
+            return;
+        };
+        w.hold(now);
+        if self.held.insert(id.clone()) {
+            waiting.push_back(id.clone());
+        }
+    }
+
+    /// `id` has nothing left to hand over: a round that reaches it skips it.
+    pub fn release(&mut self, id: &ClientId) {
+        self.held.remove(id);
+    }
+
+    /// The Kafka producer was replaced: the old one's reports will not come.
+    pub fn forget_unreported(&mut self) {
+        self.windows
+            .iter_mut()
+            .for_each(SendWindow::forget_unreported);
+    }
+
+    /// When the next round of any window may open.
+    pub fn opens_at(&self) -> Option<Instant> {
+        self.windows.iter().filter_map(SendWindow::opens_at).min()
+    }
+
+    /// Opens every window whose round is due at `now`, and moves the clients it
+    /// held into `into`, in the order they were held: the caller hands over what
+    /// each has (each message through [`Self::admit`]; one a round cannot take is
+    /// held again, for the next round) and then calls [`Self::close`].
+    pub fn open_due(&mut self, now: Instant, into: &mut Vec<ClientId>) {
+        for (window, waiting) in self.windows.iter_mut().zip(&mut self.waiting) {
+            if window.open_if_due(now) {
+                let held = &mut self.held;
+                into.extend(waiting.drain(..).filter(|id| held.remove(id)));
+            }
+        }
+    }
+
+    /// Ends the rounds [`Self::open_due`] opened.
+    pub fn close(&mut self) {
+        self.windows.iter_mut().for_each(SendWindow::close);
+    }
+
+    /// Gives back the held set's memory once few clients are left.
+    pub fn shrink_to_fit(&mut self) {
+        self.held.shrink_to_fit();
+        self.waiting.iter_mut().for_each(VecDeque::shrink_to_fit);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,8 +291,8 @@ mod tests {
     const LINGER: Duration = Duration::from_millis(50);
 
     /// A window whose first round (one message held at `t0`) is open.
-    fn first_round_open(partition_bytes: usize, held: usize, t0: Instant) -> SendWindow {
-        let mut window = SendWindow::new(LINGER, partition_bytes);
+    fn first_round_open(round_bytes: usize, held: usize, t0: Instant) -> SendWindow {
+        let mut window = SendWindow::new(LINGER, round_bytes);
         assert!(!window.admit(held, t0));
         assert!(window.open_if_due(t0 + LINGER));
         window
@@ -229,14 +362,6 @@ mod tests {
         assert_eq!(window.opens_at(), None);
         window.reported(1);
         assert_eq!(window.opens_at(), Some(t0 + LINGER));
-
-        // Three partitions seen: a round takes three partitions' worth.
-        window.saw_partition(2);
-        window.saw_partition(0);
-        assert!(window.open_if_due(t0 + LINGER + LINGER));
-        assert!(window.admit(70, t0));
-        assert!(window.admit(5, t0), "75 = 3 × 25");
-        assert!(!window.admit(1, t0));
     }
 
     #[test]
@@ -269,5 +394,98 @@ mod tests {
         assert_eq!(window.opens_at(), None);
         window.forget_unreported();
         assert_eq!(window.opens_at(), Some(t0 + LINGER + LINGER));
+    }
+}
+
+#[cfg(test)]
+mod windows_tests {
+    use super::*;
+
+    const LINGER: Duration = Duration::from_millis(50);
+
+    /// The first of `c0`, `c1`, … whose key maps to `partition` of `partitions`.
+    fn client_on(partition: usize, windows: &SendWindows) -> ClientId {
+        (0..)
+            .map(|i| ClientId::parse(&format!("c{i}")).expect("a valid id"))
+            .find(|id| windows.of(id) == partition)
+            .expect("some key maps to every partition")
+    }
+
+    #[test]
+    fn a_client_s_window_is_its_key_s_partition() {
+        let mut windows = SendWindows::new(LINGER, 1_000, 12);
+        let id = ClientId::parse("client-7").expect("a valid id");
+        let expected = key_partition(b"client-7", 12);
+        assert_eq!(windows.of(&id), usize::try_from(expected).expect("≥ 0"));
+        // A report from a partition beyond the count: the topic grew.
+        windows.saw_partition(15);
+        let expected = key_partition(b"client-7", 16);
+        assert_eq!(windows.of(&id), usize::try_from(expected).expect("≥ 0"));
+        windows.saw_partition(3);
+        assert_eq!(windows.of(&id), usize::try_from(expected).expect("≥ 0"));
+    }
+
+    #[test]
+    fn an_unreported_round_holds_back_only_its_own_partition() {
+        let t0 = Instant::now();
+        let mut windows = SendWindows::new(LINGER, 1_000, 2);
+        let (a, b) = (client_on(0, &windows), client_on(1, &windows));
+        for id in [&a, &b] {
+            let window = windows.of(id);
+            assert!(!windows.admit(window, 10, t0));
+            windows.hold(window, id, t0);
+        }
+        assert_eq!(windows.opens_at(), Some(t0 + LINGER));
+        let mut due = Vec::new();
+        windows.open_due(t0 + LINGER, &mut due);
+        assert_eq!(due, vec![a.clone(), b.clone()]);
+        assert!(windows.admit(0, 10, t0 + LINGER), "a's message goes");
+        assert!(windows.admit(1, 10, t0 + LINGER), "b's message goes");
+        windows.close();
+
+        // Both hold more; only b's partition answers.
+        let t1 = t0 + LINGER + Duration::from_millis(10);
+        for (id, window) in [(&a, 0), (&b, 1)] {
+            assert!(!windows.admit(window, 10, t1));
+            windows.hold(window, id, t1);
+        }
+        windows.reported(1);
+        assert_eq!(windows.opens_at(), Some(t1 + LINGER), "b's window is due");
+        due.clear();
+        windows.open_due(t1 + LINGER, &mut due);
+        assert_eq!(due, vec![b.clone()], "a's round is still unreported");
+        assert!(!windows.admit(0, 10, t1 + LINGER), "a's window is not open");
+        windows.hold(0, &a, t1 + LINGER);
+        assert!(windows.admit(1, 10, t1 + LINGER));
+        windows.close();
+        assert_eq!(windows.opens_at(), None, "both windows have a round out");
+        windows.reported(0);
+        assert_eq!(windows.opens_at(), Some(t1 + LINGER));
+        due.clear();
+        windows.open_due(t1 + LINGER, &mut due);
+        assert_eq!(due, vec![a], "held once, though held twice");
+    }
+
+    #[test]
+    fn a_released_client_is_skipped_and_a_replaced_producer_is_not_awaited() {
+        let t0 = Instant::now();
+        let mut windows = SendWindows::new(LINGER, 1_000, 1);
+        let ids: Vec<ClientId> = ["x", "y", "z"]
+            .iter()
+            .map(|id| ClientId::parse(id).expect("a valid id"))
+            .collect();
+        for id in &ids {
+            windows.hold(0, id, t0);
+        }
+        windows.release(&ids[1]);
+        let mut due = Vec::new();
+        windows.open_due(t0 + LINGER, &mut due);
+        assert_eq!(due, vec![ids[0].clone(), ids[2].clone()]);
+        assert!(windows.admit(0, 10, t0 + LINGER));
+        windows.close();
+        windows.hold(0, &ids[0], t0 + LINGER);
+        assert_eq!(windows.opens_at(), None, "one is unreported");
+        windows.forget_unreported();
+        assert_eq!(windows.opens_at(), Some(t0 + LINGER + LINGER));
     }
 }
