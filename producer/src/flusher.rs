@@ -12,7 +12,7 @@
 //! past that (plus a margin) mean its reports stopped, and resending into it would
 //! wait forever, so a new producer takes over and every client resends from
 //! `flushed + 1` (go-back-N, as after a failure). Sends are handed to the Kafka
-//! producer in rounds of the send window ([`crate::send_window`]).
+//! producer in rounds, one send window per partition ([`crate::send_window`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
