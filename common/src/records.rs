@@ -335,10 +335,15 @@ impl ClientMessage {
         Self::encode_value(self.sn, self.ts, &self.msg)
     }
 
+    /// Bytes a value adds to its message text at most: the version byte and
+    /// two varints (sn, zigzagged ts) of up to 10 bytes each. The producer's
+    /// send windows count a value by this before encoding it.
+    pub const VALUE_FRAMING_MAX: usize = 1 + 10 + 10;
+
     /// [`Self::encode`] from the fields the value holds, without building the
     /// record (the producer's flusher, per message).
     pub fn encode_value(sn: u64, ts: i64, msg: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 10 + 10 + msg.len());
+        let mut out = Vec::with_capacity(Self::VALUE_FRAMING_MAX + msg.len());
         out.push(COMPACT_V1);
         put_varint(&mut out, sn);
         put_varint(&mut out, zigzag(ts));
@@ -405,6 +410,7 @@ impl MessageAggregation {
 
     /// The value as written: compact, version 1 (the hash is the key).
     pub fn encode(&self) -> Vec<u8> {
+        // The version byte and two varints (sn, the client's length).
         let mut out = Vec::with_capacity(1 + 10 + 10 + self.client.len() + self.msg.len());
         out.push(COMPACT_V1);
         put_varint(&mut out, self.sn);
@@ -533,6 +539,20 @@ mod tests {
             ClientMessage::parse(Some(b"client-7"), Some(&json)).expect("parses"),
             m
         );
+    }
+
+    #[test]
+    fn a_value_adds_at_most_its_framing_bound_to_the_text() {
+        for (sn, ts) in [(0, 0), (u64::MAX, i64::MIN), (u64::MAX, i64::MAX), (1, -1)] {
+            let value = ClientMessage::encode_value(sn, ts, "text");
+            assert!(
+                value.len() <= ClientMessage::VALUE_FRAMING_MAX + "text".len(),
+                "sn {sn}, ts {ts}: {} bytes",
+                value.len()
+            );
+        }
+        let widest = ClientMessage::encode_value(u64::MAX, i64::MIN, "");
+        assert_eq!(widest.len(), ClientMessage::VALUE_FRAMING_MAX);
     }
 
     #[test]

@@ -51,9 +51,6 @@ const SHRINK_FROM: usize = 1_024;
 const PARTITIONS_REFRESH: Duration = Duration::from_secs(60);
 /// How long one such question may take.
 const PARTITIONS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes a record's value adds to the message text at most: a version byte and
-/// two varints. A send window counts this before the value is encoded.
-const VALUE_FRAMING: usize = 1 + 10 + 10;
 
 /// A client this instance flushes.
 struct ClientFlush {
@@ -287,7 +284,7 @@ impl Flusher {
         let now = Instant::now();
         let window = self.windows.of(id);
         while let Some(entry) = client.state.next_to_send() {
-            let bytes = id.as_str().len() + entry.msg.len() + VALUE_FRAMING;
+            let bytes = id.as_str().len() + entry.msg.len() + ClientMessage::VALUE_FRAMING_MAX;
             if !self.windows.admit(window, bytes, now) {
                 self.windows.hold(window, id, now);
                 return;
