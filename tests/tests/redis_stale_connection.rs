@@ -21,6 +21,10 @@ const SET_GET: &str = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GE
 struct PrivateRedis {
     dir: tempfile::TempDir,
     port: u16,
+    /// The cluster bus port, chosen like `port`: Redis' default (`port` +
+    /// 10000) lands in the kernel's ephemeral range, where any outgoing
+    /// connection of a busy CI host may hold it ("Address already in use").
+    bus_port: u16,
     child: Option<Child>,
 }
 
@@ -29,6 +33,7 @@ impl PrivateRedis {
         let mut redis = Self {
             dir: tempfile::tempdir().expect("temp dir"),
             port: free_port(),
+            bus_port: free_port(),
             child: None,
         };
         redis.spawn().await;
@@ -46,6 +51,7 @@ impl PrivateRedis {
         let dir: &Path = self.dir.path();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-port", &self.bus_port.to_string()])
             .args([
                 "--cluster-enabled",
                 "yes",
@@ -61,6 +67,8 @@ impl PrivateRedis {
             .arg(dir.join("nodes.conf"))
             .arg("--dir")
             .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -68,7 +76,17 @@ impl PrivateRedis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not answer");
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "redis-server on {} (bus {}) did not answer ({exited:?}); its log:\n{}",
+                self.port,
+                self.bus_port,
+                std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
