@@ -18,7 +18,8 @@
 //! round trips outlast the linger, that was half a core of the producer
 //! (docs/benchmarks.md). Messages held here cost nothing while they wait, and a
 //! round handed over at once fits one request: the producer's own linger only
-//! gathers the hand-over burst ([`BURST_LINGER_MS`]). The flusher keeps one
+//! gathers the hand-over burst ([`BURST_LINGER_MS`], which must outlast the
+//! hand-over, or the round is cut in two and the spin is back). The flusher keeps one
 //! window per partition (a client's key decides its partition), because the
 //! limit is per partition: one round across all partitions waited for the
 //! slowest partition's answer.
@@ -31,10 +32,16 @@ use std::time::{Duration, Instant};
 use tally_common::kafka::key_partition;
 use tally_common::ClientId;
 
-/// `linger.ms` of the flusher's Kafka producer: meant to gather a round's
-/// hand-over into one request per partition (20 ms was no better in a window at
-/// 40,000 msg/s), short enough that the round leaves at once.
-pub const BURST_LINGER_MS: u64 = 5;
+/// `linger.ms` of the flusher's Kafka producer: it gathers a round's hand-over
+/// into one request per partition, so it must outlast the hand-over itself. A
+/// round of ~2,000 messages takes a few milliseconds to hand over, longer when
+/// the flusher's thread is preempted on a busy box; with 5 ms, rounds were cut
+/// in two, the second part waited (spinning) for the first's round trip, and
+/// with slow brokers that spin took the CPU the brokers needed: the producer
+/// used 29–45 µs/msg at 40,000 msg/s and fell seconds behind. 50 ms: 14 µs/msg
+/// and no backlog; the cost is ~45 ms more in the flusher's stage
+/// (docs/benchmarks.md, "the flusher's burst linger").
+pub const BURST_LINGER_MS: u64 = 50;
 
 /// Decides when the flusher may hand messages to the Kafka producer.
 #[derive(Debug)]
