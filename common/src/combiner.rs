@@ -30,7 +30,11 @@
 //! replication round trip per round instead of per call. Calls that did not run
 //! (`NOSCRIPT`, `MOVED`, `TRYAGAIN`, …) are retried; the scripts are safe to re-run,
 //! so a pipeline the cluster client re-sends after a dropped connection is
-//! harmless too.
+//! harmless too. A re-run that finds its work done and writes nothing is still
+//! confirmed only once the first run reached the replicas: Redis records a
+//! connection's replication offset after every command, read-only ones too, so
+//! the `WAIT` after the re-run's `EVALSHA` covers every earlier write on the
+//! master. A `WAIT` that was a connection's first command would not.
 //!
 //! For the same reason a round that failed on its connection (a connection a
 //! restarted node closed long ago, a reset, a round slower than its limit on a

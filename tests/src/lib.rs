@@ -11,6 +11,7 @@
 
 pub mod chaos;
 pub mod pipeline;
+pub mod private_redis;
 pub mod raw;
 pub mod report;
 

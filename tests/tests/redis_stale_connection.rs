@@ -1,144 +1,20 @@
-//! The write combiner against a private one-node Redis Cluster (a real
-//! `redis-server` of this test's own, so restarting and pausing it disturbs no
-//! other test): a connection a restarted node closed long ago, and a round slower
-//! than its limit on a busy master, are retried on a fresh connection instead of
-//! reaching the caller as "unavailable"; a master that is really gone still does;
-//! and a call does not queue behind another round's `WAIT`.
+//! The write combiner against a private Redis Cluster (real `redis-server`s of
+//! this test's own, so restarting and pausing them disturbs no other test): a
+//! connection a restarted node closed long ago, and a round slower than its limit
+//! on a busy master, are retried on a fresh connection instead of reaching the
+//! caller as "unavailable"; a master that is really gone still does; a call does
+//! not queue behind another round's `WAIT`; and a retried call whose first run
+//! landed is confirmed only once that first run reached a replica.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tally_common::combiner::WriteCombiner;
 use tally_common::redis::{RedisOpError, ReplicatedScript, Replication, ScriptCall};
-use tally_common::settings::RedisSettings;
-use tally_tests::free_port;
+use tally_tests::private_redis::PrivateRedis;
 
 /// Idempotent, as every tally script must be: a re-run leaves the same state.
 const SET_GET: &str = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])";
-
-/// One `redis-server` with every slot: a cluster of one, no replicas.
-struct PrivateRedis {
-    dir: tempfile::TempDir,
-    port: u16,
-    /// The cluster bus port, chosen like `port`: Redis' default (`port` +
-    /// 10000) lands in the kernel's ephemeral range, where any outgoing
-    /// connection of a busy CI host may hold it ("Address already in use").
-    bus_port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    async fn start() -> Self {
-        let mut redis = Self {
-            dir: tempfile::tempdir().expect("temp dir"),
-            port: free_port(),
-            bus_port: free_port(),
-            child: None,
-        };
-        redis.spawn().await;
-        redis.cli(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !redis.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-            assert!(Instant::now() < deadline, "one-node cluster not ok");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        redis
-    }
-
-    /// Starts the server (again: nodes.conf in its folder keeps its slots).
-    async fn spawn(&mut self) {
-        let dir: &Path = self.dir.path();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-port", &self.bus_port.to_string()])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            // Alone, a node does not know its own address (CLUSTER SLOTS would
-            // name it ""): no peer ever told it.
-            .args(["--cluster-announce-ip", "127.0.0.1"])
-            .arg("--cluster-config-file")
-            .arg(dir.join("nodes.conf"))
-            .arg("--dir")
-            .arg(dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).trim() != "PONG" {
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "redis-server on {} (bus {}) did not answer ({exited:?}); its log:\n{}",
-                self.port,
-                self.bus_port,
-                std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{name} {pid}");
-    }
-
-    fn settings(&self) -> RedisSettings {
-        serde_json::from_value(serde_json::json!({
-            "nodes": [format!("redis://127.0.0.1:{}", self.port)],
-            "wait_replicas": 0,
-        }))
-        .expect("redis settings")
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        if let Some(child) = &self.child {
-            // A paused server would ignore nothing but SIGKILL; resume it anyway.
-            let _ = Command::new("kill")
-                .arg("-CONT")
-                .arg(child.id().to_string())
-                .status();
-        }
-        self.kill();
-    }
-}
 
 fn set(value: &str) -> ScriptCall {
     let mut call = ScriptCall::new();
@@ -166,6 +42,20 @@ async fn combiner(redis: &PrivateRedis) -> (WriteCombiner, ReplicatedScript) {
         .expect("first call");
     assert_eq!(first, "1");
     (combiner, script)
+}
+
+/// A combiner over `redis` whose rounds `WAIT` for one replica, `wait` at most.
+async fn waiting_for_one_replica(redis: &PrivateRedis, wait: Duration) -> WriteCombiner {
+    let conn = tally_common::redis::connect(&redis.settings())
+        .await
+        .expect("connect");
+    let replication = Replication {
+        replicas: 1,
+        timeout: wait,
+    };
+    WriteCombiner::new(conn, replication)
+        .await
+        .expect("combiner")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +95,7 @@ async fn a_round_slower_than_its_limit_on_a_busy_master_is_retried() {
     // `redis: timed out` and its client `ERR unavailable`, though the write landed.
     redis.signal("STOP");
     let resume = {
-        let pid = redis.child.as_ref().expect("running").id();
+        let pid = redis.pid();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(4_500)).await;
             let _ = Command::new("kill")
@@ -244,18 +134,7 @@ async fn a_call_does_not_queue_behind_another_rounds_wait() {
     // such a round off ("timed out") before the direct connections were given
     // the configured timeouts.
     let wait = Duration::from_secs(2);
-    let conn = tally_common::redis::connect(&redis.settings())
-        .await
-        .expect("connect");
-    let combiner = WriteCombiner::new(
-        conn,
-        Replication {
-            replicas: 1,
-            timeout: wait,
-        },
-    )
-    .await
-    .expect("combiner");
+    let combiner = waiting_for_one_replica(&redis, wait).await;
     // Loaded beforehand: a `NOSCRIPT` round would wait its `WAIT` out too.
     redis.cli(&["SCRIPT", "LOAD", SET_GET]);
     let call = |key: &'static str| {
@@ -304,4 +183,170 @@ async fn a_call_does_not_queue_behind_another_rounds_wait() {
     // Both scripts ran; only the replication was missing.
     assert_eq!(redis.cli(&["GET", "queue-a"]).trim(), "1");
     assert_eq!(redis.cli(&["GET", "queue-b"]).trim(), "1");
+}
+
+/// A tally script's call that writes, the state it needs first, and how to read
+/// what it did.
+struct Rerun {
+    script: &'static str,
+    body: &'static str,
+    setup: &'static [&'static [&'static str]],
+    keys: &'static [&'static str],
+    args: &'static [&'static str],
+    /// A read of the call's effect, and what it reads after the call ran (once).
+    effect: &'static [&'static str],
+    expect: &'static str,
+}
+
+const RERUNS: &[Rerun] = &[
+    Rerun {
+        script: "stash_append",
+        body: include_str!("../../common/src/lua/stash_append.lua"),
+        setup: &[&[
+            "HSET",
+            "rr:{c1}:meta",
+            "owner",
+            "p1",
+            "epoch",
+            "1",
+            "sn",
+            "0",
+        ]],
+        keys: &["rr:{c1}:meta", "rr:{c1}:stash"],
+        args: &["p1", "1", "0", "1700000000000", "2", "a\nb"],
+        effect: &["XLEN", "rr:{c1}:stash"],
+        expect: "1",
+    },
+    Rerun {
+        script: "stash_claim (adopt)",
+        body: include_str!("../../common/src/lua/stash_claim.lua"),
+        setup: &[&[
+            "HSET",
+            "rr:{c2}:meta",
+            "owner",
+            "dead",
+            "epoch",
+            "3",
+            "sn",
+            "4",
+            "flushed",
+            "4",
+        ]],
+        keys: &["rr:{c2}:meta"],
+        args: &["p2", "adopt", "dead", "3"],
+        effect: &["HGET", "rr:{c2}:meta", "epoch"],
+        expect: "4",
+    },
+    Rerun {
+        script: "stash_release",
+        body: include_str!("../../common/src/lua/stash_release.lua"),
+        setup: &[&[
+            "HSET",
+            "rr:{c3}:meta",
+            "owner",
+            "p1",
+            "epoch",
+            "2",
+            "sn",
+            "5",
+            "flushed",
+            "5",
+        ]],
+        keys: &["rr:{c3}:meta"],
+        args: &["p1", "2"],
+        effect: &["HGET", "rr:{c3}:meta", "owner"],
+        expect: "",
+    },
+    Rerun {
+        script: "count_client",
+        body: include_str!("../../common/src/lua/count_client.lua"),
+        setup: &[],
+        keys: &["rr:{c4}:count", "rr:{c4}:last_sn"],
+        args: &["1", "2"],
+        effect: &["GET", "rr:{c4}:count"],
+        expect: "2",
+    },
+    Rerun {
+        script: "count_messages",
+        body: include_str!("../../common/src/lua/count_messages.lua"),
+        setup: &[],
+        keys: &["rr:m:{b1}h1"],
+        args: &["hello", "2", "c5", "1", "c6", "1"],
+        effect: &["HGET", "rr:m:{b1}h1", "count"],
+        expect: "2",
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_whose_first_run_landed_is_confirmed_only_once_that_run_reached_a_replica() {
+    let (master, replica) = PrivateRedis::start_with_replica().await;
+    let combiner = waiting_for_one_replica(&master, Duration::from_millis(500)).await;
+    let mut direct = redis::Client::open(format!("redis://127.0.0.1:{}", master.port()))
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("direct connection");
+    for case in RERUNS {
+        let name = case.script;
+        for command in case.setup {
+            let _: redis::Value = redis::cmd(command[0])
+                .arg(&command[1..])
+                .query_async(&mut direct)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: setup: {e}"));
+        }
+        let replicated: u32 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5_000)
+            .query_async(&mut direct)
+            .await
+            .expect("WAIT");
+        assert_eq!(replicated, 1, "{name}: setup not on the replica");
+        let mut call = ScriptCall::new();
+        for key in case.keys {
+            call.key(*key);
+        }
+        for arg in case.args {
+            call.arg(*arg);
+        }
+
+        // The first run lands on the master while the replica is paused, and its
+        // reply is lost (as when a round's connection breaks after the script
+        // ran): the combiner retries the call on a fresh connection.
+        replica.signal("STOP");
+        let _: redis::Value = redis::cmd("EVAL")
+            .arg(case.body)
+            .arg(case.keys.len())
+            .arg(case.keys)
+            .arg(case.args)
+            .query_async(&mut direct)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: first run: {e}"));
+        let script = ReplicatedScript::new(case.body);
+        let rerun = combiner.invoke::<redis::Value>(&script, call.clone()).await;
+        // `WAIT` covers the writes made on its own connection. A re-run that
+        // found its work done and wrote nothing was confirmed at once, although
+        // the first run's write had reached no replica.
+        assert!(
+            matches!(
+                rerun,
+                Err(RedisOpError::NotReplicated {
+                    acked: 0,
+                    wanted: 1,
+                    ..
+                })
+            ),
+            "{name}: a re-run was confirmed while the first run's write was on no replica: {rerun:?}"
+        );
+        replica.signal("CONT");
+        combiner
+            .invoke::<redis::Value>(&script, call)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: with the replica back: {e}"));
+        assert_eq!(
+            master.cli(case.effect).trim(),
+            case.expect,
+            "{name}: the runs took effect once"
+        );
+    }
 }
