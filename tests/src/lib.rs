@@ -173,7 +173,25 @@ pub fn read_client_messages(
                 break;
             }
         }
-        let m = result.expect("consume");
+        let m = match result {
+            Ok(m) => m,
+            // A topic created a moment ago: a broker may not know it, or its
+            // partition's leader, yet. librdkafka reports that as a consume error
+            // and keeps fetching; the deadline above still bounds the wait.
+            Err(rdkafka::error::KafkaError::MessageConsumption(code))
+                if matches!(
+                    code,
+                    rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                        | rdkafka::types::RDKafkaErrorCode::NotLeaderForPartition
+                        | rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable
+                ) =>
+            {
+                eprintln!("reading {topic}: {code}, still fetching");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => panic!("consume {topic}: {e}"),
+        };
         let record = tally_common::records::ClientMessage::parse(m.key(), m.payload())
             .unwrap_or_else(|e| panic!("invalid record in {topic}: {e}"));
         streams
