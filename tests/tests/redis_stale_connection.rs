@@ -324,9 +324,11 @@ async fn a_rerun_whose_first_run_landed_is_confirmed_only_once_that_run_reached_
             .unwrap_or_else(|e| panic!("{name}: first run: {e}"));
         let script = ReplicatedScript::new(case.body);
         let rerun = combiner.invoke::<redis::Value>(&script, call.clone()).await;
-        // `WAIT` covers the writes made on its own connection. A re-run that
-        // found its work done and wrote nothing was confirmed at once, although
-        // the first run's write had reached no replica.
+        // The re-run finds its work done and writes nothing. Its `WAIT` still
+        // waits for the first run's write: Redis records a connection's
+        // replication offset after every command, so the `EVALSHA` before it
+        // sets the mark. A `WAIT` that was its connection's first command would
+        // be answered at once, and this call confirmed.
         assert!(
             matches!(
                 rerun,
