@@ -50,8 +50,12 @@ impl PrivateRedis {
             r.cli(&["CLUSTER", "NODES"]).contains(&master_id)
         })
         .await;
-        replica.cli(&["CLUSTER", "REPLICATE", &master_id]);
+        // Asked again until it takes: a node just met may not yet list the
+        // master's slots, and then refuses to replicate it.
         wait_for(&master, "the replica in sync", |m| {
+            if !replica.cli(&["ROLE"]).starts_with("slave") {
+                replica.cli(&["CLUSTER", "REPLICATE", &master_id]);
+            }
             m.cli(&["INFO", "replication"]).contains("state=online")
         })
         .await;
