@@ -55,6 +55,8 @@ const POLL: Duration = Duration::from_millis(20);
 const MESSAGE_SAMPLE: usize = 2048;
 /// Un-ACKed lines per client: `tally mtc`'s default.
 const WINDOW: usize = 1000;
+/// How long a load's clients may take beyond what its rate needs.
+const SEND_SLACK: Duration = Duration::from_secs(600);
 
 /// How many of each service a pipeline runs (one producer always).
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +82,22 @@ pub struct Load<'a> {
     pub rate_per_client: Option<f64>,
     /// Every line salted with its client and sn (`tally mtc --distinct`).
     pub distinct: bool,
+}
+
+impl Load<'_> {
+    /// How long the clients may take to have every line ACKed: what the rate
+    /// needs plus [`SEND_SLACK`], so a long paced load (the 15-minute warm-up)
+    /// is not cut off by a deadline fit for the short ones.
+    fn send_timeout(&self) -> Duration {
+        let paced = match self.rate_per_client {
+            Some(rate) if rate > 0.0 => {
+                let seconds = self.lines.len() as f64 * self.repeat as f64 / rate;
+                Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+            }
+            _ => Duration::ZERO,
+        };
+        paced.saturating_add(SEND_SLACK)
+    }
 }
 
 /// Messages ACKed to the clients but not yet in their counts (the counters'
@@ -340,7 +358,7 @@ impl Pipeline {
             run_id: id.to_owned(),
             manifest_path: self.work_dir.join(format!("{id}.manifest.json")),
             window: WINDOW,
-            timeout: Duration::from_secs(600),
+            timeout: load.send_timeout(),
             max_line: self.settings.producer.max_line_bytes,
             distinct,
             token_secret: None,
@@ -756,5 +774,38 @@ async fn poll_probes(
             }
         }
         acked.lock().await.retain(|(t, _)| !done.contains(t));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(lines: &[String], repeat: u64, rate_per_client: Option<f64>) -> Load<'_> {
+        Load {
+            id: "t",
+            clients: 100,
+            lines,
+            repeat,
+            rate_per_client,
+            distinct: false,
+        }
+    }
+
+    #[test]
+    fn a_paced_load_may_take_its_own_duration_plus_the_slack() {
+        let lines = vec![String::from("x"); 1_000];
+        // The default warm-up: 15,000 msg/s from 100 clients for 900 s.
+        let warm_up = load(&lines, 135, Some(150.0));
+        assert_eq!(
+            warm_up.send_timeout(),
+            Duration::from_secs(900) + SEND_SLACK
+        );
+        assert_eq!(load(&lines, 1, None).send_timeout(), SEND_SLACK);
+        assert_eq!(load(&lines, 1, Some(0.0)).send_timeout(), SEND_SLACK);
+        assert_eq!(
+            load(&lines, u64::MAX, Some(1e-300)).send_timeout(),
+            Duration::MAX
+        );
     }
 }
