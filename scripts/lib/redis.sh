@@ -53,6 +53,10 @@ cluster-node-timeout 3000
 cluster-require-full-coverage no
 appendonly yes
 appendfsync everysec
+# rewrite the AOF at 1 GiB, not 64 MiB: under load the stash's writes doubled the
+# AOF every 40-60 s on every node, and the rewrites held the aggregator's stage
+# back (docs/operations.md, "Redis settings for the AOF")
+auto-aof-rewrite-min-size 1gb
 save ""
 min-replicas-to-write 1
 min-replicas-max-lag 10
