@@ -1,9 +1,10 @@
 //! CPU time and peak memory of processes over a measured interval, from `/proc`.
 //!
-//! CPU is `utime + stime` of the whole process (all threads) plus its reaped
-//! children's (`cutime + cstime`: a Redis node's AOF rewrites and snapshots run
-//! in forked children, about a twelfth of its CPU under the benchmark's load) at
-//! the end minus at the start; the peak RSS is the highest `VmRSS` of samples taken every
+//! CPU is `utime + stime` of the whole process (all threads) at the end minus at
+//! the start, for a broker or a Redis node plus its reaped children's
+//! (`cutime + cstime`: a Redis node's AOF rewrites run in forked children, about
+//! a twelfth of its CPU under the benchmark's load; the load generator's children
+//! are the services, measured on their own); the peak RSS is the highest `VmRSS` of samples taken every
 //! [`SAMPLE_EVERY`] (the kernel's `VmHWM` would be the peak since the process
 //! started, which for a broker includes earlier runs). A process that exits
 //! during the interval keeps its last reading.
@@ -32,20 +33,30 @@ pub struct Watched {
     pub pid: u32,
 }
 
-/// CPU ticks of `pid` and its reaped children, if it is alive.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat_cpu_ticks(&stat)
+impl Watched {
+    /// Whether its reaped children's CPU is its own: a stack node's forks are;
+    /// the load generator's children are the tally services, watched on their own.
+    fn owns_children(&self) -> bool {
+        self.role == "kafka" || self.role == "redis"
+    }
 }
 
-/// `utime + stime + cutime + cstime` of one `/proc/<pid>/stat` line.
-fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+/// CPU ticks of `pid`, with its reaped children's if `children`, if it is alive.
+fn cpu_ticks(pid: u32, children: bool) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_ticks(&stat, children)
+}
+
+/// `utime + stime` of one `/proc/<pid>/stat` line, plus `cutime + cstime` if
+/// `children`.
+fn stat_cpu_ticks(stat: &str, children: bool) -> Option<u64> {
     // The name (field 2) may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state): utime, stime, cutime and cstime are fields 14–17.
+    let counted = if children { 11..15 } else { 11..13 };
     fields
-        .get(11..15)?
+        .get(counted)?
         .iter()
         .try_fold(0u64, |sum, field| Some(sum + field.parse::<u64>().ok()?))
 }
@@ -80,7 +91,7 @@ impl Sampler {
         let mut readings: Vec<Reading> = watched
             .iter()
             .map(|w| {
-                let ticks = cpu_ticks(w.pid);
+                let ticks = cpu_ticks(w.pid, w.owns_children());
                 Reading {
                     start_ticks: ticks,
                     last_ticks: ticks,
@@ -88,15 +99,15 @@ impl Sampler {
                 }
             })
             .collect();
-        let pids: Vec<u32> = watched.iter().map(|w| w.pid).collect();
+        let pids: Vec<(u32, bool)> = watched.iter().map(|w| (w.pid, w.owns_children())).collect();
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             loop {
-                for (reading, pid) in readings.iter_mut().zip(&pids) {
-                    if let Some(t) = cpu_ticks(*pid) {
+                for (reading, &(pid, children)) in readings.iter_mut().zip(&pids) {
+                    if let Some(t) = cpu_ticks(pid, children) {
                         reading.last_ticks = Some(t);
                     }
-                    if let Some(r) = rss_kib(*pid) {
+                    if let Some(r) = rss_kib(pid) {
                         reading.peak_rss_kib = reading.peak_rss_kib.max(r);
                     }
                 }
@@ -106,8 +117,8 @@ impl Sampler {
                 }
             }
             // One last reading at the end of the interval.
-            for (reading, pid) in readings.iter_mut().zip(&pids) {
-                if let Some(t) = cpu_ticks(*pid) {
+            for (reading, &(pid, children)) in readings.iter_mut().zip(&pids) {
+                if let Some(t) = cpu_ticks(pid, children) {
                     reading.last_ticks = Some(t);
                 }
             }
@@ -176,7 +187,7 @@ pub fn stack_processes(stack_dir: &std::path::Path) -> Vec<Watched> {
         let pid = std::fs::read_to_string(entry.path().join("pid"))
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
-            .filter(|pid| cpu_ticks(*pid).is_some());
+            .filter(|pid| cpu_ticks(*pid, false).is_some());
         if let Some(pid) = pid {
             found.push(Watched {
                 name,
@@ -202,10 +213,10 @@ mod tests {
         };
         let sampler = Sampler::start(vec![me]);
         // Burn 0.3 s of CPU (not of wall time: the machine may be busy).
-        let start = cpu_ticks(std::process::id()).expect("own stat");
+        let start = cpu_ticks(std::process::id(), false).expect("own stat");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut x = 0u64;
-        while cpu_ticks(std::process::id()).expect("own stat") < start + 30
+        while cpu_ticks(std::process::id(), false).expect("own stat") < start + 30
             && std::time::Instant::now() < deadline
         {
             for _ in 0..100_000 {
@@ -221,18 +232,26 @@ mod tests {
     }
 
     #[test]
-    fn a_process_cpu_includes_its_reaped_children() {
+    fn a_stack_node_cpu_includes_its_reaped_children_and_the_load_generator_not() {
         // A Redis node's line: utime 40000, stime 6662, cutime 2500, cstime 211.
         let stat = "20591 (redis-server (x)) S 1 20591 20591 0 -1 4194560 1 0 0 0 \
                     40000 6662 2500 211 20 0 5 0 100 1 2";
-        assert_eq!(stat_cpu_ticks(stat), Some(49_373));
-        assert_eq!(stat_cpu_ticks("20591 (redis-server) S 1 2"), None);
-        assert_eq!(stat_cpu_ticks("no name here"), None);
+        assert_eq!(stat_cpu_ticks(stat, true), Some(49_373));
+        assert_eq!(stat_cpu_ticks(stat, false), Some(46_662));
+        assert_eq!(stat_cpu_ticks("20591 (redis-server) S 1 2", true), None);
+        assert_eq!(stat_cpu_ticks("no name here", false), None);
+        let node = |role: &str| Watched {
+            name: "n".into(),
+            role: role.into(),
+            pid: 1,
+        };
+        assert!(node("redis").owns_children() && node("kafka").owns_children());
+        assert!(!node("load").owns_children() && !node("tally").owns_children());
     }
 
     #[test]
     fn a_missing_process_reads_as_nothing() {
-        assert_eq!(cpu_ticks(u32::MAX), None);
+        assert_eq!(cpu_ticks(u32::MAX, true), None);
         assert_eq!(rss_kib(u32::MAX), None);
     }
 }
