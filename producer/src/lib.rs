@@ -46,6 +46,7 @@ mod flush_state;
 mod flusher;
 pub use flusher::SILENT_KAFKA;
 pub mod limits;
+mod memory_release;
 mod ownership;
 pub use tally_common::protocol;
 mod registry;
