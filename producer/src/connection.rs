@@ -248,7 +248,12 @@ async fn serve<S: IngestStream>(
     first_line_due: tokio::time::Instant,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("connection", %peer, client = tracing::field::Empty);
+    // A debug span, not info: tracing-subscriber's registry keeps the small
+    // allocations of every span slot it ever used, so with an info span per
+    // connection the freed pages of 10,000 departed clients stayed pinned by them
+    // (RSS 40–41 MiB after they left, 20–22 without; 15 idle). The info and warn
+    // events of a connection carry its client and peer themselves.
+    let span = tracing::debug_span!("connection", %peer, client = tracing::field::Empty);
     async move {
         let mut conn = Connection {
             reader: LineReader::new(shared.settings.producer.max_line_bytes),
@@ -503,13 +508,13 @@ impl<S: IngestStream> Connection<S> {
         let claim = match claimed {
             Ok(claim) => claim,
             Err(e) => {
-                warn!(client = %id, "claim failed: {e}");
+                warn!(client = %id, peer = %self.peer, "claim failed: {e}");
                 shared.ownership.detach(&slot, self.conn_id);
                 replies.push_str(&protocol::unavailable(&e.to_string()));
                 return Ok(false);
             }
         };
-        info!(client = %id, epoch = claim.epoch, last_sn = claim.sn, flushed = claim.flushed, "client claimed");
+        info!(client = %id, peer = %self.peer, epoch = claim.epoch, last_sn = claim.sn, flushed = claim.flushed, "client claimed");
         slot.progress.set_flushed(claim.flushed);
         let handed = shared
             .flusher
@@ -633,13 +638,13 @@ impl<S: IngestStream> Connection<S> {
                 drop(memory);
                 match e {
                     RedisOpError::Fenced { .. } => {
-                        info!(client = %identity.id, "{e}");
+                        info!(client = %identity.id, peer = %self.peer, "{e}");
                         replies.push_str(&protocol::superseded(
                             "another connection owns this client id",
                         ));
                     }
                     other => {
-                        warn!(client = %identity.id, "stash failed: {other}");
+                        warn!(client = %identity.id, peer = %self.peer, "stash failed: {other}");
                         metrics::counter!(tally_common::observe::names::PRODUCER_STASH_ERRORS)
                             .increment(1);
                         replies.push_str(&protocol::unavailable(&other.to_string()));
