@@ -106,15 +106,33 @@ redis_wait_ports() {
 }
 
 # Creates the cluster when all six nodes are blank; does nothing when it is formed.
+# A node that does not answer CLUSTER INFO yet is neither: a replica restarted on
+# old data loads its master's full sync after it answered PING, and answers LOADING
+# meanwhile (CI once took such a node for a blank one). Those are asked again until
+# the deadline (seconds since the script started).
 redis_ensure_cluster() {
-	local node info known assigned blank=0 formed=0 addrs=()
-	for node in "${REDIS_NODES[@]}"; do
-		info=$(rcli "$(node_port "$node")" cluster info 2>/dev/null) || true
-		known=$(info_field cluster_known_nodes <<<"$info")
-		assigned=$(info_field cluster_slots_assigned <<<"$info")
-		if [[ ${known:-1} == 1 && ${assigned:-0} == 0 ]]; then blank=$((blank + 1)); fi
-		if [[ ${assigned:-0} == 16384 ]]; then formed=$((formed + 1)); fi
-		addrs+=("$(node_host "$node"):$(node_port "$node")")
+	local deadline=$1 node info known assigned blank formed silent addrs
+	while :; do
+		blank=0 formed=0 silent=() addrs=()
+		for node in "${REDIS_NODES[@]}"; do
+			info=$(rcli "$(node_port "$node")" cluster info 2>/dev/null) || true
+			known=$(info_field cluster_known_nodes <<<"$info")
+			assigned=$(info_field cluster_slots_assigned <<<"$info")
+			if [[ -z $known || -z $assigned ]]; then
+				silent+=("$node")
+			elif [[ $known == 1 && $assigned == 0 ]]; then
+				blank=$((blank + 1))
+			elif [[ $assigned == 16384 ]]; then
+				formed=$((formed + 1))
+			fi
+			addrs+=("$(node_host "$node"):$(node_port "$node")")
+		done
+		((${#silent[@]})) || break
+		if ((SECONDS >= deadline)); then
+			log "no CLUSTER INFO from ${silent[*]} (loading, or not answering)"
+			return 1
+		fi
+		sleep 0.5
 	done
 	if ((formed == 6)); then
 		return 0
