@@ -84,20 +84,41 @@ redis_start_node() {
 	die "$node wrote no pid file (see $dir/redis.log)"
 }
 
+# Waits until every node answers PING. A node replaying its AOF answers LOADING:
+# it is making progress, so while one does, the deadline moves with it (at most
+# REDIS_LOAD_GRACE seconds in all; the local stack's AOFs may reach ~1-2 GiB, about
+# a minute each to replay here). Sets REDIS_LOAD_EXTENDED to the seconds added, for
+# the caller's later deadlines.
+REDIS_LOAD_GRACE=${TALLY_REDIS_LOAD_GRACE:-900}
+REDIS_LOAD_EXTENDED=0
 redis_wait_ports() {
-	local timeout=$1 deadline node waiting
+	local timeout=$1 deadline limit node reply waiting loading
 	deadline=$((SECONDS + timeout))
+	limit=$((deadline + REDIS_LOAD_GRACE))
+	REDIS_LOAD_EXTENDED=0
 	while :; do
-		waiting=()
+		waiting=() loading=()
 		for node in "${REDIS_NODES[@]}"; do
 			node_started_alive "$node" || {
 				log "$node is not running"
 				return 1
 			}
-			[[ $(rcli "$(node_port "$node")" ping 2>/dev/null) == PONG ]] || waiting+=("$node")
+			reply=$(rcli "$(node_port "$node")" ping 2>&1) || true
+			case $reply in
+			*PONG*) ;;
+			*LOADING*) loading+=("$node") ;;
+			*) waiting+=("$node") ;;
+			esac
 		done
-		((${#waiting[@]} == 0)) && return 0
+		((${#waiting[@]} + ${#loading[@]} == 0)) && return 0
+		if ((SECONDS >= deadline && ${#loading[@]} && SECONDS < limit)); then
+			((REDIS_LOAD_EXTENDED)) || log "${loading[*]} still loading their data; waiting for them"
+			local later=$((SECONDS + 10 < limit ? SECONDS + 10 : limit))
+			REDIS_LOAD_EXTENDED=$((REDIS_LOAD_EXTENDED + later - deadline))
+			deadline=$later
+		fi
 		if ((SECONDS >= deadline)); then
+			waiting+=(${loading[@]+"${loading[@]}"})
 			log "timed out waiting for ${waiting[*]}"
 			return 1
 		fi
