@@ -78,10 +78,41 @@ redis_start_node() {
 		die "redis-server failed to start $node (see $dir/redis.log)"
 	local i
 	for ((i = 0; i < 50; i++)); do
-		[[ -s $dir/pid ]] && return 0
+		if [[ -s $dir/pid ]]; then
+			redis_idler_start
+			return 0
+		fi
 		sleep 0.1
 	done
 	die "$node wrote no pid file (see $dir/redis.log)"
+}
+
+# Starts scripts/lib/redis-rewrite-idler for this stack's nodes unless it runs
+# already: every node's AOF rewrite child on spare CPU only (why: that script).
+# TALLY_REDIS_REWRITE_IDLE=0 leaves the children at the nodes' priority.
+redis_idler_start() {
+	[[ ${TALLY_REDIS_REWRITE_IDLE:-1} != 0 ]] || return 0
+	local pidfile=$STACK_DIR/redis-rewrite-idler.pid pid node dirs=()
+	if read -r pid 2>/dev/null <"$pidfile" && [[ $pid =~ ^[0-9]+$ ]] &&
+		[[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *redis-rewrite-idler* ]]; then
+		return 0
+	fi
+	for node in "${REDIS_NODES[@]}"; do dirs+=("$(node_dir "$node")"); done
+	# setsid: its own session, so it outlives this script and no terminal signal
+	# reaches it; 7>&- 8>&-: it must not hold our lock files.
+	setsid "$LIB_DIR/redis-rewrite-idler" "${dirs[@]}" \
+		>>"$STACK_DIR/redis-rewrite-idler.log" 2>&1 </dev/null 7>&- 8>&- &
+	echo $! >"$pidfile"
+}
+
+# Stops the idler (it would stop by itself once every node has been down a while).
+redis_idler_stop() {
+	local pidfile=$STACK_DIR/redis-rewrite-idler.pid pid
+	read -r pid 2>/dev/null <"$pidfile" || return 0
+	if [[ $pid =~ ^[0-9]+$ && $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *redis-rewrite-idler* ]]; then
+		kill "$pid" 2>/dev/null || true
+	fi
+	rm -f "$pidfile"
 }
 
 # Waits until every node answers PING. A node replaying its AOF answers LOADING:
@@ -124,6 +155,19 @@ redis_wait_ports() {
 		fi
 		sleep 0.2
 	done
+}
+
+# Prints the nodes loading their data: replaying their AOF or loading a full sync
+# (LOADING), or a replica receiving one (master_sync_in_progress).
+redis_syncing_nodes() {
+	local node reply out=()
+	for node in "${REDIS_NODES[@]}"; do
+		reply=$(rcli "$(node_port "$node")" info replication 2>&1) || true
+		case $reply in
+		*LOADING* | *master_sync_in_progress:1*) out+=("$node") ;;
+		esac
+	done
+	echo "${out[*]}"
 }
 
 # Creates the cluster when all six nodes are blank; does nothing when it is formed.
