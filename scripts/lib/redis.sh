@@ -87,32 +87,38 @@ redis_start_node() {
 	die "$node wrote no pid file (see $dir/redis.log)"
 }
 
+# The pid of this stack's running idler, from its pid file; fails when the file
+# is missing or names no live idler (a stale file may name a reused pid).
+redis_idler_pid() {
+	local pid
+	read -r pid 2>/dev/null <"$STACK_DIR/redis-rewrite-idler.pid" || return 1
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	[[ $(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") == *redis-rewrite-idler* ]] || return 1
+	echo "$pid"
+}
+
 # Starts scripts/lib/redis-rewrite-idler for this stack's nodes unless it runs
 # already: every node's AOF rewrite child on spare CPU only (why: that script).
 # TALLY_REDIS_REWRITE_IDLE=0 leaves the children at the nodes' priority.
 redis_idler_start() {
 	[[ ${TALLY_REDIS_REWRITE_IDLE:-1} != 0 ]] || return 0
-	local pidfile=$STACK_DIR/redis-rewrite-idler.pid pid node dirs=()
-	if read -r pid 2>/dev/null <"$pidfile" && [[ $pid =~ ^[0-9]+$ ]] &&
-		[[ $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *redis-rewrite-idler* ]]; then
-		return 0
-	fi
+	local node dirs=()
+	redis_idler_pid >/dev/null && return 0
 	for node in "${REDIS_NODES[@]}"; do dirs+=("$(node_dir "$node")"); done
 	# setsid: its own session, so it outlives this script and no terminal signal
 	# reaches it; 7>&- 8>&-: it must not hold our lock files.
 	setsid "$LIB_DIR/redis-rewrite-idler" "${dirs[@]}" \
 		>>"$STACK_DIR/redis-rewrite-idler.log" 2>&1 </dev/null 7>&- 8>&- &
-	echo $! >"$pidfile"
+	echo $! >"$STACK_DIR/redis-rewrite-idler.pid"
 }
 
 # Stops the idler (it would stop by itself once every node has been down a while).
 redis_idler_stop() {
-	local pidfile=$STACK_DIR/redis-rewrite-idler.pid pid
-	read -r pid 2>/dev/null <"$pidfile" || return 0
-	if [[ $pid =~ ^[0-9]+$ && $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *redis-rewrite-idler* ]]; then
+	local pid
+	if pid=$(redis_idler_pid); then
 		kill "$pid" 2>/dev/null || true
 	fi
-	rm -f "$pidfile"
+	rm -f "$STACK_DIR/redis-rewrite-idler.pid"
 }
 
 # Waits until every node answers PING. A node replaying its AOF answers LOADING:
